@@ -1,0 +1,115 @@
+"""MaskGIT training-time masking and the iterative sampler with classifier-free guidance.
+
+Sampler, step s = 0..T-1 with r = (s+1)/T:
+- guidance: "constant" g; "linear" g*s/T (cond + w*(cond - uncond), so step 0 has no guidance);
+  "power-cosine" (g-1)*(1 - cos(pi*(s/T)^pow))/2 + 1 (uncond + w*(cond - uncond));
+- optional softmax-temperature annealing: logits / (0.5 + 0.8*(1 - r));
+- Gumbel-max choice with noise scaled by the annealed temperature tau = randomize_temperature*(1 - r);
+- the floor(K*arccos(r)/(pi/2)) least confident new tokens (confidence = chosen logit + tau*Gumbel,
+  +inf for fixed tokens) are masked again, at least one and leaving one new token; the last step keeps all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    num_steps: int = 8
+    guidance_scale: float = 3.0
+    guidance_decay: str = "constant"
+    guidance_scale_pow: float = 3.0
+    randomize_temperature: float = 1.0
+    softmax_temperature_annealing: bool = True
+
+    def __post_init__(self):
+        if self.guidance_decay not in GUIDANCE_DECAYS:
+            raise ValueError(f"guidance_decay={self.guidance_decay!r}; expected one of {GUIDANCE_DECAYS}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps={self.num_steps} must be >= 1")
+
+    def updated(self, **overrides) -> SamplerSettings:
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown sampler settings {sorted(unknown)}; known: {sorted(self.__dataclass_fields__)}")
+        return replace(self, **overrides)
+
+
+def guidance_weight(settings: SamplerSettings, step: int) -> float:
+    t = step / settings.num_steps
+    if settings.guidance_decay == "constant":
+        return settings.guidance_scale
+    if settings.guidance_decay == "linear":
+        return settings.guidance_scale * t
+    return (settings.guidance_scale - 1) * (1 - math.cos(math.pi * t**settings.guidance_scale_pow)) / 2 + 1
+
+
+def _gumbel(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    u = torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
+    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+
+
+# logits_fn(ids [B, K], drop_labels: bool) -> logits [B, K, V] (conditional or unconditional)
+LogitsFn = Callable[[torch.Tensor, bool], torch.Tensor]
+# batched_logits_fn(ids [B, K]) -> (cond, uncond) in one forward, for the fast path
+BatchedLogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int, settings: SamplerSettings,
+                  device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                  batched_logits_fn: BatchedLogitsFn | None = None) -> torch.Tensor:
+    """Iterative MaskGIT decoding from an all-mask sequence. Returns token ids [batch, num_tokens]."""
+    ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
+    for step in range(settings.num_steps):
+        ratio = (step + 1) / settings.num_steps
+        tau = settings.randomize_temperature * (1.0 - ratio)
+        is_mask = ids == mask_id
+        weight = guidance_weight(settings, step)
+        if weight == 0:
+            logits = logits_fn(ids, False)
+        else:
+            if batched_logits_fn is not None:
+                cond, uncond = batched_logits_fn(ids)
+            else:
+                cond, uncond = logits_fn(ids, False), logits_fn(ids, True)
+            base = uncond if settings.guidance_decay == "power-cosine" else cond
+            logits = base + (cond - uncond) * weight
+        logits = logits.float()
+        if settings.softmax_temperature_annealing:
+            logits = logits / (0.5 + 0.8 * (1.0 - ratio))
+        noisy = logits + tau * _gumbel(logits.shape, logits, generator) if tau > 0 else logits
+        sampled = noisy.argmax(dim=-1)
+        chosen_logit = logits.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        sampled = torch.where(is_mask, sampled, ids)
+        if step == settings.num_steps - 1:
+            ids = sampled
+            break
+        confidence = torch.where(is_mask, chosen_logit, torch.full_like(chosen_logit, math.inf))
+        if tau > 0:
+            confidence = confidence + tau * _gumbel(confidence.shape, confidence, generator)
+        target = math.floor(num_tokens * math.acos(ratio) / (math.pi / 2))
+        mask_len = (is_mask.sum(-1, keepdim=True) - 1).clamp(max=target).clamp(min=1)
+        cut_off = confidence.sort(dim=-1).values.gather(-1, mask_len - 1)
+        ids = torch.where(confidence <= cut_off, torch.full_like(sampled, mask_id), sampled)
+    return ids
+
+
+def random_masking(ids: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT training corruption: per sample t ~ U(0, 1), mask round(K * arccos(t)/(pi/2)) >= 1 random
+    positions. Returns (masked ids, boolean mask [B, K])."""
+    b, k = ids.shape
+    t = torch.rand(b, generator=generator, device=ids.device)
+    ratio = (torch.acos(t) / (math.pi / 2)).clamp_min(1e-6)
+    num_masked = (k * ratio).round().clamp(min=1)
+    ranks = torch.rand(b, k, generator=generator, device=ids.device).argsort(dim=-1).argsort(dim=-1)
+    mask = ranks < num_masked.unsqueeze(-1)
+    return torch.where(mask, torch.full_like(ids, mask_id), ids), mask

@@ -1,0 +1,1 @@
+"""Real infrastructure for the tests: Debian packages, a single-node SLURM cluster, an MLflow server."""
