@@ -1,0 +1,68 @@
+"""Reports: a grid's MLflow runs -> a tidy table, the paper's Figure 4 panels, tables and one HTML page.
+
+    python -m reports grid=latent_vs_size          # the command line (see reports/__main__.py)
+    build_report(load_grid("released"), "sqlite:///outputs/mlflow.db", "reports/out/released")
+
+Output layout in out_dir: figures/<panel>.png|svg and figures/combined.png|svg, tables/<name>.csv|md
+(tidy, grid, cost, and released for grid `released`), index.html.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from .collect import Grid, IgnoredRun, ReportError, collect, load_grid, paper_numbers
+from .figures import write_figures
+from .html import write_html
+from .tables import build_tables, write_tables
+
+__all__ = ["Grid", "IgnoredRun", "ReportError", "ReportResult", "build_report", "load_grid"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    grid: str
+    out_dir: Path
+    tidy: pd.DataFrame  # one row per kept cell and metric (also tables/tidy.csv)
+    html: Path
+    figures: list[Path]
+    tables: list[Path]
+    missing_cells: dict[str, str]  # cell -> why it has no kept run
+    fallback_cells: dict[str, str]  # cell -> why its kept run is not titok.status=finished
+    ignored_runs: list[IgnoredRun]
+    smoke: bool
+
+
+def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str | None,
+                 out_dir: str | Path) -> ReportResult:
+    """Read the grid's runs, keep the latest finished run per cell, write figures, tables and index.html.
+
+    grid_cfg: a grid config (name, sizes, num_tokens, models), a Grid, or a grid name; tracking_uri None
+    means MLFLOW_TRACKING_URI or the sweep's default store. Raises ReportError (one line) for an unknown
+    grid, an unreachable store or a grid without runs.
+    """
+    if isinstance(grid_cfg, str):
+        grid = load_grid(grid_cfg)
+    elif isinstance(grid_cfg, Grid):
+        grid = grid_cfg
+    else:
+        grid = Grid.from_cfg(grid_cfg)
+    col = collect(grid, tracking_uri)
+    out = Path(out_dir)
+    tidy, paper = col.table(), paper_numbers(grid)
+    tab_dir = out / "tables"
+    tab_dir.mkdir(parents=True, exist_ok=True)
+    tidy_csv = tab_dir / "tidy.csv"
+    tidy.to_csv(tidy_csv, index=False)
+    figures = write_figures(col, tidy, paper, out / "figures")
+    tables = build_tables(col, tidy, paper)
+    table_files = [tidy_csv, *write_tables(tables, tab_dir)]
+    html = write_html(col, out / "figures", tables, out / "index.html")
+    return ReportResult(grid=grid.name, out_dir=out, tidy=tidy, html=html, figures=figures,
+                        tables=table_files, missing_cells=dict(col.missing), fallback_cells=col.fallbacks,
+                        ignored_runs=list(col.ignored), smoke=col.smoke)

@@ -1,0 +1,48 @@
+"""The data layer: datasets by name, and loaders for training (exact resume, DDP) and evaluation.
+
+    from bench.data import build_dataset, make_loader, infinite_batches, make_eval_loader
+    ds = build_dataset("synthetic", split="train", image_size=64, train=True, num_images=10_000)
+    for step, (images, labels) in infinite_batches(make_loader(ds, batch_size=32, seed=0, start_step=0)):
+        ...
+
+Datasets return (float32 image [3, S, S] in [0, 1], int label) and carry `num_classes` and `describe()`.
+- "synthetic": procedurally generated class-conditional images, offline (bench/data/synthetic.py);
+- "imagenet": an ImageFolder-style root `<root>/{train,val}/<class>/<image>` (bench/data/folder.py).
+"""
+
+from __future__ import annotations
+
+from bench.data.base import DatasetError
+from bench.data.folder import ImageFolderDataset
+from bench.data.loader import StepBatchSampler, eval_shard, infinite_batches, make_eval_loader, make_loader
+from bench.data.synthetic import SyntheticShapes
+
+DATASETS = ("synthetic", "imagenet")
+
+__all__ = ["DATASETS", "DatasetError", "ImageFolderDataset", "StepBatchSampler", "SyntheticShapes",
+           "build_dataset", "eval_shard", "infinite_batches", "make_eval_loader", "make_loader"]
+
+
+def build_dataset(name: str, *, split: str, image_size: int, train: bool, root: str | None = None,
+                  num_images: int | None = None, num_classes: int | None = None, seed: int = 0,
+                  skipped_log: str | None = None) -> SyntheticShapes | ImageFolderDataset:
+    """A dataset by name.
+
+    synthetic: `num_images` images (default 50k train / 10k val) of `num_classes` classes (default 10, at
+        most 1000) rendered at `image_size` (32..512) from `seed`; `train`, `root` and `skipped_log` have
+        nothing to act on (no augmentation, no files).
+    imagenet: the images of `<root>/<split>/`, preprocessed for training (`train=True`: random crop and
+        flip) or evaluation (center crop); `num_images` keeps a class-balanced subset chosen with `seed`,
+        `num_classes` keeps the first classes in sorted order, `skipped_log` is the folder where
+        unreadable files are reported (pass one when num_workers > 0; read it with `dataset.skipped()`).
+    """
+    if name == "synthetic":
+        return SyntheticShapes(split=split, image_size=image_size, num_images=num_images,
+                               num_classes=10 if num_classes is None else num_classes, seed=seed)
+    if name == "imagenet":
+        if root is None:
+            raise DatasetError("the imagenet dataset needs a root: a folder with train/ and val/ subfolders "
+                               "of class folders (pass root=...)")
+        return ImageFolderDataset(root, split=split, image_size=image_size, train=train, max_images=num_images,
+                                  num_classes=num_classes, seed=seed, skipped_log=skipped_log)
+    raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

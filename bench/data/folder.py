@@ -1,0 +1,232 @@
+"""ImageNet-style folder dataset: `<root>/<split>/<class>/<image>`, with the paper's preprocessing.
+
+- Label space: the sorted class folders of `<root>/train/` when it exists (so 'val' labels agree with
+  'train' even when 'val' holds a subset of the classes), else of the split folder itself.
+- Preprocessing (TiTok): resize the shorter side to `image_size` (bicubic, antialias), then RandomCrop +
+  horizontal flip for training or CenterCrop for evaluation; float32 [3, H, W] in [0, 1], no
+  normalisation. With a seeded key `(index, sample_seed)` the crop and flip come from `sample_seed`, so the
+  training loader can reproduce them exactly on resume.
+- Reading: every mode is converted to 8-bit RGB. Transparency (RGBA, LA, PA, palette or colour-key
+  transparency) is composited onto white, because transparent pixels often hold arbitrary colours
+  (dropping alpha exposes them) and most transparent images are drawn for a white page. 16-bit
+  greyscale ('I;16', 'I') is scaled by 255/65535 (Pillow's own 'RGB' conversion would clip it).
+- Unreadable files (truncated, corrupt, not an image) are replaced by the next readable index, so a batch
+  keeps its size, and reported: each process appends one JSON line per skipped file to its own file in
+  the `skipped_log` folder (safe with DataLoader workers and DDP ranks), and `skipped()` merges them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from bench.data.base import DatasetError, split_key
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB; transparency composited onto white (see the module docstring)."""
+    if im.mode in _SIXTEEN_BIT_MODES:
+        a = np.asarray(im, dtype=np.float32) * (255 / 65535)
+        im = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":  # float images (TIFF) are taken to be in [0, 1]
+        im = Image.fromarray(np.clip(np.asarray(im) * 255 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        im.load()  # decode everything now, so truncation surfaces here and not in a later transform
+        return to_rgb(im)
+
+
+def _scan_images(folder: str) -> list[str]:
+    """Image files under `folder` (recursive, sorted, hidden files such as macOS '._x.JPEG' left out)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def _class_folders(folder: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+class ImageFolderDataset(Dataset):
+    """Images of `<root>/<split>/<class>/...` as (float32 [3, S, S] in [0, 1], class index)."""
+
+    takes_sample_seeds = True  # random crop and flip can be fixed per sample by the loader
+
+    def __init__(self, root: str, *, split: str, image_size: int, train: bool, max_images: int | None = None,
+                 num_classes: int | None = None, seed: int = 0, skipped_log: str | None = None):
+        if image_size < 1:
+            raise DatasetError(f"image_size must be positive, got {image_size}")
+        self.root, self.split, self.image_size, self.train = os.path.abspath(root), split, image_size, train
+        self.max_images, self.seed, self.skipped_log = max_images, seed, skipped_log
+        self.split_dir = os.path.join(self.root, split)
+        layout = f"expected <root>/{split}/<class folder>/<image files>, e.g. {root}/{split}/n01440764/x.JPEG"
+        if not os.path.isdir(self.root):
+            raise DatasetError(f"image folder root {self.root} does not exist or is not a folder; {layout}")
+        if not os.path.isdir(self.split_dir):
+            present = _class_folders(self.root)
+            raise DatasetError(f"split folder {self.split_dir} does not exist (folders in the root: "
+                               f"{present[:10]}); {layout}")
+
+        split_classes = _class_folders(self.split_dir)
+        if not split_classes:
+            loose = _scan_images(self.split_dir)
+            what = (f"{len(loose)} image files lie directly in it; move them into class folders (for ImageNet "
+                    f"val: one folder per synset, as in the train split)" if loose else "it is empty")
+            raise DatasetError(f"split folder {self.split_dir} has no class folders: {what}; {layout}")
+        train_dir = os.path.join(self.root, "train")
+        self.classes = _class_folders(train_dir) if os.path.isdir(train_dir) else split_classes
+        unknown = sorted(set(split_classes) - set(self.classes))
+        if unknown:
+            raise DatasetError(f"class folders {unknown[:5]} of {self.split_dir} are not in {train_dir}, which "
+                               f"defines the labels; the splits must use the same class folder names")
+        if num_classes is not None:
+            if not 1 <= num_classes <= len(self.classes):
+                raise DatasetError(f"num_classes={num_classes}, but {self.root} has {len(self.classes)} classes")
+            self.classes = self.classes[:num_classes]  # a subset: the first classes in sorted order
+        self.num_classes = len(self.classes)
+
+        samples = []
+        for label, name in enumerate(self.classes):
+            folder = os.path.join(self.split_dir, name)
+            if os.path.isdir(folder):
+                samples.extend((path, label) for path in _scan_images(folder))
+        if not samples:
+            raise DatasetError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of "
+                               f"{self.split_dir}; {layout}")
+        if max_images is not None:
+            samples = _balanced_subset(samples, max_images, seed)
+        # Paths packed into one byte array: a list of a million str objects would be copied page by page
+        # into every forked DataLoader worker as reference counts are touched (DDP x workers x 270 MB).
+        start = len(self.split_dir) + 1  # scanned paths all begin with split_dir + separator
+        encoded = [p[start:].encode() for p, _ in samples]
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._labels = np.array([label for _, label in samples], dtype=np.int64)
+
+        if skipped_log is not None:
+            os.makedirs(skipped_log, exist_ok=True)
+        self._bad: dict[int, str] = {}  # index -> error, for this process (a worker's own copy)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def path(self, index: int) -> str:
+        lo, hi = self._offsets[index], self._offsets[index + 1]
+        return os.path.join(self.split_dir, self._blob[lo:hi].tobytes().decode())
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """(path, label) of every image, as in torchvision's ImageFolder (built on each call)."""
+        return [(self.path(i), int(y)) for i, y in enumerate(self._labels)]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, sample_seed = split_key(key)
+        n = len(self)
+        if not 0 <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images in {self.split_dir}")
+        for attempt in range(n):  # the next readable index replaces an unreadable one
+            i = (index + attempt) % n
+            if i in self._bad:
+                continue
+            try:
+                image = load_rgb(self.path(i))
+            except Exception as e:  # any decoder failure (Pillow raises many types) means "skip this file"
+                self._record_skip(i, f"{type(e).__name__}: {e}")
+                continue
+            return self.transform(image, sample_seed), int(self._labels[i])
+        raise DatasetError(f"none of the {n} image files in {self.split_dir} could be read; see skipped()")
+
+    def transform(self, image: Image.Image, sample_seed: int | None = None) -> torch.Tensor:
+        size = self.image_size
+        image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if self.train:
+            generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
+            top = int(torch.randint(image.height - size + 1, (), generator=generator))
+            left = int(torch.randint(image.width - size + 1, (), generator=generator))
+            image = TF.crop(image, top, left, size, size)
+            if torch.rand((), generator=generator) < 0.5:
+                image = TF.hflip(image)
+        else:
+            image = TF.center_crop(image, [size, size])
+        return TF.to_tensor(image)
+
+    def _record_skip(self, index: int, error: str) -> None:
+        self._bad[index] = error
+        path = self.path(index)
+        log.warning("skipping unreadable image %s (%s)", path, error)
+        if self.skipped_log is not None:
+            name = f"skipped-{self.split}-{socket.gethostname()}-{os.getpid()}.jsonl"
+            with open(os.path.join(self.skipped_log, name), "a") as f:
+                f.write(json.dumps({"path": path, "error": error}) + "\n")
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, error) of every file skipped so far: by this process, and by every process (workers,
+        other ranks) that logged to `skipped_log`. Sorted by path, one entry per path."""
+        found = {self.path(i): err for i, err in self._bad.items()}
+        if self.skipped_log is not None and os.path.isdir(self.skipped_log):
+            prefix = self.split_dir + os.sep  # the folder may be shared with other splits and datasets
+            for name in sorted(os.listdir(self.skipped_log)):
+                if not (name.startswith("skipped-") and name.endswith(".jsonl")):
+                    continue
+                with open(os.path.join(self.skipped_log, name)) as f:
+                    for line in f:
+                        try:
+                            entry = json.loads(line)
+                        except json.JSONDecodeError:  # a line cut short by a killed process
+                            continue
+                        if entry["path"].startswith(prefix):
+                            found.setdefault(entry["path"], entry["error"])
+        return sorted(found.items())
+
+    def describe(self) -> dict:
+        s = self.image_size
+        crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
+        return {
+            "name": "imagenet", "root": self.root, "split": self.split, "len": len(self),
+            "num_classes": self.num_classes, "image_size": s, "max_images": self.max_images, "seed": self.seed,
+            "skipped_log": self.skipped_log,
+            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+        }
+
+
+def _balanced_subset(samples: list[tuple[str, int]], max_images: int, seed: int) -> list[tuple[str, int]]:
+    """At most `max_images` samples, classes as balanced as possible (counts differ by at most one where
+    classes have enough images): round-robin over classes, each class in a seeded random order. The
+    result keeps the original (class, path) order."""
+    if max_images < 1:
+        raise DatasetError(f"max_images must be positive, got {max_images}")
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(samples):
+        by_class.setdefault(label, []).append(i)
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(idx)) for _, idx in sorted(by_class.items())]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < max_images and any(depth < len(q) for q in queues):
+        chosen.extend(q[depth] for q in queues if depth < len(q))
+        depth += 1
+    return [samples[i] for i in sorted(chosen[:max_images])]

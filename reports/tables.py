@@ -1,0 +1,144 @@
+"""Tables, each as CSV and Markdown: the grid (cells x metrics), the training cost per cell, and for grid
+`released` ours beside the paper with the difference.
+
+Every table carries a `smoke` column and its Markdown a heading note; smoke rows get no paper values and
+no difference (the note says why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import tracking as T
+
+from .collect import Collection, cell_size_and_tokens
+from .figures import SMOKE_TITLE
+
+RELEASED_METRICS = ["rfid", "gfid", "gfid_is", "samples_per_s"]
+COST_METRICS = ["cost_gpu_hours", "cost_wall_hours"]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    notes: list[str]
+    frame: pd.DataFrame
+
+
+def cell_info(col: Collection) -> pd.DataFrame:
+    """One row per cell of the grid (missing ones included): identity, status, smoke flag, run id."""
+    rows = []
+    for cell in col.grid.cells:
+        run = col.runs.get(cell)
+        if run is None:  # size and K from the name; no smoke flag: there is no result to flag
+            size, k = cell_size_and_tokens(cell)
+            rows.append({"cell": cell, "model_size": size, "num_tokens": k,
+                         "status": f"missing: {col.missing[cell]}", "smoke": None, "smoke_reason": "",
+                         "preset": "", "run_id": ""})
+            continue
+        rows.append({"cell": cell, "model_size": run.model_size, "num_tokens": run.num_tokens,
+                     "status": "finished (fallback)" if run.fallback else "finished", "smoke": run.smoke,
+                     "smoke_reason": run.smoke_reason, "preset": run.preset, "run_id": run.run_id})
+    return pd.DataFrame(rows).astype({"num_tokens": "Int64"}).set_index("cell")
+
+
+def _wide(tidy: pd.DataFrame, cells: tuple[str, ...]) -> pd.DataFrame:
+    """cells x metrics (METRICS order) from the tidy table."""
+    wide = tidy.pivot(index="cell", columns="metric", values="value").reindex(list(cells))
+    return wide[[m for m in T.METRICS if m in wide.columns]]
+
+
+def _notes(col: Collection) -> list[str]:
+    notes = []
+    smoke = [r for r in col.runs.values() if r.smoke]
+    if smoke:
+        notes.append(f"**{SMOKE_TITLE}**: {len(smoke)} of {len(col.runs)} cells are smoke results "
+                     f"({'; '.join(col.smoke_reasons)}); they are never compared with the paper's numbers.")
+    notes.append("; ".join(f"{k}: {v}" for k, v in col.provenance(brief=True).items()))
+    if col.missing:
+        notes.append(f"Missing cells (no finished run): {', '.join(col.missing)}.")
+    return notes
+
+
+def grid_table(col: Collection, tidy: pd.DataFrame) -> Table:
+    frame = cell_info(col).join(_wide(tidy, col.grid.cells)).reset_index()
+    return Table("grid", f"Grid {col.grid.name}: final metrics per cell", _notes(col), frame)
+
+
+def cost_table(col: Collection, tidy: pd.DataFrame) -> Table:
+    info = cell_info(col)[["model_size", "num_tokens", "status", "smoke"]]
+    info = info.assign(device=[col.runs[c].tags.get(T.TAG_DEVICE, "") if c in col.runs else ""
+                               for c in info.index])
+    cost = _wide(tidy, col.grid.cells).reindex(columns=COST_METRICS)
+    frame = info.join(cost).reset_index()
+    total = {"cell": "total (logged cells)", **{m: cost[m].sum(min_count=1) for m in COST_METRICS}}
+    frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    notes = _notes(col) + ["cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours)."]
+    return Table("cost", f"Grid {col.grid.name}: training cost per cell", notes, frame)
+
+
+def released_table(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> Table:
+    """Ours, the paper's and ours minus the paper's, per released model; smoke rows are not compared."""
+    info = cell_info(col)
+    ours = _wide(tidy, col.grid.cells).reindex(columns=RELEASED_METRICS)
+    theirs = paper.pivot(index="cell", columns="metric", values="value").reindex(
+        index=list(col.grid.cells), columns=RELEASED_METRICS)
+    smoke = pd.Series({c: c in col.runs and col.runs[c].smoke for c in col.grid.cells})
+    theirs.loc[smoke] = float("nan")
+    frame = info[["status", "smoke", "run_id"]].copy()
+    for m in RELEASED_METRICS:
+        frame[m] = ours[m]
+        frame[f"{m}_paper"] = theirs[m]
+        frame[f"{m}_diff"] = (ours[m] - theirs[m]).round(6)  # no float noise such as 0.10000000000000009
+    frame["note"] = [
+        f"smoke result ({info.at[c, 'smoke_reason']}): not compared with the paper" if smoke[c]
+        else ("no finished run" if c in col.missing else "") for c in frame.index]
+    notes = _notes(col) + ["`<metric>_diff` = ours \u2212 paper (paper: reports/paper_numbers.csv); an empty "
+                           "paper value means the paper gives none, or the row is a smoke result."]
+    return Table("released", "Released models: ours vs the paper", notes, frame.reset_index())
+
+
+def build_tables(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
+    tables = [grid_table(col, tidy), cost_table(col, tidy)]
+    if col.grid.name == "released":
+        tables.insert(0, released_table(col, tidy, paper))
+    return tables
+
+
+def fmt(v) -> str:
+    """A cell as text: blank for missing, yes/no, 4 significant digits (whole numbers from 10,000 on)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(table: Table) -> str:
+    frame = table.frame
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+               for c in frame.columns]
+    lines = [f"# {table.title}", "", *(f"> {n}\n>" for n in table.notes), "",
+             "| " + " | ".join(frame.columns) + " |",
+             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
+    lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(tables: list[Table], tab_dir: Path) -> list[Path]:
+    tab_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tables:
+        csv, md = tab_dir / f"{t.name}.csv", tab_dir / f"{t.name}.md"
+        t.frame.to_csv(csv, index=False)
+        md.write_text(to_markdown(t))
+        written += [csv, md]
+    return written
