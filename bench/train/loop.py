@@ -1,0 +1,311 @@
+"""The training loop every stage shares: AdamW with the paper's weight-decay exclusions, warmup + cosine,
+gradient clipping, EMA weights, bf16/fp16 autocast, gradient accumulation, DDP, periodic atomic checkpoints
+with exact resume, and a stop on non-finite losses that keeps the last good checkpoint.
+
+A stage describes itself as an `Objective`: which modules train under which optimizer (updated in order, e.g.
+the tokenizer and then the discriminator), and the loss of each. The loop owns everything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import dist as D
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept on disk."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10_000
+    end_lr: float = 1e-5
+    grad_clip: float = 1.0  # <= 0 disables clipping
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    steps: int
+    batch_size: int  # global batch: across ranks and accumulation micro-batches
+    grad_accum: int = 1
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"
+    ema_max_decay: float = 0.999  # 0 disables the EMA
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"steps={self.steps} must be >= 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r}: expected fp32, bf16 or fp16")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size={self.batch_size} and grad_accum={self.grad_accum} must be >= 1")
+
+
+# ---- optimisation pieces -------------------------------------------------------------------------------------
+_NO_DECAY = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay for tensors with ndim < 2 or whose name contains a no-decay word
+    (the reference's rule; it also exempts patch_embed and decoder_embed weights)."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or any(w in name for w in _NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.end_lr at `total` steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.end_lr + 0.5 * (cfg.lr - cfg.end_lr) * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state, decay min((1+s)/(10+s), max_decay)."""
+
+    def __init__(self, module: nn.Module, max_decay: float):
+        self.max_decay = max_decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        decay = min((1 + step) / (10 + step), self.max_decay)
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach().float(), 1 - decay)
+
+    def copy_to(self, module: nn.Module) -> None:
+        state = module.state_dict()
+        module.load_state_dict({k: self.shadow[k].to(v.dtype) if k in self.shadow else v for k, v in state.items()})
+
+
+# ---- the objective a stage provides ----------------------------------------------------------------------------
+@dataclass
+class Objective:
+    """What a stage trains. `modules` maps an optimizer name to its module (updated in this order);
+    `loss(name, wrapped, batch, step, cache)` returns (loss, logs) for that optimizer on one micro-batch, where
+    `wrapped` maps names to the DDP-wrapped modules and `cache` carries values from earlier updates of the same
+    micro-batch (e.g. reconstructions for the discriminator)."""
+
+    modules: dict[str, nn.Module]
+    optim: dict[str, OptimConfig]
+    loss: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+    active: Callable[[str, int], bool] = lambda name, step: True
+    ema_of: str | None = None  # the module whose EMA is kept and saved as the final weights
+    extra_state: Callable[[], dict] = dict  # e.g. LeCam running means
+    load_extra_state: Callable[[dict], None] = lambda state: None
+    frozen: dict[str, nn.Module] = field(default_factory=dict)  # moved to the device, never trained
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    final_logs: dict[str, float]
+    model: nn.Module  # the EMA (or raw) weights of objective.ema_of, on CPU
+
+
+def _rng_state() -> dict:
+    # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store its parts as tensors
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                       gauss], "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _seed_everything(seed: int, rank: int) -> None:
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
+
+
+def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopConfig, out_dir: str | os.PathLike,
+          info: D.DistInfo | None = None, log: Callable[[dict, int], None] | None = None) -> TrainResult:
+    """Run (or resume) training to cfg.steps.
+
+    batches(start_step) -> iterator of this rank's batches for steps start_step, start_step + 1, ... (each of
+    batch_size / world_size samples); the loop splits each into grad_accum micro-batches.
+    A checkpoint in out_dir is resumed exactly (weights, optimizer, EMA, RNG, data position).
+    """
+    info = info or D.DistInfo()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = info.device
+    _seed_everything(cfg.seed, info.rank)
+    for m in (*objective.modules.values(), *objective.frozen.values()):
+        m.to(device)
+    for m in objective.frozen.values():
+        m.eval().requires_grad_(False)
+    optimizers = {name: torch.optim.AdamW(param_groups(m, objective.optim[name].weight_decay),
+                                          lr=objective.optim[name].lr, betas=objective.optim[name].betas)
+                  for name, m in objective.modules.items()}
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
+        objective.ema_of and cfg.ema_max_decay > 0) else None
+
+    start = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        for name, m in objective.modules.items():
+            m.load_state_dict(ckpt["modules"][name])
+            optimizers[name].load_state_dict(ckpt["optimizers"][name])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None:
+            ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
+        objective.load_extra_state(ckpt["extra"])
+        _set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        start = ckpt["step"]
+    if ema is not None:
+        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
+
+    wrapped = {name: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+               if info.distributed and any(p.requires_grad for p in m.parameters()) else m
+               for name, m in objective.modules.items()}
+
+    def save_checkpoint(step: int) -> None:
+        rng = [None] * info.world_size
+        if info.distributed:
+            torch.distributed.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        if info.is_main:
+            atomic_torch_save({
+                "step": step,
+                "modules": {n: m.state_dict() for n, m in objective.modules.items()},
+                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                "scaler": scaler.state_dict(),
+                "ema": ema.shadow if ema is not None else {},
+                "extra": objective.extra_state(),
+                "rng": rng,
+            }, ckpt_path)
+        D.barrier()
+
+    logs: dict[str, float] = {}
+    t0 = time.time()
+    it = batches(start)
+    for m in objective.modules.values():
+        m.train()
+    for step in range(start, cfg.steps):
+        batch = next(it)
+        micro = _split(batch, cfg.grad_accum)
+        logs = {}
+        cache: list[dict] = [{} for _ in micro]
+        nonfinite = False
+        for name, opt in optimizers.items():
+            if not objective.active(name, step):
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.steps, objective.optim[name])
+            opt.zero_grad(set_to_none=True)
+            for i, mb in enumerate(micro):
+                sync = (i == len(micro) - 1) or not isinstance(wrapped[name], DistributedDataParallel)
+                ctx = nullcontext() if sync else wrapped[name].no_sync()
+                with ctx:
+                    with _autocast(device, cfg.precision):
+                        loss, mb_logs = objective.loss(name, wrapped, mb, step, cache[i])
+                    nonfinite |= not torch.isfinite(loss.detach()).all().item()
+                    scaler.scale(loss / len(micro)).backward()
+                for k, v in mb_logs.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / len(micro)
+            if D.any_rank(nonfinite, device):
+                raise NonFiniteLossError(
+                    f"non-finite {name} loss at step {step} ({logs}); the last good checkpoint "
+                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept")
+            scaler.unscale_(opt)
+            clip = objective.optim[name].grad_clip
+            if clip > 0:
+                logs[f"{name}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(objective.modules[name].parameters(),
+                                                                                 clip))
+            scaler.step(opt)
+            scaler.update()
+            logs[f"{name}/lr"] = opt.param_groups[0]["lr"]
+        if ema is not None:
+            ema.update(objective.modules[objective.ema_of], step)
+        done = step + 1
+        if log is not None and info.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+            log(dict(logs, steps_per_s=(done - start) / max(time.time() - t0, 1e-9)), done)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(done)
+
+    final = objective.modules[objective.ema_of] if objective.ema_of else None
+    if final is not None:
+        final = _cpu_copy(final)
+        if ema is not None:
+            ema.copy_to(final)
+    return TrainResult(cfg.steps, time.time() - t0, logs, final)
+
+
+def _split(batch, parts: int) -> list:
+    """Split a batch (tensor, or tuple/list/dict of tensors) into `parts` micro-batches along dim 0."""
+    if parts == 1:
+        return [batch]
+    if isinstance(batch, torch.Tensor):
+        if len(batch) % parts:
+            raise ValueError(f"per-rank batch of {len(batch)} does not split into {parts} micro-batches")
+        return list(batch.chunk(parts))
+    if isinstance(batch, dict):
+        split = {k: _split(v, parts) for k, v in batch.items()}
+        return [{k: split[k][i] for k in batch} for i in range(parts)]
+    split = [_split(v, parts) for v in batch]
+    return [type(batch)(s[i] for s in split) for i in range(parts)]
+
+
+def _cpu_copy(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).cpu().eval()

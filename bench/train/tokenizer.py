@@ -1,0 +1,338 @@
+"""Tokenizer training stages: stage 1 (proxy codes), stage 2 (decoder fine-tuning), single-stage (VQ/VAE),
+and the small MaskGIT-VQGAN teacher for offline smoke runs.
+
+Each `train_*` function trains (or resumes) one stage in `out_dir`, writes the final EMA weights to
+`out_dir/model.safetensors` (a self-describing checkpoint) and returns a `StageResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from bench import weights
+from bench.data import build_dataset, infinite_batches, make_loader
+
+from . import dist as D
+from .loop import Objective, TrainResult, train
+from .losses import LeCam, NLayerDiscriminator, frozen_call, hinge_d_loss, hinge_g_loss
+from .recipes import (
+    DataConfig,
+    GANConfig,
+    PerceptualConfig,
+    SingleStageConfig,
+    Stage1Config,
+    Stage2Config,
+    TeacherConfig,
+    TeacherTrainConfig,
+)
+
+MODEL_FILE = "model.safetensors"
+
+Log = Callable[[dict, int], None] | None
+
+
+@dataclass
+class StageResult:
+    checkpoint: str
+    steps: int
+    wall_s: float
+    final_logs: dict[str, float]
+    random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network -> was a stand-in
+
+    @property
+    def any_random(self) -> bool:
+        return any(self.random_weights.values())
+
+
+# ---- shared pieces ------------------------------------------------------------------------------------------------
+def start_stage(device: str, seed: int) -> D.DistInfo:
+    """Distributed set-up and a seeded RNG, so that model initialisation is reproducible (and equal on all
+    ranks); the loop reseeds per rank for the training randomness."""
+    info = D.setup(device)
+    torch.manual_seed(seed)
+    return info
+
+
+def load_teacher(cfg: TeacherConfig, allow_random: bool) -> tuple[models.MaskGITVQGAN, bool]:
+    """(teacher, is_random_stand_in). A path loads that checkpoint; the registry name loads the released file
+    from the weights cache, or builds a seeded random stand-in when allowed."""
+    if cfg.source != "MaskGIT-VQGAN":
+        teacher = models.from_pretrained(cfg.source)
+        if not isinstance(teacher, models.MaskGITVQGAN):
+            raise ValueError(f"teacher {cfg.source} is a {teacher.kind}, not a MaskGIT-VQGAN")
+        return teacher.eval(), False
+    resolved = weights.resolve(weights.TEACHER, allow_random=allow_random)
+    if resolved.path is not None:
+        return models.from_pretrained(resolved.path, variant="MaskGIT-VQGAN").eval(), False
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return models.build("MaskGIT-VQGAN", **_vqgan_overrides(cfg.overrides)).eval(), True
+
+
+def _vqgan_overrides(overrides: dict) -> dict:
+    out = dict(overrides)
+    if "channel_mult" in out:
+        out["channel_mult"] = tuple(out["channel_mult"])
+    return out
+
+
+def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True,
+                train_augment: bool = True):
+    """The loop's batch source: a function of the start step, yielding this rank's (images, labels).
+    `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
+    if batch_size % info.world_size:
+        raise ValueError(f"global batch {batch_size} does not divide across {info.world_size} ranks")
+    dataset = build_dataset(data.name, split="train" if train_split else "val", image_size=data.image_size,
+                            train=train_split and train_augment, root=data.root, num_images=data.num_images,
+                            num_classes=data.num_classes, seed=data.seed)
+
+    def batches(start_step: int):
+        loader = make_loader(dataset, batch_size=batch_size // info.world_size, seed=seed, rank=info.rank,
+                             world_size=info.world_size, num_workers=data.num_workers, start_step=start_step,
+                             pin_memory=info.device.type == "cuda")
+        for _, (images, labels) in infinite_batches(loader):
+            yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+
+    return batches
+
+
+def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, random_weights: dict[str, bool],
+           metadata: dict | None = None) -> StageResult:
+    path = Path(out_dir) / MODEL_FILE
+    if info.is_main:
+        meta = {"steps": str(result.steps), **{f"random.{k}": str(v).lower() for k, v in random_weights.items()},
+                **(metadata or {})}
+        models.save(result.model, path, metadata=meta)
+    D.barrier()
+    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights)
+
+
+def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:
+    grid = image_size // teacher.config.downsample_factor
+    if tokenizer.config.token_grid != grid or tokenizer.config.image_size != image_size:
+        raise ValueError(
+            f"the tokenizer predicts a {tokenizer.config.token_grid}x{tokenizer.config.token_grid} proxy-code grid "
+            f"at {tokenizer.config.image_size} px, but the teacher gives {grid}x{grid} codes at {image_size} px: "
+            "match image_size, decoder_patch_size and the teacher's channel_mult")
+
+
+# ---- stage 1 --------------------------------------------------------------------------------------------------------
+def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    teacher, teacher_random = load_teacher(cfg.teacher, cfg.allow_random_weights)
+    # the proxy-code head predicts the teacher's codebook
+    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
+                                               image_size=cfg.data.image_size))
+    if not tokenizer.config.two_stage:
+        raise ValueError(f"{cfg.model} is a single-stage tokenizer; stage 1 trains the two-stage family")
+    _check_grid(tokenizer, teacher, cfg.data.image_size)
+
+    def loss(name, wrapped, batch, step, cache):
+        images, _ = batch
+        with torch.no_grad():
+            codes = teacher.encode(images)
+        logits, q = wrapped["tokenizer"](images)
+        ce = F.cross_entropy(logits.float().flatten(2), codes)
+        total = ce + cfg.quantizer_weight * q.loss
+        return total, {"stage1/loss": total.detach(), "stage1/ce": ce.detach(), "stage1/quantizer": q.loss.detach(),
+                       "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean()}
+
+    objective = Objective(modules={"tokenizer": tokenizer}, optim={"tokenizer": cfg.optim}, loss=loss,
+                          ema_of="tokenizer", frozen={"teacher": teacher})
+    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
+                   info, log)
+    return finish(result, out_dir, info, {"teacher": teacher_random}, {"stage": "stage1"})
+
+
+# ---- reconstruction losses shared by stage 2 and single-stage ----------------------------------------------------
+class ReconstructionLoss(nn.Module):
+    """L2 + perceptual (LPIPS and/or ConvNeXt logits) + hinge GAN with LeCam, the discriminator trained from
+    `gan.start_step`. `generator_loss` and `discriminator_loss` are the two optimizers' objectives."""
+
+    def __init__(self, perceptual: PerceptualConfig, gan: GANConfig, allow_random: bool):
+        super().__init__()
+        from bench.perceptual import LPIPS, ConvNeXtLogits
+
+        self.perceptual_cfg, self.gan_cfg = perceptual, gan
+        self.random: dict[str, bool] = {}
+        if perceptual.convnext_weight > 0:
+            self.convnext = ConvNeXtLogits(allow_random=allow_random, resolution=perceptual.resolution)
+            self.random["convnext"] = self.convnext.random
+        if perceptual.lpips_weight > 0:
+            self.lpips = LPIPS(allow_random=allow_random)
+            self.random["lpips"] = self.lpips.random
+        self.discriminator = NLayerDiscriminator(gan.disc_base_channels, groups=gan.disc_groups)
+        self.lecam = LeCam()
+
+    def gan_active(self, step: int) -> bool:
+        return self.gan_cfg.weight > 0 and step >= self.gan_cfg.start_step
+
+    def generator_loss(self, images, recon, step) -> tuple[torch.Tensor, dict]:
+        recon = recon.float()
+        l2 = F.mse_loss(recon, images)
+        total, logs = l2, {"l2": l2.detach()}
+        p = self.perceptual_cfg
+        if p.convnext_weight > 0:
+            c = F.mse_loss(self.convnext(recon), self.convnext(images))
+            total, logs["convnext"] = total + p.convnext_weight * c, c.detach()
+        if p.lpips_weight > 0:
+            lp = self.lpips(recon, images).mean()
+            total, logs["lpips"] = total + p.lpips_weight * lp, lp.detach()
+        if self.gan_active(step):
+            g = hinge_g_loss(frozen_call(self.discriminator, recon))
+            total, logs["gan_g"] = total + self.gan_cfg.weight * g, g.detach()
+        return total, logs
+
+    def discriminator_loss(self, disc: nn.Module, images, recon) -> tuple[torch.Tensor, dict]:
+        real, fake = disc(images.float()), disc(recon.detach().float())
+        d = hinge_d_loss(real, fake)
+        reg = self.lecam(real, fake)
+        total = d + self.gan_cfg.lecam_weight * reg
+        return total, {"gan_d": d.detach(), "lecam": reg.detach(), "logits_real": real.mean().detach(),
+                       "logits_fake": fake.mean().detach()}
+
+
+def _reconstruction_objective(stage: str, tokenizer: models.TiTok, criterion: ReconstructionLoss, optim, gan_optim,
+                              quantizer_term: Callable | None) -> Objective:
+    def loss(name, wrapped, batch, step, cache):
+        images, _ = batch
+        if name == "tokenizer":
+            recon, q = wrapped["tokenizer"](images)
+            total, logs = criterion.generator_loss(images, recon, step)
+            if quantizer_term is not None:
+                extra, extra_logs = quantizer_term(q)
+                total = total + extra
+                logs.update(extra_logs)
+            cache["recon"] = recon.detach()
+            logs["loss"] = total.detach()
+        else:
+            total, logs = criterion.discriminator_loss(wrapped["discriminator"], images, cache["recon"])
+        return total, {f"{stage}/{k}": v for k, v in logs.items()}
+
+    return Objective(
+        modules={"tokenizer": tokenizer, "discriminator": criterion.discriminator},
+        optim={"tokenizer": optim, "discriminator": gan_optim}, loss=loss,
+        active=lambda name, step: name == "tokenizer" or criterion.gan_active(step), ema_of="tokenizer",
+        extra_state=lambda: {"lecam": criterion.lecam.state_dict()},
+        load_extra_state=lambda s: criterion.lecam.load_state_dict(s["lecam"]),
+        frozen={k: m for k, m in (("convnext", getattr(criterion, "convnext", None)),
+                                  ("lpips", getattr(criterion, "lpips", None)), ("lecam", criterion.lecam))
+                if m is not None})
+
+
+# ---- stage 2 --------------------------------------------------------------------------------------------------------
+def stage2_model(stage1_checkpoint: str, teacher: models.MaskGITVQGAN) -> models.TiTok:
+    """The stage-1 tokenizer with the teacher's decoder and codebook as its pixel decoder; encoder, latent tokens
+    and quantiser frozen."""
+    stage1 = models.load(stage1_checkpoint)
+    if not (isinstance(stage1, models.TiTok) and stage1.config.two_stage):
+        raise ValueError(f"{stage1_checkpoint} is not a two-stage (stage-1) TiTok checkpoint")
+    config = dataclasses.replace(stage1.config, pixel_decoder=True, vqgan=teacher.config)
+    model = models.build_from_config(config)
+    state = {**stage1.state_dict(),
+             **{f"pixel_decoder.{k}": v for k, v in teacher.decoder.state_dict().items()},
+             "pixel_quantize.embedding.weight": teacher.quantize.embedding.weight.detach()}
+    model.load_state_dict(state, strict=True)
+    for part in (model.encoder, model.quantize):
+        part.requires_grad_(False)
+    model.latent_tokens.requires_grad_(False)
+    return model
+
+
+def train_stage2(cfg: Stage2Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    if not cfg.init_from:
+        raise ValueError("stage 2 needs init_from: the stage-1 checkpoint")
+    teacher, teacher_random = load_teacher(cfg.teacher, cfg.allow_random_weights)
+    tokenizer = stage2_model(cfg.init_from, teacher)
+    _check_grid(tokenizer, teacher, cfg.data.image_size)
+    del teacher
+    criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
+    # the frozen encoder and quantiser carry no loss in stage 2 (their weights are fixed)
+    objective = _reconstruction_objective("stage2", tokenizer, criterion, cfg.optim, cfg.gan.optim, None)
+    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
+                   info, log)
+    return finish(result, out_dir, info, {"teacher": teacher_random, **criterion.random}, {"stage": "stage2"})
+
+
+# ---- single stage ---------------------------------------------------------------------------------------------------
+def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, image_size=cfg.data.image_size))
+    if tokenizer.config.two_stage:
+        raise ValueError(f"{cfg.model} is a two-stage tokenizer; train it with stage 1 and stage 2")
+    criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
+
+    def quantizer_term(q):
+        if tokenizer.is_vq:
+            return cfg.quantizer_weight * q.loss, {"quantizer": q.loss.detach()}
+        return cfg.kl_weight * q.loss, {"kl": q.loss.detach()}
+
+    objective = _reconstruction_objective("single", tokenizer, criterion, cfg.optim, cfg.gan.optim, quantizer_term)
+    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
+                   info, log)
+    return finish(result, out_dir, info, criterion.random, {"stage": "single"})
+
+
+# ---- the small teacher for offline smoke runs -----------------------------------------------------------------------
+class _TeacherAutoencoder(nn.Module):
+    """MaskGIT-VQGAN trained as a plain VQ autoencoder (L2 + codebook + commitment, straight-through).
+
+    Codes unused for a while are re-seeded from the current batch's encoder outputs: without it a small
+    codebook collapses to a handful of codes, and the proxy-code task of stage 1 becomes trivial. The
+    re-seeding uses this process's batch, so the teacher is trained single-process (it is a toy).
+    """
+
+    def __init__(self, vqgan: models.MaskGITVQGAN, commitment_cost: float, usage_decay: float = 0.9):
+        super().__init__()
+        self.vqgan, self.commitment_cost, self.usage_decay = vqgan, commitment_cost, usage_decay
+        self.register_buffer("usage", torch.ones(vqgan.config.codebook_size))
+
+    def forward(self, images):
+        z = self.vqgan.encoder(images)
+        codes = self.vqgan.quantize.codes(z)
+        if self.training:
+            self._reseed_dead_codes(z, codes)
+            codes = self.vqgan.quantize.codes(z)
+        zq = self.vqgan.quantize.lookup(codes)
+        vq = F.mse_loss(zq, z.detach()) + self.commitment_cost * F.mse_loss(z, zq.detach())
+        recon = self.vqgan.decoder(z + (zq - z).detach())
+        return recon, vq
+
+    @torch.no_grad()
+    def _reseed_dead_codes(self, z: torch.Tensor, codes: torch.Tensor) -> None:
+        counts = torch.bincount(codes.flatten(), minlength=self.usage.numel()).float()
+        self.usage.mul_(self.usage_decay).add_(counts, alpha=1 - self.usage_decay)
+        dead = (self.usage < 1e-3).nonzero().flatten()
+        if len(dead):
+            vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            pick = torch.randint(len(vectors), (len(dead),), device=z.device)
+            self.vqgan.quantize.embedding.weight[dead] = vectors[pick].to(self.vqgan.quantize.embedding.weight.dtype)
+            self.usage[dead] = 1.0
+
+
+def train_teacher(cfg: TeacherTrainConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    vqgan = models.build("MaskGIT-VQGAN", **_vqgan_overrides(cfg.overrides))
+    net = _TeacherAutoencoder(vqgan, cfg.commitment_cost)
+
+    def loss(name, wrapped, batch, step, cache):
+        images, _ = batch
+        recon, vq = wrapped["teacher"](images)
+        l2 = F.mse_loss(recon.float(), images)
+        return l2 + vq, {"teacher/l2": l2.detach(), "teacher/vq": vq.detach()}
+
+    objective = Objective(modules={"teacher": net}, optim={"teacher": cfg.optim}, loss=loss, ema_of="teacher")
+    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
+                   info, log)
+    result.model = result.model.vqgan
+    return finish(result, out_dir, info, {}, {"stage": "teacher"})
