@@ -32,6 +32,7 @@ LPIPS_VGG = "lpips-vgg"
 VGG16 = "vgg16"
 CONVNEXT_SMALL = "convnext-small"
 TEACHER = "MaskGIT-VQGAN"
+ADM_REFERENCE_256 = "VIRTUAL_imagenet256_labeled"
 
 ENV_CACHE = "TITOK_BENCH_WEIGHTS"
 ENV_OFFLINE = "TITOK_BENCH_OFFLINE"
@@ -93,6 +94,12 @@ def _fixed_entries() -> list[Entry]:
               "https://huggingface.co/fun-research/TiTok/resolve/main/maskgit-vqgan-imagenet-f16-256.bin",
               "MaskGIT-VQGAN f16 256px (raw state_dict): proxy-code teacher and pixel decoder",
               hash_note="no published sha256 known here; verify() checks that the state_dict loads"),
+        Entry(ADM_REFERENCE_256, "VIRTUAL_imagenet256_labeled.npz",
+              "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+              "VIRTUAL_imagenet256_labeled.npz",
+              "ADM reference batch for ImageNet 256x256 gFID/sFID/precision/recall (mu, sigma, mu_s, sigma_s, "
+              "10k images): not weights, but fetched and cached the same way",
+              hash_note="no published sha256 known here; verify() checks that it holds mu and sigma"),
     ]
 
 
@@ -312,6 +319,12 @@ def verify(name: str) -> bool:
                 import json
 
                 json.loads(f.read_text())
+            elif f.suffix == ".npz":
+                import numpy as np
+
+                with np.load(f) as z:
+                    if not {"mu", "sigma"} <= set(z.files):
+                        return False
             else:
                 _load_tensors(f)
         return True

@@ -129,6 +129,7 @@ class TrainResult:
     wall_s: float
     final_logs: dict[str, float]
     model: nn.Module  # the EMA (or raw) weights of objective.ema_of, on CPU
+    resumed_from: int = 0  # the step of the checkpoint this run started from (0: from scratch)
 
 
 def _rng_state() -> dict:
@@ -199,7 +200,7 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
     ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
         objective.ema_of and cfg.ema_max_decay > 0) else None
 
-    start = 0
+    start, prior_wall_s = 0, 0.0  # wall time of earlier attempts (a requeued job counts all of its time)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -211,7 +212,7 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
             ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
         objective.load_extra_state(ckpt["extra"])
         _set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
-        start = ckpt["step"]
+        start, prior_wall_s = ckpt["step"], ckpt.get("wall_s", 0.0)
     if ema is not None:
         ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
 
@@ -234,6 +235,7 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
                 "ema": ema.shadow if ema is not None else {},
                 "extra": objective.extra_state(),
                 "rng": rng,
+                "wall_s": prior_wall_s + time.time() - t0,
             }, ckpt_path)
         D.barrier()
 
@@ -289,7 +291,7 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
         final = _cpu_copy(final)
         if ema is not None:
             ema.copy_to(final)
-    return TrainResult(cfg.steps, time.time() - t0, logs, final)
+    return TrainResult(cfg.steps, prior_wall_s + time.time() - t0, logs, final, start)
 
 
 def _split(batch, parts: int) -> list:

@@ -47,6 +47,7 @@ class StageResult:
     wall_s: float
     final_logs: dict[str, float]
     random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network -> was a stand-in
+    resumed_from: int = 0
 
     @property
     def any_random(self) -> bool:
@@ -113,7 +114,7 @@ def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, ra
                 **(metadata or {})}
         models.save(result.model, path, metadata=meta)
     D.barrier()
-    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights)
+    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights, result.resumed_from)
 
 
 def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:

@@ -1,0 +1,352 @@
+"""Launching a plan with submitit: the job callable (requeue-able), the local and SLURM launchers, the record
+of submitted jobs (for idempotent reruns, status and cancellation), and cell bookkeeping in MLflow.
+
+- local: one process per cell runs the cell's unfinished stages in order, `max_parallel` cells at a time;
+  the shared stages run first. The driver waits (Ctrl-C cancels the running jobs).
+- slurm: one job array per stage across cells; a cell's stages are chained with `aftercorr` (array element i
+  after element i of the upstream array) when the arrays line up, else `afterok` on the upstream array; jobs
+  whose dependency failed are cancelled (kill-on-invalid-dep). Preemption or time limit: submitit signals the
+  job, `StageJob.checkpoint` requeues it, and the stage resumes from the checkpoint in its folder. The driver
+  returns after submitting unless `wait=true`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import submitit
+
+from bench import tracking as T
+from bench.plan import SHARED, Cell, Plan
+from bench.stages import StageTask, Tracking, any_random, cell_cost, run_task
+
+JOBS_FILE = "jobs.jsonl"
+FINISHED_MARK = "cell_finished"
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                 "REQUEUE_HOLD", "REQUEUE_FED")
+
+
+# ---- the job -----------------------------------------------------------------------------------------------------
+@dataclass
+class CellContext:
+    """What a job needs to finish its cell's MLflow run once every stage of the cell is done."""
+
+    tasks: list[StageTask]
+    tracking: Tracking | None
+    tags: dict[str, str]
+    dir: str
+
+
+class StageJob:
+    """A submitit callable running `tasks` in order. On preemption or timeout submitit calls `checkpoint`, which
+    requeues the same callable: every stage resumes from its own folder (finished stages are skipped)."""
+
+    def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None):
+        self.tasks, self.contexts, self.threads = tasks, contexts, threads
+
+    def __call__(self) -> list[str]:
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one process per GPU: torch.distributed from SLURM
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        done = []
+        for task in self.tasks:
+            ctx = self.contexts[task.cell]
+            try:
+                run_task(replace(task, threads=self.threads or task.threads), ctx.tracking)
+            except BaseException as err:
+                if ctx.tracking and int(os.environ.get("RANK", "0")) == 0 and not isinstance(err, KeyboardInterrupt):
+                    log = ctx.tracking.logger()
+                    log.set_tags({T.TAG_STATUS: "failed", "titok.failed_stage": task.stage,
+                                  "titok.error": f"{type(err).__name__}: {err}"[:4000]})
+                    log.set_status("FAILED")
+                    log.flush()
+                raise
+            done.append(task.key)
+            if int(os.environ.get("RANK", "0")) == 0:
+                finish_cell(ctx)
+        return done
+
+    def checkpoint(self, *args, **kwargs):
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def finish_cell(ctx: CellContext) -> bool:
+    """Once every stage of a cell is done: costs, status and tags into its run (exactly once per cell)."""
+    if not all(t.done for t in ctx.tasks):
+        return False
+    mark = Path(ctx.dir) / FINISHED_MARK
+    try:
+        fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # several jobs of a cell may end together
+        os.close(fd)
+    except FileExistsError:
+        return True
+    if ctx.tracking:
+        log = ctx.tracking.logger()
+        if ctx.tasks[0].cell != SHARED:
+            log.log_metrics(cell_cost(ctx.tasks))
+        tags = dict(ctx.tags, **{T.TAG_STATUS: "finished", T.TAG_STAGES_DONE: ",".join(t.stage for t in ctx.tasks)})
+        if any_random(ctx.tasks):
+            tags[T.TAG_WEIGHTS_RANDOM] = "true"
+            tags[T.TAG_SMOKE] = "true"
+        log.set_tags(tags)
+        log.set_status("FINISHED")
+        log.flush()
+    return True
+
+
+# ---- tracking set-up by the driver ------------------------------------------------------------------------------
+def code_version() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha or "unknown") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def prepare_tracking(plan: Plan, uri: str) -> dict[str, CellContext]:
+    """Experiment, parent run and one run per cell, created here (never in jobs); params logged once."""
+    exp_id = T.ensure_experiment(uri, plan.grid, artifact_root=plan.root.parent / "mlartifacts")
+    common = {T.TAG_GRID: plan.grid, T.TAG_PRESET: plan.preset, T.TAG_CODE_VERSION: code_version(),
+              T.TAG_FID_BACKEND: "torch-fidelity", T.TAG_SMOKE: str(plan.smoke).lower()}
+    reference = plan.config["preset"]["eval"].get("reference_batch") or f"{plan.config['data']['name']} val split"
+    common[T.TAG_REFERENCE] = f"rFID: {plan.config['data']['name']} val; gFID: {reference}"
+    parent = T.ensure_run(uri, exp_id, plan.root, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}))
+    shared_tracking = Tracking(uri, parent, str(plan.root / T.BUFFER_FILE))
+    T.RunLogger(uri, parent, shared_tracking.buffer).log_params(T.flatten(plan.config))
+    contexts = {SHARED: CellContext(plan.shared, shared_tracking, {}, str(plan.root))}
+    for cell in plan.cells:
+        tags = dict(common, **{T.TAG_ROLE: "cell", T.TAG_CELL: cell.name, T.TAG_CELL_ID: cell.cell_id,
+                               T.TAG_TOKENIZER: cell.tokenizer, T.TAG_GENERATOR: str(cell.generator or "")})
+        if cell.size:
+            tags.update({T.TAG_MODEL_SIZE: cell.size, T.TAG_NUM_TOKENS: str(cell.num_tokens)})
+        else:
+            tags.update(_size_tags(cell.name))
+        cell.dir.mkdir(parents=True, exist_ok=True)
+        run_id = T.ensure_run(uri, exp_id, cell.dir, cell.name, tags, parent_run_id=parent)
+        tracking = Tracking(uri, run_id, str(cell.dir / T.BUFFER_FILE))
+        tracking.logger().log_params(T.flatten(cell.identity))
+        contexts[cell.name] = CellContext(cell.tasks, tracking, tags, str(cell.dir))
+    return contexts
+
+
+def _size_tags(name: str) -> dict[str, str]:
+    import models
+
+    c = models.resolve(name).config
+    return {T.TAG_MODEL_SIZE: c.encoder_size, T.TAG_NUM_TOKENS: str(c.num_latent_tokens)}
+
+
+# ---- the record of submitted jobs -------------------------------------------------------------------------------
+def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]]) -> None:
+    """Append (job id, task keys) lines: what status, cancel and the next invocation look at."""
+    with open(plan.root / JOBS_FILE, "a") as f:
+        for job_id, keys in jobs:
+            f.write(json.dumps({"launcher": launcher, "job_id": job_id, "tasks": keys, "time": time.time()}) + "\n")
+
+
+def recorded_jobs(plan: Plan) -> list[dict]:
+    path = plan.root / JOBS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def slurm_states(job_ids: list[str], env: dict | None = None) -> dict[str, str]:
+    """job id -> SLURM state (squeue for queued/running jobs, sacct for the rest)."""
+    if not job_ids:
+        return {}
+    states: dict[str, str] = {}
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
+                         env=env)
+    for line in out.stdout.splitlines():
+        jid, state = line.split()[:2]
+        states[jid] = state
+    missing = [j for j in job_ids if j not in states]
+    if missing:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(missing)],
+                             capture_output=True, text=True, env=env)
+        for line in out.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 2:
+                states.setdefault(parts[0], parts[1].split()[0])
+    return states
+
+
+def active_tasks(plan: Plan) -> dict[str, str]:
+    """task key -> job id of a SLURM job of this grid that is still queued or running."""
+    records = [r for r in recorded_jobs(plan) if r["launcher"] == "slurm"]
+    states = slurm_states([r["job_id"] for r in records])
+    active = {}
+    for r in records:
+        if states.get(r["job_id"], "").split(" ")[0] in ACTIVE_STATES:
+            for key in r["tasks"]:
+                active[key] = r["job_id"]
+    return active
+
+
+# ---- local ----------------------------------------------------------------------------------------------------
+def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, threads: int | None,
+              poll_s: float = 1.0) -> int:
+    """Run every unfinished task on this machine; returns the number of failed jobs."""
+    folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
+    threads = threads or max(1, (os.cpu_count() or 1) // max_parallel)
+    executor = submitit.AutoExecutor(folder=folder, cluster="local")
+    executor.update_parameters(timeout_min=60 * 24 * 7)
+    groups = [[t for t in plan.shared if not t.done]] + [[t for t in c.tasks if not t.done] for c in plan.cells]
+    groups = [g for g in groups if g]
+    print(f"running {sum(map(len, groups))} stages in {len(groups)} local jobs, {max_parallel} at a time, "
+          f"{threads} threads each; logs: {folder}")
+    failed, running, queue = 0, [], list(groups)
+    shared_pending = bool(groups and groups[0][0].cell == SHARED)
+    t0 = time.time()
+    try:
+        while queue or running:
+            # the shared stages (teacher, reference statistics) run alone, before any cell
+            while queue and len(running) < max_parallel and not (shared_pending and running):
+                tasks = queue.pop(0)
+                job = executor.submit(StageJob(tasks, contexts, threads))
+                record_jobs(plan, "local", [(job.job_id, [t.key for t in tasks])])
+                running.append((job, tasks))
+                if tasks[0].cell == SHARED:
+                    break
+            time.sleep(poll_s)
+            for job, tasks in list(running):
+                if not job.done():
+                    continue
+                running.remove((job, tasks))
+                if tasks[0].cell == SHARED:
+                    shared_pending = False
+                try:
+                    job.result()
+                    print(f"[{time.time() - t0:7.1f}s] done   {tasks[0].cell}: {', '.join(t.stage for t in tasks)}")
+                except Exception as err:
+                    failed += 1
+                    print(f"[{time.time() - t0:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err)}\n"
+                          f"          log: {job.paths.stderr}", file=sys.stderr)
+                    if tasks[0].cell == SHARED:
+                        print("the shared stages failed: no cell can run", file=sys.stderr)
+                        for j, _ in running:
+                            j.cancel()
+                        return failed + len(queue) + len(running)
+    except KeyboardInterrupt:
+        for job, _ in running:
+            job.cancel()
+        raise
+    return failed
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    # submitit wraps the job's traceback: its last line is the real error
+    return text[-1] if text else type(err).__name__
+
+
+# ---- slurm ----------------------------------------------------------------------------------------------------
+STAGE_ORDER = ("teacher", "reference", "stage1", "stage2", "single", "generator", "eval_recon", "eval_gen", "probe",
+               "speed")
+
+
+def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, name: str,
+                   dependency: str | None = None) -> submitit.AutoExecutor:
+    folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # a fresh folder per invocation
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=launcher["max_timeouts"])
+    extra = {"kill-on-invalid-dep": "yes"}
+    if cluster.get("account"):
+        extra["account"] = cluster["account"]
+    params = dict(name=name, nodes=cluster["nodes"], tasks_per_node=cluster["tasks_per_node"],
+                  cpus_per_task=cluster["cpus_per_task"], mem_gb=cluster["mem_gb"],
+                  timeout_min=cluster["time_min"][resources], slurm_signal_delay_s=launcher["signal_delay_s"],
+                  slurm_additional_parameters=extra)
+    if cluster.get("gpus_per_node"):
+        params["gpus_per_node"] = cluster["gpus_per_node"]
+    for key in ("partition", "qos", "constraint"):
+        if cluster.get(key):
+            params[f"slurm_{key}"] = cluster[key]
+    if dependency:
+        params["slurm_dependency"] = dependency
+    ex.update_parameters(**params)
+    return ex
+
+
+def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict) -> list[str]:
+    """Submit every unfinished task that has no queued/running job; returns the new job ids."""
+    active = active_tasks(plan)
+    todo = [t for t in plan.tasks() if not t.done and t.key not in active]
+    submitted: dict[str, str] = dict(active)  # task key -> job id (this invocation's and still-active ones)
+    arrays: dict[str, tuple[str, list[str]]] = {}  # stage -> (array job id, cells in order)
+    new_ids = []
+    for stage in STAGE_ORDER:
+        tasks = [t for t in todo if t.stage == stage]
+        if not tasks:
+            continue
+        cells = [t.cell for t in tasks]
+        deps = set()
+        for need_stage in sorted({n.split("/")[1] for t in tasks for n in t.needs}):
+            if need_stage in arrays and need_stage != "reference" and arrays[need_stage][1] == cells:
+                deps.add(f"aftercorr:{arrays[need_stage][0]}")
+                continue
+            for t in tasks:
+                for n in t.needs:
+                    if n.endswith("/" + need_stage) and n in submitted:
+                        deps.add(f"afterok:{submitted[n]}")
+        ex = slurm_executor(plan, cluster, launcher, tasks[0].resources, f"{plan.grid}-{stage}",
+                            ",".join(sorted(deps)) or None)
+        with ex.batch():
+            jobs = [ex.submit(StageJob([t], {t.cell: contexts[t.cell]}, cluster["cpus_per_task"])) for t in tasks]
+        array_id = jobs[0].job_id.split("_")[0]
+        arrays[stage] = (array_id, cells)
+        for t, job in zip(tasks, jobs):
+            submitted[t.key] = job.job_id
+        record_jobs(plan, "slurm", [(job.job_id, [t.key]) for t, job in zip(tasks, jobs)])
+        new_ids += [j.job_id for j in jobs]
+        print(f"submitted {stage:<10} array {array_id} ({len(jobs)} tasks)"
+              + (f" after {', '.join(sorted(deps))}" if deps else ""))
+    return new_ids
+
+
+def wait_slurm(plan: Plan, poll_s: float = 5.0) -> int:
+    """Block until no job of this grid is queued or running; returns the number of unfinished tasks."""
+    while active_tasks(plan):
+        time.sleep(poll_s)
+    return sum(not t.done for t in plan.tasks())
+
+
+def cancel(plan: Plan) -> list[str]:
+    """Cancel this grid's queued/running jobs (SLURM: scancel; local: terminate the job processes)."""
+    cancelled = []
+    slurm_ids = sorted(set(active_tasks(plan).values()))
+    if slurm_ids:
+        subprocess.run(["scancel", *slurm_ids], check=False)
+        cancelled += slurm_ids
+    for r in recorded_jobs(plan):
+        if r["launcher"] == "local":
+            try:
+                os.kill(int(r["job_id"]), 15)
+                cancelled.append(r["job_id"])
+            except (ProcessLookupError, ValueError):
+                pass
+    return cancelled
+
+
+def flush_buffers(contexts: dict[str, CellContext]) -> int:
+    """Replay whatever jobs could not log (tracking outages); returns the number of runs still buffered."""
+    left = 0
+    for ctx in contexts.values():
+        if ctx.tracking and Path(ctx.tracking.buffer).exists() and Path(ctx.tracking.buffer).stat().st_size:
+            left += not ctx.tracking.logger().flush()
+    return left
+
+
+def cell_state(cell: Cell) -> str:
+    if cell.done:
+        return "finished"
+    return "partial" if any(t.done for t in cell.tasks) else "todo"

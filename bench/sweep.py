@@ -1,0 +1,122 @@
+"""The sweep front door (Hydra; configs in sweeps/):
+
+    python -m bench.sweep grid=latent_vs_size                  # tiny preset, local launcher, synthetic data, CPU
+    python -m bench.sweep grid=latent_vs_size action=plan      # dry run: cells, stages, resources, what is done
+    python -m bench.sweep grid=latent_vs_size action=status
+    python -m bench.sweep grid=latent_vs_size action=cancel
+    python -m bench.sweep grid=latent_vs_size preset=paper data=imagenet data.root=/data/imagenet \\
+        launcher=slurm cluster=example                         # the paper's study on SLURM (returns at once)
+
+Reruns are idempotent: finished stages are skipped, interrupted ones resume, a cell keeps its MLflow run.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+GROUPS = ("grid", "preset", "data", "launcher", "cluster")
+ACTIONS = ("run", "plan", "status", "cancel")
+
+
+class SweepError(Exception):
+    """Bad input, said in one line."""
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """`grid=nope` and friends: one clear line instead of Hydra's trace (checked before Hydra composes)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if sep and key in GROUPS and not (SWEEPS / key / f"{value}.yaml").is_file():
+            known = sorted(p.stem for p in (SWEEPS / key).glob("*.yaml"))
+            raise SweepError(f"unknown {key} {value!r}: choose one of {', '.join(known)} (files in {SWEEPS / key})")
+
+
+def sweep(cfg: DictConfig) -> int:
+    """Run the configured action; returns the process exit code."""
+    from bench import launch, tracking
+    from bench.plan import describe, make_plan, write_plan
+
+    if cfg.action not in ACTIONS:
+        raise SweepError(f"action={cfg.action!r}: choose one of {', '.join(ACTIONS)}")
+    if cfg.launcher.name not in ("local", "slurm"):
+        raise SweepError(f"launcher.name={cfg.launcher.name!r}: expected local or slurm")
+    plan = make_plan(cfg)
+    if cfg.action == "plan":
+        print(describe(plan))
+        print("dry run: nothing submitted")
+        return 0
+    if cfg.action == "status":
+        print(describe(plan))
+        active = launch.active_tasks(plan) if cfg.launcher.name == "slurm" else {}
+        for key, job in sorted(active.items()):
+            print(f"  queued/running: {key} (job {job})")
+        return 0
+    if cfg.action == "cancel":
+        ids = launch.cancel(plan)
+        print(f"cancelled {len(ids)} jobs" + (f": {', '.join(ids)}" if ids else ""))
+        return 0
+
+    uri = tracking.resolve_uri(cfg.tracking_uri, cfg.outputs)
+    write_plan(plan)
+    print(describe(plan))
+    contexts = launch.prepare_tracking(plan, uri)
+    launch.flush_buffers(contexts)  # what earlier jobs could not send (a tracking outage)
+    print(f"tracking: {uri} (experiment {tracking.experiment_name(plan.grid)})")
+    if cfg.launcher.name == "local":
+        failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job)
+        for ctx in contexts.values():  # cells finished by an earlier invocation, and the shared run
+            launch.finish_cell(ctx)
+        left = launch.flush_buffers(contexts)
+        todo = sum(not t.done for t in plan.tasks())
+        print(f"{len(plan.cells)} cells: {sum(c.done for c in plan.cells)} finished, {todo} stages unfinished, "
+              f"{failed} jobs failed" + (f"; {left} runs still have unsent metrics (rerun to flush)" if left else ""))
+        print(f"report: python -m reports grid={plan.grid}" + (f" tracking_uri={uri}" if cfg.tracking_uri else ""))
+        return 1 if failed or todo else 0
+    ids = launch.submit_slurm(plan, contexts, OmegaConf.to_container(cfg.cluster, resolve=True),
+                              OmegaConf.to_container(cfg.launcher, resolve=True))
+    print(f"submitted {len(ids)} jobs" + (f": {ids[0]} ... {ids[-1]}" if ids else " (everything is done or queued)"))
+    print(f"follow: squeue -u $USER; python -m bench.sweep grid={plan.grid} action=status; outputs in {plan.root}")
+    if cfg.wait:
+        left = launch.wait_slurm(plan)
+        for ctx in contexts.values():
+            launch.finish_cell(ctx)
+        launch.flush_buffers(contexts)
+        print(f"all jobs ended; {left} stages unfinished")
+        return 1 if left else 0
+    return 0
+
+
+def main() -> None:
+    import hydra
+
+    try:
+        check_group_overrides(sys.argv[1:])
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    @hydra.main(config_path=str(SWEEPS), config_name="sweep", version_base=None)
+    def app(cfg: DictConfig) -> None:
+        from bench.data import DatasetError
+        from bench.plan import PlanError
+        from bench.weights import MissingWeightsError
+
+        try:
+            code = sweep(cfg)
+        except (SweepError, PlanError, DatasetError, MissingWeightsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = 2
+        except ValueError as err:  # a bad value deeper down (model name, size, config field)
+            print(f"error: {err}", file=sys.stderr)
+            code = 2
+        sys.exit(code)
+
+    app()
+
+
+if __name__ == "__main__":
+    main()

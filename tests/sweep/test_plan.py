@@ -1,0 +1,94 @@
+"""The sweep's configs and plan: every config composes, bad overrides fail before anything is submitted, and
+a cell's identity follows the settings that determine its results (not paths, launcher or cluster)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from bench.plan import PlanError, make_plan
+from bench.sweep import SWEEPS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(*overrides, tmp_path=None):
+    with initialize_config_dir(str(SWEEPS), version_base=None):
+        extra = [f"outputs={tmp_path}"] if tmp_path else []
+        return compose("sweep", overrides=[*overrides, *extra])
+
+
+@pytest.mark.parametrize("group", ["grid", "preset", "data", "launcher", "cluster"])
+def test_every_config_composes(group):
+    for path in sorted((SWEEPS / group).glob("*.yaml")):
+        overrides = [f"{group}={path.stem}"]
+        if path.stem == "imagenet" or group == "grid" and path.stem == "released":
+            overrides += ["data=imagenet", "data.root=/nonexistent"]
+        cfg = config(*overrides)
+        assert cfg[group] is not None
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("#"), f"{path} must start with a comment saying how to run it"
+
+
+def test_latent_vs_size_plan(tmp_path):
+    plan = make_plan(config(tmp_path=tmp_path))
+    assert len(plan.cells) == 21
+    assert {c.name for c in plan.cells} == {f"TiTok-{s}-{k}" for s in "SBL" for k in (16, 32, 64, 96, 128, 192, 256)}
+    assert [t.stage for t in plan.shared] == ["teacher", "reference"]
+    cell = plan.cells[0]
+    assert [t.stage for t in cell.tasks] == ["stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"]
+    assert plan.task(f"{cell.name}/generator").needs == (f"{cell.name}/stage1",)
+    assert "_shared/reference" in plan.task(f"{cell.name}/eval_recon").needs
+    assert all(str(t.out_dir).startswith(str(tmp_path)) for t in plan.tasks())
+    assert len({c.cell_id for c in plan.cells}) == 21
+
+
+def test_cell_identity(tmp_path):
+    base = {c.name: c.cell_id for c in make_plan(config(tmp_path=tmp_path)).cells}
+    same = [("launcher=slurm",), ("cluster=example",), ("launcher.max_parallel=1",), ("data.num_workers=3",)]
+    for overrides in same:
+        assert {c.name: c.cell_id for c in make_plan(config(*overrides, tmp_path=tmp_path)).cells} == base, overrides
+    other = make_plan(config(tmp_path=tmp_path / "elsewhere")).cells
+    assert {c.name: c.cell_id for c in other} == base  # the outputs folder is not part of the identity
+    for overrides in [("preset.stage1.loop.steps=151",), ("seed=1",), ("preset.tokenizer.codebook_size=512",),
+                      ("data.num_classes=20",)]:
+        changed = {c.name: c.cell_id for c in make_plan(config(*overrides, tmp_path=tmp_path)).cells}
+        assert all(changed[n] != base[n] for n in base), overrides
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["preset.stage1.loop.steps=-5"], "preset.stage1.loop.steps=-5: must be a positive integer"),
+    (["grid.sizes=[S,XL]"], "grid.sizes has model size 'XL'"),
+    (["preset.sizes.S=huge"], "unknown model size 'huge'"),
+    (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
+    (["grid.num_tokens=[0]"], "must be a positive integer"),
+])
+def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
+    with pytest.raises((PlanError, ValueError), match=message.replace("[", r"\[").replace("(", r"\(")):
+        make_plan(config(*overrides, tmp_path=tmp_path))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["grid=nope"], "unknown grid 'nope': choose one of latent_vs_size, released"),
+    (["preset.stage1.loop.steps=-5"], "must be a positive integer"),
+    (["grid.sizes=[S,XXL]"], "model size 'XXL'"),
+    (["data=imagenet", "data.root=/no/such/imagenet"], "does not exist"),
+    (["action=explode"], "action='explode'"),
+])
+def test_bad_overrides_on_the_command_line(args, message, tmp_path):
+    """One clear line, exit code 2, nothing submitted."""
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", *args, f"outputs={tmp_path}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not list(tmp_path.rglob("jobs.jsonl")) and not list(tmp_path.rglob("mlflow.db"))
+
+
+def test_dry_run_prints_the_plan(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "21 cells, 128 stages, 128 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
+    assert not list(tmp_path.rglob("*.json*"))

@@ -1,0 +1,112 @@
+"""The default tiny sweep on a real single-node SLURM cluster, logging to a real `mlflow server`:
+every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint into the same
+MLflow run; the tracking server is stopped and restarted mid-sweep and no metric is lost; a second invocation
+submits nothing. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from bench import tracking as T
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slurm
+
+
+def sweep(*args, outputs, uri, timeout=600):
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "launcher=slurm", "cluster=local",
+                        f"outputs={outputs}", f"tracking_uri={uri}", *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def squeue() -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%j"], capture_output=True, text=True).stdout
+    return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+
+
+def jobs_of(outputs: Path) -> dict[str, str]:
+    """task key -> job id, from the sweep's record."""
+    lines = (outputs / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()
+    return {key: r["job_id"] for r in map(json.loads, lines) for key in r["tasks"]}
+
+
+def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
+    outputs = tmp_path / "outputs"
+    uri = mlflow_server.uri
+    out = sweep(outputs=outputs, uri=uri)
+    assert "submitted" in out and "aftercorr" in out
+    grid_dir = outputs / "latent_vs_size"
+    keys = jobs_of(outputs)
+
+    # 1. preempt one stage-1 job after its first checkpoint: submitit requeues it, it resumes
+    preempted = None
+    deadline = time.time() + 900
+    while preempted is None and time.time() < deadline:
+        running = {jid for jid, state, _ in squeue() if state == "RUNNING"}
+        for key, jid in keys.items():
+            stage_dir = next(grid_dir.glob(f"{key.split('/')[0]}-*/stage1"), None) if key.endswith("/stage1") else None
+            if (jid in running and stage_dir and (stage_dir / "checkpoint.pt").exists()
+                    and not (stage_dir / "result.json").exists()):
+                subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+                preempted = (key, jid, stage_dir)
+                break
+        time.sleep(0.3)
+    assert preempted, "no stage-1 job was caught running after a checkpoint"
+
+    # 2. a tracking outage in the middle of the sweep
+    mlflow_server.stop()
+    time.sleep(20)
+    mlflow_server.start()
+
+    # 3. wait for the grid's jobs to end
+    ids = set(jobs_of(outputs).values())
+    while time.time() < deadline + 1800 and any(jid in ids for jid, _, _ in squeue()):
+        time.sleep(5)
+    assert not any(jid in ids for jid, _, _ in squeue()), "jobs still queued after the time limit"
+
+    # every cell finished, every stage recorded
+    results = {p.parent.relative_to(grid_dir).as_posix(): json.loads(p.read_text())
+               for p in grid_dir.glob("*/*/result.json")}
+    cells = [d for d in grid_dir.iterdir() if d.is_dir() and d.name.startswith("TiTok-")]
+    assert len(cells) == 21
+    for cell in cells:
+        for stage in ("stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"):
+            assert f"{cell.name}/{stage}" in results, f"{cell.name}/{stage} has no result"
+
+    # the preempted stage resumed from its checkpoint (the job was requeued, not rerun from scratch)
+    key, jid, stage_dir = preempted
+    assert json.loads((stage_dir / "result.json").read_text())["resumed_from"] > 0
+    states = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", jid], capture_output=True,
+                            text=True).stdout.split()
+    assert "REQUEUED" in states and "COMPLETED" in states, states
+
+    # 4. MLflow: one finished run per cell, all in one experiment, nothing lost in the outage
+    sweep(outputs=outputs, uri=uri)  # also flushes anything still buffered
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
+    runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'", max_results=1000)
+    assert len(runs) == 21 and len({r.data.tags[T.TAG_CELL] for r in runs}) == 21
+    for run in runs:
+        cell_dir = next(d for d in cells if d.name.startswith(run.data.tags[T.TAG_CELL] + "-"))
+        assert json.loads((cell_dir / T.RUN_ID_FILE).read_text())["run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED" and run.data.tags[T.TAG_STATUS] == "finished"
+        assert run.data.tags[T.TAG_WEIGHTS_RANDOM] == "true" and run.data.tags[T.TAG_SMOKE] == "true"
+        for stage in ("eval_recon", "eval_gen", "probe", "speed"):
+            for name, value in results[f"{cell_dir.name}/{stage}"]["metrics"].items():
+                if isinstance(value, (int, float)):
+                    assert run.data.metrics[name] == pytest.approx(value), (run.data.tags[T.TAG_CELL], name)
+        steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "stage1/ce")})
+        loop = json.loads((cell_dir / "stage1" / "spec.json").read_text())["spec"]["loop"]
+        expected = list(range(loop["log_every"], loop["steps"] + 1, loop["log_every"]))
+        assert steps == expected, f"{run.data.tags[T.TAG_CELL]}: stage1/ce logged at {steps}"
+        assert not (cell_dir / T.BUFFER_FILE).exists() or not (cell_dir / T.BUFFER_FILE).read_text().strip()
+
+    # 5. a second invocation submits nothing
+    assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
