@@ -232,13 +232,14 @@ def _make_cell(cfg: DictConfig, name: str, size: str | None, k: int | None, ctx:
     if "eval_recon" in stages:
         add("eval_recon", EvalReconSpec(
             tokenizer=tokenizer, reference_dir=ref.out_dir, data=ctx.val_data, num_images=ev.rfid_images,
-            teacher=teacher, batch_size=ev.batch_size, lpips=ev.lpips, allow_random_weights=allow_random,
-            device=device), tok_needs + [ref.key], "eval")
+            teacher=teacher, batch_size=ev.batch_size, lpips=ev.lpips, fid_method=ev.fid_method,
+            allow_random_weights=allow_random, device=device), tok_needs + [ref.key], "eval")
     if generator and "eval_gen" in stages:
         add("eval_gen", EvalGenSpec(
             generator=generator, tokenizer=tokenizer, reference_dir=ref.out_dir, num_samples=ev.gfid_samples,
             num_classes=cfg.data.num_classes, model_name=name, teacher=teacher, sampler=sampler, seed=cfg.seed,
-            batch_size=ev.batch_size, allow_random_weights=allow_random, device=device), gen_needs + [ref.key], "eval")
+            batch_size=ev.batch_size, fid_method=ev.fid_method, clean_fid=ev.clean_fid,
+            allow_random_weights=allow_random, device=device), gen_needs + [ref.key], "eval")
     if "probe" in stages:
         add("probe", ProbeSpec(tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images,
                                num_val=ev.probe_val_images, epochs=ev.probe_epochs, batch_size=ev.batch_size,

@@ -57,6 +57,7 @@ class EvalReconSpec:
     teacher: str | None = None  # decodes stage-1-form tokenizers' proxy codes
     batch_size: int = 64
     lpips: bool = True
+    fid_method: str = "sqrtm"  # "sqrtm" (scipy, as the reference) or "eigh" (agrees to ~1e-6, much faster on CPUs)
     allow_random_weights: bool = False
     device: str = "auto"
 
@@ -73,6 +74,8 @@ class EvalGenSpec:
     sampler: dict = field(default_factory=dict)  # overrides of the generator's sampler settings
     seed: int = 42
     batch_size: int = 64
+    fid_method: str = "sqrtm"
+    clean_fid: bool = True  # clean-fid's FID as a second backend (its own scipy sqrtm: ~20 s on 2 CPU cores)
     allow_random_weights: bool = False
     device: str = "auto"
 
@@ -171,7 +174,7 @@ REFERENCE_BATCH = "reference_batch.npz"
 
 
 def run_reference(spec: ReferenceSpec, out: Path, log, info) -> dict:
-    from bench.eval.generation import make_reference_batch
+    from bench.eval.generation import make_reference_batch, reference_pool_features
     from bench.eval.reconstruction import real_feature_stats, save_feature_stats
 
     inception = _inception(spec, info)
@@ -190,6 +193,7 @@ def run_reference(spec: ReferenceSpec, out: Path, log, info) -> dict:
         make_reference_batch(val, spec.gfid_reference_images, inception, out / REFERENCE_BATCH,
                              batch_size=spec.batch_size, info=info, num_workers=spec.data.num_workers,
                              metadata={"data": dataclasses.asdict(spec.data)})
+    reference_pool_features(out / REFERENCE_BATCH, inception, info, spec.batch_size)  # cached for every cell
     return {"metrics": {}, "random_weights": {"inception": inception.random}}
 
 
@@ -206,8 +210,7 @@ def run_eval_recon(spec: EvalReconSpec, out: Path, log, info) -> dict:
     metrics = evaluate_reconstruction(
         tok.model, _eval_dataset(spec.data, "val", spec.num_images), num_images=spec.num_images, inception=inception,
         batch_size=spec.batch_size, info=info, teacher=teacher.model if teacher else None,
-        real_stats=real_stats, lpips=lpips,
-        num_workers=spec.data.num_workers)
+        real_stats=real_stats, lpips=lpips, fid_method=spec.fid_method, num_workers=spec.data.num_workers)
     random = {"tokenizer": tok.random, "inception": inception.random}
     if teacher:
         random["teacher"] = teacher.random
@@ -230,7 +233,7 @@ def run_eval_gen(spec: EvalGenSpec, out: Path, log, info) -> dict:
                         teacher=teacher.model if teacher else None, num_classes=spec.num_classes,
                         batch_size=spec.batch_size, **spec.sampler)
     metrics = evaluate_generation(npz, Path(spec.reference_dir) / REFERENCE_BATCH, inception=inception, info=info,
-                                  batch_size=spec.batch_size)
+                                  batch_size=spec.batch_size, fid_method=spec.fid_method, clean_fid=spec.clean_fid)
     samples = metrics.pop("samples", {})
     if info.is_main:
         save_sample_grid(npz, out / "samples.png")
@@ -317,6 +320,9 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
         return task.result()
     if task.threads:
         torch.set_num_threads(task.threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(task.threads)  # numpy/scipy BLAS too (the FID matrix functions)
     out = Path(task.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = D.setup(getattr(task.spec, "device", "auto"))
@@ -345,7 +351,7 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
                 tags[T.TAG_WEIGHTS_RANDOM] = "true"
             logger.set_tags(tags)
             for artifact in result.get("artifacts", []):
-                logger.log_artifact(artifact)
+                logger.log_artifact(artifact, task.stage)
             logger.log_artifact(str(out / "spec.json"), f"specs/{task.stage}")
     D.barrier()
     return result

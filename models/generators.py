@@ -7,6 +7,7 @@ Token space: ids [0, V) are image codes, V is the mask token, V+1..V+C the class
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -191,19 +192,23 @@ class MaskGITGenerator(nn.Module):
         return self.lm_head(self.backbone(seq)[:, 1:])
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, generator: torch.Generator | None = None,
-                 batch_guidance: bool = False, **sampler_settings) -> torch.Tensor:
+    def generate(self, labels: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
+                 batch_guidance: bool = False, forward: Callable[..., torch.Tensor] | None = None,
+                 **sampler_settings) -> torch.Tensor:
         """Sample token ids [B, K] for class labels [B]. Sampler settings default to this variant's
-        released ones (`config.sampler`); any of them can be overridden by keyword.
-        `batch_guidance` runs the conditional and unconditional passes as one batched forward."""
+        released ones (`config.sampler`); any of them can be overridden by keyword. `generator`: one
+        torch.Generator for the batch, or one per row (a sample's noise then does not depend on its batch).
+        `batch_guidance` runs the conditional and unconditional passes as one batched forward.
+        `forward` replaces `self.forward` (same signature), e.g. a compiled, CUDA-graphed or autocast wrapper."""
         settings = self.config.sampler.updated(**sampler_settings)
+        forward = forward or self
 
         def logits_fn(ids, drop):
-            return self(ids, labels, drop)
+            return forward(ids, labels, drop)
 
         def batched_logits_fn(ids):
-            both = self(ids.repeat(2, 1), labels.repeat(2),
-                        torch.arange(2 * len(labels), device=ids.device) >= len(labels))
+            both = forward(ids.repeat(2, 1), labels.repeat(2),
+                           torch.arange(2 * len(labels), device=ids.device) >= len(labels))
             return both.chunk(2)
 
         return sample_tokens(logits_fn, len(labels), self.config.num_tokens, self.mask_token_id, settings,

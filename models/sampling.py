@@ -51,9 +51,21 @@ def guidance_weight(settings: SamplerSettings, step: int) -> float:
     return (settings.guidance_scale - 1) * (1 - math.cos(math.pi * t**settings.guidance_scale_pow)) / 2 + 1
 
 
-def _gumbel(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
-    return -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+# One generator for the batch, or one per row (then a sample's noise does not depend on its batch).
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def _uniform(shape, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.rand(shape[1:], generator=g, device=like.device) for g in generator])
+    return torch.rand(shape, generator=generator, device=like.device, dtype=torch.float32)
+
+
+def _gumbel(shape, like: torch.Tensor, generator: Generators) -> torch.Tensor:
+    u = _uniform(shape, like, generator)
+    return -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
 
 
 # logits_fn(ids [B, K], drop_labels: bool) -> logits [B, K, V] (conditional or unconditional)
@@ -64,9 +76,10 @@ BatchedLogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 @torch.no_grad()
 def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int, settings: SamplerSettings,
-                  device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu", generator: Generators = None,
                   batched_logits_fn: BatchedLogitsFn | None = None) -> torch.Tensor:
-    """Iterative MaskGIT decoding from an all-mask sequence. Returns token ids [batch, num_tokens]."""
+    """Iterative MaskGIT decoding from an all-mask sequence. Returns token ids [batch, num_tokens].
+    `generator`: one torch.Generator for the batch, or a list with one per row."""
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
     for step in range(settings.num_steps):
         ratio = (step + 1) / settings.num_steps

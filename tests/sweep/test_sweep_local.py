@@ -1,0 +1,56 @@
+"""The sweep end to end on the local launcher with a shrunken tiny preset: every stage runs in real submitit
+subprocesses, each cell gets one MLflow run (sqlite) with its metrics, and a rerun runs nothing and reuses the
+runs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from bench import tracking as T
+
+REPO = Path(__file__).resolve().parents[2]
+SHRINK = ["grid.sizes=[S,B]", "grid.num_tokens=[16]", "preset.teacher.loop.steps=8",
+          "preset.stage1.loop.steps=6", "preset.generator.loop.steps=6", "preset.eval.rfid_images=20",
+          "preset.eval.gfid_samples=20", "preset.eval.gfid_reference_images=20", "preset.eval.probe_train_images=40",
+          "preset.eval.probe_val_images=20", "preset.eval.batch_size=20", "preset.eval.speed.repeats=1",
+          "data.train_images=200", "data.val_images=60"]
+
+
+def sweep(outputs, *extra):
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", f"outputs={outputs}", *SHRINK,
+                        *extra], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    return r
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_and_reruns_nothing(tmp_path):
+    first = sweep(tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "2 cells: 2 finished, 0 stages unfinished, 0 jobs failed" in first.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
+    runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+    assert sorted(r.data.tags[T.TAG_CELL] for r in runs) == ["TiTok-B-16", "TiTok-S-16"]
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags[T.TAG_STATUS] == "finished"
+        for metric in ("rfid", "gfid", "gfid_is", "probe_top1", "samples_per_s", "cost_gpu_hours"):
+            assert metric in run.data.metrics, metric
+        assert run.data.tags[T.TAG_MODEL_SIZE] in "SB" and run.data.tags[T.TAG_NUM_TOKENS] == "16"
+        assert run.data.tags[T.TAG_SMOKE] == "true" and run.data.tags[T.TAG_WEIGHTS_RANDOM] == "true"
+        assert run.data.params["model"] == run.data.tags[T.TAG_CELL]
+        assert len(client.get_metric_history(run.info.run_id, "stage1/ce")) >= 1
+        assert "eval_gen/samples.png" in [a.path for a in client.list_artifacts(run.info.run_id, "eval_gen")]
+    ids = {r.info.run_id for r in runs}
+
+    second = sweep(tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "running 0 stages" in second.stdout or "0 to run" in second.stdout
+    runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+    assert {r.info.run_id for r in runs} == ids  # no duplicated cell runs
+    jobs = [json.loads(line) for line in (tmp_path / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == 3  # shared + 2 cells, all from the first invocation
