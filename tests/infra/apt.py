@@ -33,7 +33,8 @@ def ensure(packages: list[str]) -> None:
     cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{update.stderr[-2000:]}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{update.stderr[-2000:]}\n{r.stdout[-2000:]}\n"
+                           f"{r.stderr[-4000:]}")
 
 
 if __name__ == "__main__":
