@@ -42,7 +42,8 @@ from bench.train.dist import DistInfo, barrier
 
 SEED_RULE = ("sample i: class i % num_classes; its own torch.Generator on the sampling device seeded with "
              "SeedSequence([seed, i]).generate_state(2, uint32) as one 64-bit integer, from which all of "
-             "that sample's sampler noise is drawn (batched rows keep their own streams); uint8 = trunc(255 * clamp(x, 0, 1))")
+             "that sample's sampler noise is drawn (batched rows keep their own streams); "
+             "uint8 = trunc(255 * clamp(x, 0, 1))")
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
