@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .sampling import SamplerSettings, sample_tokens
+from .vit import init_weights
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,7 @@ class MaskGITGenerator(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
         if self.config.arch == "uvit":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

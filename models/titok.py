@@ -16,7 +16,7 @@ from .maskgit_vqgan import Decoder as PixelDecoder
 from .maskgit_vqgan import PlainQuantizer, VQGANConfig
 from .quantizers import DiagonalGaussianQuantizer, QuantizerOutput, VectorQuantizer
 from .sizes import ViTSize, vit_size
-from .vit import TiTokDecoder, TiTokEncoder, init_titok_weights
+from .vit import TiTokDecoder, TiTokEncoder, init_weights
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ class TiTok(nn.Module):
             heads=dec.heads, num_latent_tokens=c.num_latent_tokens, token_size=c.token_size,
             head="proxy" if c.two_stage else "pixel", proxy_codebook_size=c.vqgan.codebook_size,
             text_tokens=c.text_tokens, text_dim=c.text_dim)
-        init_titok_weights(self.encoder)
-        init_titok_weights(self.decoder)
+        init_weights(self.encoder)
+        init_weights(self.decoder)
         if c.quantizer == "vq":
             self.quantize = VectorQuantizer(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm)
         else:

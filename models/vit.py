@@ -162,12 +162,10 @@ class TiTokDecoder(nn.Module):
         return self.conv_out(x)
 
 
-def init_titok_weights(module: nn.Module) -> None:
-    """Reference init: trunc-normal(0.02) for Linear/Conv/Embedding weights, zero biases, unit LayerNorm.
-
-    The fused attention projection keeps its Xavier init (it is not a Linear in the reference either);
-    the CLS, positional, latent and mask embeddings keep their width**-0.5 * randn init.
-    """
+def init_weights(module: nn.Module) -> None:
+    """Reference init of TiTok and the generators: trunc-normal(0.02) for Linear/Conv/Embedding weights, zero
+    biases, unit LayerNorm. TiTok's fused attention projection keeps its Xavier init (it is not a Linear in the
+    reference either); its CLS, positional, latent and mask embeddings keep their width**-0.5 * randn init."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
             nn.init.trunc_normal_(m.weight, std=0.02)

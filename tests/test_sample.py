@@ -3,13 +3,10 @@ or rank count, checked with a real 2-process gloo run), file content, names and 
 
 import dataclasses
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import models
 from bench.eval.npz import load_samples_npz
@@ -23,6 +20,7 @@ from bench.sample import (
     sample_to_npz,
 )
 from bench.train.dist import DistInfo, setup
+from tests.distributed import join, spawn
 
 NUM_CLASSES = 10
 
@@ -135,16 +133,9 @@ def test_unknown_sampler_setting_fails_early(toys, tmp_path):
         sample_to_npz(gen, tok, tmp_path, model="m", checkpoint="c", num_samples=2, num_step=3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _sampling_worker(rank, world, port, folder):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    join(rank, world, port)
     info = setup("cpu")
     tok, gen = models.load(f"{folder}/tok.safetensors"), models.load(f"{folder}/gen.safetensors")
     sample_to_npz(gen, tok, f"{folder}/ddp", model="toy", checkpoint="toy", num_samples=7, seed=5, info=info,
@@ -156,7 +147,7 @@ def _sampling_worker(rank, world, port, folder):
 def test_two_ranks_write_the_single_process_file(toys, tmp_path):
     tok, gen, folder = toys
     single = sample_to_npz(gen, tok, tmp_path, model="toy", checkpoint="toy", num_samples=7, seed=5, batch_size=3)
-    mp.start_processes(_sampling_worker, args=(2, _free_port(), str(folder)), nprocs=2, start_method="spawn")
+    spawn(_sampling_worker, 2, str(folder))
     ddp = folder / "ddp" / single.name
     a, b = load_samples_npz(single), load_samples_npz(ddp)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)

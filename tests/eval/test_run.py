@@ -3,13 +3,10 @@
 generation against a reference batch made from the same images (distances ~0), the linear probe, and the CLI."""
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import models
 from bench import weights
@@ -28,6 +25,7 @@ from bench.eval.reconstruction import (
 from bench.eval.run import EvalSetupError, decode_tokens, to_uint8
 from bench.perceptual import LPIPS
 from bench.train.dist import setup
+from tests.distributed import join, spawn
 
 N = 10  # images per set: the stand-in Inception costs ~0.1-0.3 s per image here; IS needs >= 10 (10 splits)
 TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
@@ -144,16 +142,9 @@ def test_vae_tokenizer_has_no_codebook_metrics(inception, real_stats):
     assert set(out) == RECON_KEYS - {"lpips", "codebook_usage", "codebook_entropy"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _recon_worker(rank, world, port, folder):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    join(rank, world, port)
     info = setup("cpu")
     tok, teacher = models.load(f"{folder}/tok.safetensors"), models.load(f"{folder}/teacher.safetensors")
     out = evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=4, info=info,
@@ -167,7 +158,7 @@ def _recon_worker(rank, world, port, folder):
 @pytest.mark.slow
 def test_two_ranks_give_the_single_process_result(recon, toys, cache):
     folder = toys[2]
-    mp.start_processes(_recon_worker, args=(2, _free_port(), str(folder)), nprocs=2, start_method="spawn")
+    spawn(_recon_worker, 2, str(folder))
     results = [json.loads((folder / f"recon{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1]  # every rank returns the main rank's numbers
     for key, value in recon.items():

@@ -2,12 +2,9 @@
 uninterrupted weights; a 2-process gloo DDP run matches the single-process run on the same global batch;
 a non-finite loss stops training and keeps the last good checkpoint."""
 
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import models
 from bench.train.generator import train_generator
@@ -24,6 +21,7 @@ from bench.train.recipes import (
     TeacherTrainConfig,
 )
 from bench.train.tokenizer import train_single_stage, train_stage1, train_stage2, train_teacher
+from tests.distributed import join, spawn
 
 TOY_TEACHER = TeacherConfig(overrides={"hidden_channels": 32, "channel_mult": (1, 1, 2, 2), "z_channels": 32,
                                        "codebook_size": 64})
@@ -160,16 +158,9 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
     assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["modules"]["m"].values())
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ddp_worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    join(rank, world, port)
     train_stage1(stage1_cfg(4, grad_accum=2 if world == 1 else 1), out)
     torch.distributed.destroy_process_group()
 
@@ -177,7 +168,7 @@ def _ddp_worker(rank, world, port, out):
 def test_two_process_ddp_matches_single_process(tmp_path):
     # one process with 2 micro-batches of 4 == two ranks with 4 each: the same global batch of 8
     single = train_stage1(stage1_cfg(4, grad_accum=2), tmp_path / "single")
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, start_method="spawn")
+    spawn(_ddp_worker, 2, str(tmp_path / "ddp"))
     a, b = _weights(single.checkpoint), _weights(tmp_path / "ddp" / "model.safetensors")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
