@@ -9,6 +9,7 @@ through `bench.tracking.RunLogger` (which never fails the job).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -155,10 +156,16 @@ def _train(fn) -> Runner:
     return run
 
 
-def _inception(spec, info):
+@functools.cache
+def _cached_inception(device: str, allow_random: bool):
     from bench.eval.inception import InceptionFeatures
 
-    return InceptionFeatures(info.device, allow_random=spec.allow_random_weights)
+    return InceptionFeatures(device, allow_random=allow_random)
+
+
+def _inception(spec, info):
+    """One Inception network per process (a local job runs all evaluation stages of a cell in one process)."""
+    return _cached_inception(str(info.device), spec.allow_random_weights)
 
 
 def _eval_dataset(data: DataConfig, split: str, num_images: int):
@@ -187,13 +194,14 @@ def run_reference(spec: ReferenceSpec, out: Path, log, info) -> dict:
     if spec.reference_batch:
         if not Path(spec.reference_batch).is_file():
             raise FileNotFoundError(f"reference batch {spec.reference_batch} does not exist")
-        if info.is_main:
+        if info.is_main and not (out / REFERENCE_BATCH).exists():
             os.symlink(Path(spec.reference_batch).resolve(), out / REFERENCE_BATCH)
-    else:
+        D.barrier()
+        reference_pool_features(out / REFERENCE_BATCH, inception, info, spec.batch_size)  # cached for every cell
+    else:  # our own batch from the val split (its features are cached as it is written)
         make_reference_batch(val, spec.gfid_reference_images, inception, out / REFERENCE_BATCH,
                              batch_size=spec.batch_size, info=info, num_workers=spec.data.num_workers,
                              metadata={"data": dataclasses.asdict(spec.data)})
-    reference_pool_features(out / REFERENCE_BATCH, inception, info, spec.batch_size)  # cached for every cell
     return {"metrics": {}, "random_weights": {"inception": inception.random}}
 
 

@@ -111,17 +111,25 @@ def reference_pool_features(reference_batch, inception: InceptionFeatures, info:
         images = _open_reference(reference_batch)[1]
     if isinstance(reference_batch, ReferenceBatch):
         return _sharded_features(images, inception, info, batch_size, "reference features")[0]
-    path = Path(reference_batch)
-    cache = path.with_name(f"{path.stem}.pool-{'standin' if inception.random else 'inception'}.npy")
+    cache = _pool_cache(Path(reference_batch), inception)
     if cache.is_file():
         return torch.from_numpy(np.load(cache)).to(info.device)
     pool = _sharded_features(images, inception, info, batch_size, "reference features")[0]
     if info.is_main:
-        tmp = cache.with_name(f".{cache.name}.tmp.npy")
-        np.save(tmp, pool.cpu().numpy())
-        os.replace(tmp, cache)
+        _save_pool_cache(cache, pool)
     barrier()
     return pool
+
+
+def _pool_cache(reference_batch: Path, inception: InceptionFeatures) -> Path:
+    which = "standin" if inception.random else "inception"
+    return reference_batch.with_name(f"{reference_batch.stem}.pool-{which}.npy")
+
+
+def _save_pool_cache(cache: Path, pool: torch.Tensor) -> None:
+    tmp = cache.with_name(f".{cache.name}.tmp.npy")
+    np.save(tmp, pool.cpu().numpy())
+    os.replace(tmp, cache)
 
 
 @torch.no_grad()
@@ -166,19 +174,19 @@ def make_reference_batch(dataset: Dataset, num_images: int, inception: Inception
     """Write a reference batch in the VIRTUAL_imagenet256_labeled.npz layout from the first `num_images` real
     images: mu, sigma (pool), mu_s, sigma_s (spatial), arr_0 the uint8 images, arr_1 the labels, and metadata
     (dataset, Inception stand-in or not). The main rank writes; every rank returns the path."""
-    pool = FeatureStats(POOL_DIM, info.device)
     spatial = FeatureStats(SPATIAL_DIM, info.device)
     # a rank without images sends an empty 1-d tensor, which torch.cat skips
     images, labels = [torch.zeros(0, dtype=torch.uint8)], [torch.zeros(0, dtype=torch.long)]
+    pools = [empty_rows(POOL_DIM, info.device)]
     for x, y in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="reference batch"):
         u8 = to_uint8(x)
         feats = inception(u8)
-        pool.update(feats.pool)
+        pools.append(feats.pool.to(info.device))
         spatial.update(feats.spatial)
         images.append(u8.permute(0, 2, 3, 1).cpu())
         labels.append(y.cpu())
-    pool.all_reduce()
     spatial.all_reduce()
+    pools = gather_tensors(torch.cat(pools))
     images = gather_tensors(torch.cat(images))
     labels = gather_tensors(torch.cat(labels))
     path = Path(path)
@@ -186,9 +194,10 @@ def make_reference_batch(dataset: Dataset, num_images: int, inception: Inception
         describe = getattr(dataset, "describe", dict)()
         meta = {"dataset": describe, "num_images": num_images, "inception_random": inception.random,
                 **(metadata or {})}
-        mu, sigma = pool.mean_cov()
+        mu, sigma = FeatureStats.of(pools).mean_cov()
         mu_s, sigma_s = spatial.mean_cov()
         save_reference_batch(path, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, images=images.numpy(),
                              labels=labels.numpy(), metadata=meta)
+        _save_pool_cache(_pool_cache(path, inception), pools)  # precision/recall need the images' features
     barrier()
     return path

@@ -172,3 +172,13 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     a, b = _weights(single.checkpoint), _weights(tmp_path / "ddp" / "model.safetensors")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains(precision, tmp_path):
+    """bf16 autocast and fp16 autocast with a gradient scaler run and keep the losses finite (CPU autocast)."""
+    rec = Recorder("stage1/ce")
+    result = train_stage1(stage1_cfg(4, precision=precision), tmp_path, rec)
+    assert len(rec.values) == 4 and all(torch.isfinite(torch.tensor(rec.values)))
+    weights = _weights(result.checkpoint)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
