@@ -245,9 +245,13 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    # submitit wraps the job's traceback: its last line is the real error
-    return text[-1] if text else type(err).__name__
+    """The line that names the real error. submitit wraps a job's traceback between dashed rules, followed by the
+    log paths; the traceback's last line is the exception."""
+    text = str(err)
+    if "\n-----" in text:
+        text = text.split("\n-----")[1]
+    lines = [line for line in text.strip("-\n ").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
 
 
 # ---- slurm ----------------------------------------------------------------------------------------------------

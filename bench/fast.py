@@ -1,0 +1,312 @@
+"""Inference paths for TiTok tokenizers and MaskGIT generators: the exact fp32 `parity` path and switchable
+fast paths, plus the quality guard that compares a fast path with the parity path.
+
+    from bench.fast import InferencePipeline, resolve_options, compare_with_parity
+    pipe = InferencePipeline(tokenizer, generator, options=resolve_options("fast", "cpu"))
+    ids, images = pipe.generate(labels, rng=torch.Generator().manual_seed(0))
+    compare_with_parity(tokenizer, generator, options="fast")   # token agreement, image PSNR
+
+Switches (`InferenceOptions`), each independent:
+- batch_guidance: the conditional and unconditional passes of classifier-free guidance as one batched forward;
+- inference_mode: torch.inference_mode instead of torch.no_grad (no version counters or view tracking);
+- precision: bf16 / fp16 autocast for the transformers and convolutions (the VQ lookup stays fp32, and the
+  guidance mix and the sampler run on fp32 logits);
+- cast_weights: with a low precision, keep low-precision copies of the generator, the ViT encoder/decoder and
+  the pixel decoder instead of casting fp32 weights at every call (autocast caches casts only for weights that
+  require grad, and its per-op casts of activations between fp32 norms and bf16 matmuls cost memory traffic);
+- channels_last: NHWC convolutions in the MaskGIT-VQGAN pixel decoder (and the teacher's decoder);
+- compile: torch.compile (with freezing) of the generator forward, the ViT encoder/decoder and the pixel decoder;
+- cuda_graphs: the generator forward replayed from CUDA graphs (fixed shapes in the sampling loop; CUDA only).
+  With `compile` too, inductor's own CUDA graphs are used (its "reduce-overhead" setting) instead of ours;
+- tf32: TF32 matmuls and convolutions on CUDA (off in the fp32 paths, so they stay exact).
+
+Modes: `naive` is the reference procedure written plainly (separate conditional and unconditional forwards,
+torch.no_grad, fp32, NCHW, eager); `parity` is the exact fp32 path (batched guidance and inference_mode change
+no value: tokens equal the reference sampler's); `fast` is bf16 with bf16 weight copies + channels-last (+ CUDA
+graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile. The pipeline never modifies the models it is
+given: paths that change weights or their layout work on copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.eval.metrics import psnr
+from models.generators import MaskGITGenerator
+from models.maskgit_vqgan import MaskGITVQGAN
+from models.sampling import Generators, SamplerSettings
+from models.titok import TiTok
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    precision: str = "fp32"  # "fp32" (no autocast), "bf16" or "fp16" autocast
+    batch_guidance: bool = True
+    inference_mode: bool = True
+    cast_weights: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False
+    tf32: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; expected one of {sorted(PRECISIONS)}")
+
+    @property
+    def exact(self) -> bool:
+        """Whether this path computes the reference's fp32 values (up to summation order)."""
+        return self.precision == "fp32" and not self.tf32
+
+    def describe(self) -> str:
+        on = [name for name in ("batch_guidance", "inference_mode", "cast_weights", "channels_last", "compile",
+                                "cuda_graphs", "tf32") if getattr(self, name)]
+        return "+".join([self.precision, *on])
+
+
+def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOptions:
+    """The named modes (module docstring); `fast` adds CUDA graphs and TF32 on CUDA devices."""
+    cuda = torch.device(device).type == "cuda"
+    fast = InferenceOptions(precision="bf16", cast_weights=True, channels_last=True, cuda_graphs=cuda, tf32=cuda)
+    modes = {
+        "naive": InferenceOptions(batch_guidance=False, inference_mode=False),
+        "parity": InferenceOptions(),
+        "fast": fast,
+        "compiled": dataclasses.replace(fast, compile=True),
+    }
+    if mode not in modes:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(modes)}")
+    return modes[mode]
+
+
+MODES = ("naive", "parity", "fast", "compiled")
+
+
+def resolve_options(mode: str | InferenceOptions, device: torch.device | str = "cpu") -> InferenceOptions:
+    return mode if isinstance(mode, InferenceOptions) else mode_options(mode, device)
+
+
+# ---- CUDA graphs ---------------------------------------------------------------------------------------------------
+class CUDAGraphForward:
+    """A generator forward `fn(ids, labels, drop)` replayed from CUDA graphs, one per input signature (shapes and
+    the drop flag when it is a Python bool). Inputs are copied into static buffers; the output is cloned, so
+    callers may keep it."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], warmup: int = 2):
+        self.fn, self.warmup = fn, warmup
+        self.graphs: dict = {}
+
+    def __call__(self, ids: torch.Tensor, labels: torch.Tensor, drop: torch.Tensor | bool = False) -> torch.Tensor:
+        key = (tuple(ids.shape), tuple(labels.shape), drop if isinstance(drop, bool) else tuple(drop.shape))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(ids, labels, drop)
+        graph, static, out = self.graphs[key]
+        for buffer, value in zip(static, (ids, labels, drop)):
+            if isinstance(buffer, torch.Tensor):
+                buffer.copy_(value)
+        graph.replay()
+        return out.clone()
+
+    def _capture(self, ids, labels, drop):
+        static = [ids.clone(), labels.clone(), drop.clone() if isinstance(drop, torch.Tensor) else drop]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up allocations and kernel selection outside the capture
+            for _ in range(self.warmup):
+                self.fn(*static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.fn(*static)
+        return graph, static, out
+
+
+# ---- the pipeline --------------------------------------------------------------------------------------------------
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _prepared(module: nn.Module | None, dtype: torch.dtype | None, channels_last: bool) -> nn.Module | None:
+    """The module itself, or a copy in `dtype` and/or with NHWC convolution weights."""
+    if module is None or (dtype is None and not channels_last):
+        return module
+    module = copy.deepcopy(module)
+    if dtype is not None:
+        module.to(dtype)
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
+@contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 on or off for CUDA matmuls and convolutions, restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class InferencePipeline:
+    """Encode, decode and generate with one set of `InferenceOptions`.
+
+    `teacher` (a MaskGIT-VQGAN) decodes for a two-stage tokenizer in stage-1 form (no pixel decoder): tokens ->
+    argmax proxy codes -> teacher decoder, as `decode_proxy_codes` + `teacher.decode` do.
+    """
+
+    def __init__(self, tokenizer: TiTok, generator: MaskGITGenerator | None = None, *,
+                 options: InferenceOptions | str = "parity", teacher: MaskGITVQGAN | None = None):
+        self.tokenizer, self.generator, self.teacher = tokenizer.eval(), generator, teacher
+        self.device = _device_of(tokenizer)
+        self.options = o = resolve_options(options, self.device)
+        if o.cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device; the models are on {self.device}")
+        if generator is not None:
+            generator.eval()
+        if teacher is not None:
+            teacher.eval()
+        cast = PRECISIONS[o.precision] if o.cast_weights else None
+        self._encoder = self._compiled(_prepared(tokenizer.encoder, cast, False))
+        self._decoder = self._compiled(_prepared(tokenizer.decoder, cast, False))
+        self._pixel_decoder = self._compiled(_prepared(getattr(tokenizer, "pixel_decoder", None), cast,
+                                                       o.channels_last))
+        self._teacher_decoder = self._compiled(_prepared(teacher.decoder if teacher is not None else None, cast,
+                                                         o.channels_last))
+        self._forward = self._generator_forward(_prepared(generator, cast, False)) if generator is not None else None
+
+    # -- building blocks --------------------------------------------------------------------------------------
+    def _compiled(self, module: nn.Module | None, cuda_graphs: bool = False):
+        if module is None or not self.options.compile:
+            return module
+        # freezing: weights become constants (CPU: prepacked oneDNN weights); the pipeline never trains them
+        options = {"freezing": True, "triton.cudagraphs": cuda_graphs}
+        return torch.compile(module, dynamic=False, options=options)
+
+    def _autocast(self, cache: bool = True):
+        dtype = PRECISIONS[self.options.precision]
+        if dtype is None:
+            return nullcontext()
+        # the autocast weight cache must be off inside CUDA-graph capture
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=cache)
+
+    @contextmanager
+    def context(self) -> Iterator[None]:
+        """Gradient mode and numerics of this path (autocast is applied per component)."""
+        grad = torch.inference_mode() if self.options.inference_mode else torch.no_grad()
+        tf32 = _tf32(self.options.tf32) if self.device.type == "cuda" else nullcontext()
+        with grad, tf32:
+            yield
+
+    def _generator_forward(self, generator: MaskGITGenerator) -> Callable[..., torch.Tensor] | None:
+        """The forward the sampler calls; None (the module itself) on the exact eager path."""
+        o = self.options
+        if o.precision == "fp32" and not o.compile and not o.cuda_graphs:
+            return None
+        graphs = o.cuda_graphs and not o.compile
+        module = self._compiled(generator, cuda_graphs=o.cuda_graphs)
+
+        def forward(ids, labels, drop=False):
+            with self._autocast(cache=not graphs):
+                # fp32 logits for the guidance mix and the sampler, in a fresh tensor: CUDA-graph outputs are reused
+                return module(ids, labels, drop).to(torch.float32, copy=True)
+
+        return CUDAGraphForward(forward) if graphs else forward
+
+    def _nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+
+    # -- public API -------------------------------------------------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1] -> VQ ids [B, K] or VAE posterior means [B, K, C] (TiTok.encode)."""
+        tok = self.tokenizer
+        with self.context():
+            with self._autocast():
+                z = self._encoder(images, tok.latent_tokens)
+            q = tok.quantize_latents(z, sample=False)  # fp32 whatever the autocast
+            return q.indices if tok.is_vq else q.z_quantized.squeeze(2).transpose(1, 2)
+
+    def decode(self, tokens: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens -> images [B, 3, H, W] in [0, 1] (TiTok.decode, or decode_proxy_codes + the teacher)."""
+        tok = self.tokenizer
+        with self.context(), self._autocast():
+            out = self._decoder(tok.tokens_to_latents(tokens), text)
+            if tok.config.two_stage:
+                if self._pixel_decoder is not None:
+                    out = self._pixel_decoder(self._nhwc(tok.pixel_quantize.soft_lookup(out.softmax(dim=1))))
+                elif self._teacher_decoder is not None:
+                    codes = out.argmax(dim=1).flatten(1)
+                    out = self._teacher_decoder(self._nhwc(self.teacher.quantize.lookup(codes)))
+                else:
+                    raise ValueError("this two-stage TiTok is in stage-1 form (no pixel decoder): pass the "
+                                     "MaskGIT-VQGAN teacher to decode its proxy codes")
+            return out.float().clamp(0.0, 1.0).contiguous()
+
+    def sample(self, labels: torch.Tensor, settings: SamplerSettings | None = None,
+               rng: Generators = None) -> torch.Tensor:
+        """Token ids [B, K] for class labels [B] (MaskGITGenerator.generate with this path's forward); `rng`: one
+        torch.Generator for the batch or one per row."""
+        if self.generator is None:
+            raise ValueError("this pipeline has no generator")
+        settings = settings or self.generator.config.sampler
+        with self.context():
+            return self.generator.generate(labels, generator=rng, batch_guidance=self.options.batch_guidance,
+                                           forward=self._forward, **dataclasses.asdict(settings))
+
+    def generate(self, labels: torch.Tensor, settings: SamplerSettings | None = None,
+                 rng: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class labels -> (token ids, images): sampling with de-tokenisation."""
+        ids = self.sample(labels, settings, rng)
+        return ids, self.decode(ids)
+
+
+# ---- quality guard -------------------------------------------------------------------------------------------------
+def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two image batches in [0, 1] taken as one signal (inf when equal)."""
+    return float(psnr(a.reshape(1, -1).float(), b.reshape(1, -1).float())[0])
+
+
+def compare_with_parity(tokenizer: TiTok, generator: MaskGITGenerator | None = None, *,
+                        options: InferenceOptions | str = "fast", batch_size: int = 4, seed: int = 0,
+                        sampler_settings: SamplerSettings | None = None, teacher: MaskGITVQGAN | None = None,
+                        images: torch.Tensor | None = None) -> dict[str, float]:
+    """A path against the exact fp32 path on a fixed seed.
+
+    Returns token_agreement (share of equal sampled ids, generator given), image_psnr_db (the two paths'
+    generated images), decode_psnr_db (both paths decoding the same tokens), and encode_agreement (share of
+    equal VQ ids; for VAE latents encode_rel_error, the relative L2 error) encoding the same images: `images`, else
+    the parity path's generated or decoded images.
+    """
+    device = _device_of(tokenizer)
+    exact = InferencePipeline(tokenizer, generator, options="parity", teacher=teacher)
+    other = InferencePipeline(tokenizer, generator, options=options, teacher=teacher)
+    out: dict[str, float] = {}
+    if generator is not None:
+        labels = torch.arange(batch_size, device=device) % generator.config.num_classes
+        ids_ref, img_ref = exact.generate(labels, sampler_settings, torch.Generator(device).manual_seed(seed))
+        ids, img = other.generate(labels, sampler_settings, torch.Generator(device).manual_seed(seed))
+        out["token_agreement"] = float((ids == ids_ref).float().mean())
+        out["image_psnr_db"] = image_psnr(img, img_ref)
+    else:
+        c = tokenizer.config
+        g = torch.Generator(device).manual_seed(seed)
+        if images is None:
+            images = torch.rand(batch_size, 3, c.image_size, c.image_size, generator=g, device=device)
+        ids_ref = exact.encode(images)
+        img_ref = exact.decode(ids_ref)
+    out["decode_psnr_db"] = image_psnr(other.decode(ids_ref), img_ref)
+    source = images if images is not None else img_ref
+    enc_ref, enc = exact.encode(source), other.encode(source)
+    if tokenizer.is_vq:
+        out["encode_agreement"] = float((enc == enc_ref).float().mean())
+    else:
+        out["encode_rel_error"] = float((enc - enc_ref).norm() / enc_ref.norm())
+    return out
