@@ -198,11 +198,15 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
               poll_s: float = 1.0) -> int:
     """Run every unfinished task on this machine; returns the number of failed jobs."""
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
-    threads = threads or max(1, (os.cpu_count() or 1) // max_parallel)
     executor = submitit.AutoExecutor(folder=folder, cluster="local")
     executor.update_parameters(timeout_min=60 * 24 * 7)
     groups = [[t for t in plan.shared if not t.done]] + [[t for t in c.tasks if not t.done] for c in plan.cells]
     groups = [g for g in groups if g]
+    # unless set, the shared job (it runs alone) gets every core and the cell jobs running together share them
+    cpus = os.cpu_count() or 1
+    cell_jobs = sum(g[0].cell != SHARED for g in groups)
+    shared_threads = threads or cpus
+    threads = threads or max(1, cpus // max(1, min(max_parallel, cell_jobs)))
     print(f"running {sum(map(len, groups))} stages in {len(groups)} local jobs, {max_parallel} at a time, "
           f"{threads} threads each; logs: {folder}")
     failed, running, queue = 0, [], list(groups)
@@ -213,7 +217,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
             # the shared stages (teacher, reference statistics) run alone, before any cell
             while queue and len(running) < max_parallel and not (shared_pending and running):
                 tasks = queue.pop(0)
-                job = executor.submit(StageJob(tasks, contexts, threads))
+                job = executor.submit(StageJob(tasks, contexts, shared_threads if tasks[0].cell == SHARED else threads))
                 record_jobs(plan, "local", [(job.job_id, [t.key for t in tasks])])
                 running.append((job, tasks))
                 if tasks[0].cell == SHARED:

@@ -19,10 +19,19 @@ from omegaconf import DictConfig, OmegaConf
 import models
 from bench.stages import EvalGenSpec, EvalReconSpec, ProbeSpec, ReferenceSpec, SpeedSpec, StageTask
 from bench.train.loop import LoopConfig, OptimConfig
-from bench.train.recipes import DataConfig, GeneratorTrainConfig, Stage1Config, TeacherConfig, TeacherTrainConfig
+from bench.train.recipes import (
+    DataConfig,
+    GANConfig,
+    GeneratorTrainConfig,
+    PerceptualConfig,
+    Stage1Config,
+    Stage2Config,
+    TeacherConfig,
+    TeacherTrainConfig,
+)
 
 SHARED = "_shared"
-KNOWN_STAGES = ("stage1", "generator", "eval_recon", "eval_gen", "probe", "speed")
+KNOWN_STAGES = ("stage1", "stage2", "generator", "eval_recon", "eval_gen", "probe", "speed")
 EVAL_STAGES = ("reference", "eval_recon", "eval_gen", "probe", "speed")
 
 
@@ -87,7 +96,7 @@ def _positive(cfg: DictConfig, path: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """The checks that must fail before anything is submitted (the engine checks again in the jobs)."""
     p = cfg.preset
-    for stage in ("teacher", "stage1", "generator"):
+    for stage in ("teacher", "stage1", "stage2", "generator"):
         if OmegaConf.select(p, f"{stage}.loop") is None:
             continue
         for key in ("steps", "batch_size"):
@@ -112,6 +121,10 @@ def validate(cfg: DictConfig) -> None:
     unknown = set(cfg.grid.stages) - set(KNOWN_STAGES)
     if unknown:
         raise PlanError(f"grid.stages has unknown stages {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
+    if "stage2" in cfg.grid.stages and "stage1" not in cfg.grid.stages:
+        raise PlanError("grid.stages has stage2 without stage1: stage 2 fine-tunes the stage-1 tokenizer")
+    if "stage2" in cfg.grid.stages and "stage2" not in p:
+        raise PlanError(f"grid.stages has stage2, but preset {p.name} has no stage2 settings")
     if cfg.data.name == "imagenet":
         from bench.data import build_dataset
 
@@ -195,9 +208,10 @@ def _make_cell(cfg: DictConfig, name: str, size: str | None, k: int | None, ctx:
     p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
     device, allow_random = p.device, bool(p.allow_random_weights)
     trained = size is not None
+    recipe_keys = ("sizes", "tokenizer", "stage1", "generator", "sampler", "eval") + (
+        ("stage2",) if "stage2" in stages else ())
     identity = {"model": name, "stages": list(stages), "shared": ctx.identity, "image_size": p.image_size,
-                "preset": {key: OmegaConf.to_container(p[key], resolve=True)
-                           for key in ("sizes", "tokenizer", "stage1", "generator", "sampler", "eval")}}
+                "preset": {key: OmegaConf.to_container(p[key], resolve=True) for key in recipe_keys}}
     if trained:
         identity["size"] = p.sizes[size]
     cell_dir = ctx.root / f"{name}-{short_hash(identity)}"
@@ -212,18 +226,33 @@ def _make_cell(cfg: DictConfig, name: str, size: str | None, k: int | None, ctx:
         overrides = dict(OmegaConf.to_container(p.tokenizer, resolve=True), encoder_size=p.sizes[size],
                          decoder_size=p.sizes[size])
         tokenizer, teacher = str(cell_dir / "stage1" / "model.safetensors"), ctx.teacher_source
+        teacher_config = TeacherConfig(ctx.teacher_source, teacher_overrides)
         add("stage1", Stage1Config(
-            model=name, model_overrides=overrides, teacher=TeacherConfig(ctx.teacher_source, teacher_overrides),
-            data=ctx.train_data, optim=_optim(p.stage1.optim), loop=_loop(p.stage1.loop, cfg.seed),
-            allow_random_weights=allow_random, device=device), ctx.teacher_needs)
+            model=name, model_overrides=overrides, teacher=teacher_config, data=ctx.train_data,
+            optim=_optim(p.stage1.optim), loop=_loop(p.stage1.loop, cfg.seed), allow_random_weights=allow_random,
+            device=device), ctx.teacher_needs)
+        tok_needs = ["stage1"]
+        if "stage2" in stages:
+            # stage 2 adds the pixel decoder: the cell's tokenizer becomes the stage-2 model, decoding to pixels
+            s2 = p.stage2
+            gan = OmegaConf.to_container(s2.gan, resolve=True)
+            perceptual = PerceptualConfig(**OmegaConf.to_container(s2.perceptual, resolve=True))
+            add("stage2", Stage2Config(
+                init_from=tokenizer, teacher=teacher_config, perceptual=perceptual,
+                gan=GANConfig(**{**gan, "optim": _optim(gan["optim"])}), data=ctx.train_data, optim=_optim(s2.optim),
+                loop=_loop(s2.loop, cfg.seed), allow_random_weights=allow_random, device=device),
+                ["stage1", *ctx.teacher_needs])
+            tokenizer, teacher, tok_needs = str(cell_dir / "stage2" / "model.safetensors"), None, ["stage2"]
         generator = None
         if "generator" in stages:
             generator, g = str(cell_dir / "generator" / "model.safetensors"), p.generator
+            # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
             add("generator", GeneratorTrainConfig(
-                tokenizer=tokenizer, model=g.model, model_overrides=dict(OmegaConf.to_container(g.overrides)),
+                tokenizer=str(cell_dir / "stage1" / "model.safetensors"), model=g.model,
+                model_overrides=dict(OmegaConf.to_container(g.overrides)),
                 label_smoothing=g.label_smoothing, unmasked_weight=g.unmasked_weight, data=ctx.train_data,
                 optim=_optim(g.optim), loop=_loop(g.loop, cfg.seed), device=device), ["stage1"])
-        tok_needs, gen_needs = ["stage1"], ["stage1", "generator"]
+        gen_needs = [*tok_needs, "generator"]
     else:
         tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
         tok_needs, gen_needs = [], []

@@ -45,6 +45,25 @@ def test_latent_vs_size_plan(tmp_path):
     assert len({c.cell_id for c in plan.cells}) == 21
 
 
+def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
+    plan = make_plan(config("grid=pipeline", tmp_path=tmp_path))
+    (cell,) = plan.cells
+    assert [t.stage for t in cell.tasks] == ["stage1", "stage2", "generator", "eval_recon", "eval_gen"]
+    stage2, generator = plan.task(f"{cell.name}/stage2"), plan.task(f"{cell.name}/generator")
+    assert stage2.needs == (f"{cell.name}/stage1", "_shared/teacher")
+    assert stage2.spec.init_from.endswith("stage1/model.safetensors")
+    assert generator.spec.tokenizer.endswith("stage1/model.safetensors")  # stage 2 leaves the encoder as it was
+    for stage in ("eval_recon", "eval_gen"):
+        task = plan.task(f"{cell.name}/{stage}")
+        assert task.spec.tokenizer.endswith("stage2/model.safetensors") and task.spec.teacher is None
+        assert f"{cell.name}/stage2" in task.needs
+    # stage-2 settings are part of the identity only where a grid trains stage 2
+    assert make_plan(config("grid=pipeline", "preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id \
+        != cell.cell_id
+    base = make_plan(config(tmp_path=tmp_path)).cells[0].cell_id
+    assert make_plan(config("preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id == base
+
+
 def test_cell_identity(tmp_path):
     base = {c.name: c.cell_id for c in make_plan(config(tmp_path=tmp_path)).cells}
     same = [("launcher=slurm",), ("cluster=example",), ("launcher.max_parallel=1",), ("data.num_workers=3",)]
@@ -71,7 +90,7 @@ def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["grid=nope"], "unknown grid 'nope': choose one of latent_vs_size, released"),
+    (["grid=nope"], "unknown grid 'nope': choose one of latent_vs_size, pipeline, released"),
     (["preset.stage1.loop.steps=-5"], "must be a positive integer"),
     (["grid.sizes=[S,XXL]"], "model size 'XXL'"),
     (["data=imagenet", "data.root=/no/such/imagenet"], "does not exist"),
