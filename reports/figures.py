@@ -10,6 +10,7 @@ Uses matplotlib's object API (no pyplot), so nothing depends on the process-wide
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -109,6 +110,7 @@ def draw_panel(ax, col: Collection, metric: str, ours: pd.DataFrame, paper: pd.D
     ax.set_title(f"{title} \u2014 grid {col.grid.name}", fontsize=11)
     ax.set_ylabel(ylabel)
     (_line_panel if col.grid.scaling else _bar_panel)(ax, col, ours, paper)
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # near-constant metrics: plain values, no offset
     if ours.empty:
         ax.text(0.5, 0.5, f"{metric}: not logged by any cell", transform=ax.transAxes, ha="center",
                 va="center", color="#777777")
@@ -120,8 +122,10 @@ def _mark_smoke(fig: Figure, col: Collection) -> None:
     """The smoke warning: a red headline with the reasons, and a diagonal watermark across the figure."""
     reasons = col.smoke_reasons
     shown = "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "")
-    fig.suptitle(f"{SMOKE_TITLE}\n({shown})", color=SMOKE_COLOR, fontsize=11, fontweight="bold")
     width = fig.get_figwidth()
+    # about 9 characters of 11 pt bold per inch: wrap so that narrow single-panel figures keep the whole line
+    fig.suptitle(f"{SMOKE_TITLE}\n" + textwrap.fill(f"({shown})", int(9 * width)), color=SMOKE_COLOR, fontsize=11,
+                 fontweight="bold")
     fig.text(0.5, 0.5, "SMOKE RESULTS", color=SMOKE_COLOR, alpha=0.15, fontsize=9 * width, fontweight="bold",
              rotation=25, ha="center", va="center", zorder=10)
 

@@ -54,3 +54,22 @@ def test_local_sweep_runs_and_reruns_nothing(tmp_path):
     assert {r.info.run_id for r in runs} == ids  # no duplicated cell runs
     jobs = [json.loads(line) for line in (tmp_path / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) == 3  # shared + 2 cells, all from the first invocation
+
+
+@pytest.mark.slow
+def test_pipeline_grid_runs_every_training_stage(tmp_path):
+    """grid=pipeline: stage 1 -> stage 2 -> generator -> rFID and gFID in one command, the evaluations decoding
+    with the stage-2 pixel decoder."""
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=pipeline", f"outputs={tmp_path}",
+                        *[o for o in SHRINK if not o.startswith("grid.")], "preset.stage2.loop.steps=4",
+                        "preset.stage2.gan.start_step=2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 cells: 1 finished" in r.stdout
+    (cell,) = (tmp_path / "pipeline").glob("TiTok-S-32-*")
+    stage2 = json.loads((cell / "stage2" / "result.json").read_text())
+    assert stage2["steps"] == 4
+    for stage, metric in (("eval_recon", "rfid"), ("eval_gen", "gfid")):
+        result = json.loads((cell / stage / "result.json").read_text())
+        assert result["metrics"][metric] > 0
+        assert json.loads((cell / stage / "spec.json").read_text())["spec"]["tokenizer"].endswith(
+            "stage2/model.safetensors")
