@@ -165,8 +165,9 @@ def slurm_states(job_ids: list[str], env: dict | None = None) -> dict[str, str]:
     if not job_ids:
         return {}
     states: dict[str, str] = {}
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True,
-                         env=env)
+    # -r: one line per array element (pending elements are otherwise folded into one "12_[3-20]" line)
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
+                         text=True, env=env)
     for line in out.stdout.splitlines():
         jid, state = line.split()[:2]
         states[jid] = state

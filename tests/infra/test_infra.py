@@ -124,6 +124,25 @@ def test_afterok_dependency(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slurm
+def test_sweep_sees_each_pending_array_element(slurm_cluster, tmp_path):
+    """bench.launch.slurm_states: squeue folds pending array elements into one "N_[0-2]" line unless asked
+    not to; the sweep must see every element, or a rerun would submit waiting stages again."""
+    from bench.launch import slurm_states
+
+    blocker = _executor(tmp_path, slurm_cluster).submit(stamp, str(tmp_path / "blocker"), 600)
+    waiting = _executor(tmp_path, slurm_cluster, slurm_additional_parameters={
+        "dependency": f"afterok:{blocker.job_id}"}).map_array(square, [1, 2, 3])
+    ids = [j.job_id for j in waiting]
+    try:
+        states = slurm_states(ids)
+        assert {jid: states.get(jid) for jid in ids} == dict.fromkeys(ids, "PENDING"), states
+    finally:
+        blocker.cancel()
+        for job in waiting:
+            job.cancel()
+
+
+@pytest.mark.slurm
 def test_cancelled_job_raises(slurm_cluster, tmp_path):
     job = _executor(tmp_path, slurm_cluster).submit(stamp, str(tmp_path / "started"), 600)
     _wait_for((tmp_path / "started").exists, 30, "the job to start")

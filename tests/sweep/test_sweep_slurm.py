@@ -27,7 +27,7 @@ def sweep(*args, outputs, uri, timeout=600):
 
 
 def squeue() -> list[tuple[str, str, str]]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%T|%j"], capture_output=True, text=True).stdout
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%j"], capture_output=True, text=True).stdout
     return [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
 
 
@@ -35,6 +35,28 @@ def jobs_of(outputs: Path) -> dict[str, str]:
     """task key -> job id, from the sweep's record."""
     lines = (outputs / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()
     return {key: r["job_id"] for r in map(json.loads, lines) for key in r["tasks"]}
+
+
+def states(jid: str) -> list[str]:
+    return subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", jid], capture_output=True,
+                          text=True).stdout.split()
+
+
+def preempt(jid: str, wait_s: float = 60) -> bool:
+    """USR2 to a running job (what SLURM sends before preempting it or at its time limit); True once the job was
+    requeued. scancel's exit status cannot tell: slurmctld may deliver the signal and still answer "Job can not
+    be altered now" while the job requeues itself, and scancel then retries for a minute or more."""
+    signal = subprocess.Popen(["scancel", "--signal=USR2", jid], stderr=subprocess.DEVNULL)
+    deadline = time.time() + wait_s
+    try:
+        while time.time() < deadline:
+            if "REQUEUED" in states(jid):
+                return True
+            time.sleep(1)
+        return False
+    finally:
+        signal.kill()
+        signal.wait()
 
 
 def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
@@ -54,8 +76,7 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
             stage_dir = next(grid_dir.glob(f"{key.split('/')[0]}-*/stage1"), None) if key.endswith("/stage1") else None
             if (jid in running and stage_dir and (stage_dir / "checkpoint.pt").exists()
                     and not (stage_dir / "result.json").exists()):
-                # slurmctld refuses to signal a job that is starting or completing ("can not be altered now")
-                if subprocess.run(["scancel", "--signal=USR2", jid]).returncode == 0:
+                if preempt(jid):
                     preempted = (key, jid, stage_dir)
                     break
         time.sleep(0.3)
@@ -84,9 +105,9 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     # the preempted stage resumed from its checkpoint (the job was requeued, not rerun from scratch)
     key, jid, stage_dir = preempted
     assert json.loads((stage_dir / "result.json").read_text())["resumed_from"] > 0
-    states = subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", jid], capture_output=True,
-                            text=True).stdout.split()
-    assert "REQUEUED" in states and "COMPLETED" in states, states
+    resumed = [k for k, r in results.items() if k.endswith("/stage1") and r["resumed_from"] > 0]
+    assert resumed == [stage_dir.relative_to(grid_dir).as_posix()], resumed  # and no other job was preempted
+    assert "REQUEUED" in states(jid) and "COMPLETED" in states(jid), states(jid)
 
     # 4. MLflow: one finished run per cell, all in one experiment, nothing lost in the outage
     sweep(outputs=outputs, uri=uri)  # also flushes anything still buffered
