@@ -232,9 +232,13 @@ def test_measure_generation_api():
 def test_measure_training_stages():
     cfg = speed.tokenizer_config("TiTok-S-32", toy=True)
     gen_cfg = speed.generator_config("MaskGIT-ViT", cfg, toy=True)
+    disc_base = speed.Stage2Config().gan.disc_base_channels
+    flops = {"stage1": FL.train_stage1(cfg), "stage2": FL.train_stage2(cfg, disc_base),
+             "generator": FL.train_generator(cfg, gen_cfg)}
     for stage in speed.TRAIN_STAGES:
         row = speed.measure_training(stage, cfg, gen_cfg, batch_size=1, warmup=0, repeats=1)
-        assert row["throughput"] > 0 and row["gflop_per_item"] > 0, stage
+        assert row["task"] == f"train-{stage}" and row["throughput"] > 0, stage
+        assert row["gflop_per_item"] * 1e9 == flops[stage], stage
 
 
 def test_scaling_toy():
