@@ -7,7 +7,13 @@
     .venv/bin/nox -s mlflow_ui       # browse the default sqlite store
 """
 
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 
 import nox
 
@@ -19,6 +25,32 @@ nox.options.sessions = ["lint", "tests", "slurm", "browser"]
 nox.options.error_on_external_run = False
 
 
+@contextmanager
+def isolated_checkout(session):
+    """A copy of this checkout (tracked files and untracked ones git does not ignore, with .git) in a new temporary
+    folder with nothing beside it, where the tests run: they prove the repository needs no file outside itself
+    (no shared folder beside it, no path of a development machine). Its packages shadow the editable install (cwd and
+    PYTHONPATH come first), for the test process and every process it starts."""
+    root = Path(__file__).resolve().parent
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    dest = Path(tempfile.mkdtemp(prefix="titok-bench-isolated-")) / "titok-bench"
+    for name in filter(None, listed):
+        source = root / name
+        if source.is_file():  # a tracked file deleted in the working tree is not copied
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    shutil.copytree(root / ".git", dest / ".git", symlinks=True)
+    session.chdir(dest)
+    session.env["PYTHONPATH"] = os.pathsep.join([str(dest), *filter(None, [os.environ.get("PYTHONPATH")])])
+    session.log(f"running from an isolated copy of the checkout: {dest}")
+    try:
+        yield dest
+    finally:
+        session.chdir(root)
+        shutil.rmtree(dest.parent, ignore_errors=True)
+
+
 @nox.session
 def lint(session):
     session.run(PY, "-m", "ruff", "check", ".")
@@ -26,7 +58,8 @@ def lint(session):
 
 @nox.session
 def tests(session):
-    session.run(PY, "-m", "pytest", "-m", "not slurm and not browser", *session.posargs)
+    with isolated_checkout(session):
+        session.run(PY, "-m", "pytest", "-m", "not slurm and not browser", *session.posargs)
 
 
 @nox.session
@@ -35,14 +68,16 @@ def slurm(session):
     tiny sweep through submitit's SLURM executor, and stops exactly what it started."""
     session.run(PY, "-m", "tests.infra.apt", "slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd",
                 "mariadb-server")
-    session.run(PY, "-m", "pytest", "-m", "slurm", *session.posargs)
+    with isolated_checkout(session):
+        session.run(PY, "-m", "pytest", "-m", "slurm", *session.posargs)
 
 
 @nox.session
 def browser(session):
     """Renders the HTML report in headless Chromium (installed here when missing)."""
     session.run(PY, "-m", "tests.infra.apt", "chromium")
-    session.run(PY, "-m", "pytest", "-m", "browser", *session.posargs)
+    with isolated_checkout(session):
+        session.run(PY, "-m", "pytest", "-m", "browser", *session.posargs)
 
 
 @nox.session

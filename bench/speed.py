@@ -32,6 +32,7 @@ import argparse
 import ast
 import csv
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -122,15 +123,30 @@ def time_runs(fn: Callable[[], object], *, warmup: int, repeats: int, device: to
     return time_interleaved({"fn": fn}, warmup=warmup, repeats=repeats, device=device)["fn"]
 
 
-def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, repeats: int = 10) -> float:
-    """FLOP/s of the fastest of `repeats` square matmuls (2048 on the CPU, 8192 on CUDA): the device's practical
-    ceiling (the best run, as a ceiling should not drop when other work shares the machine)."""
-    size = size or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = None, budget_s: float = 2.0) -> float:
+    """FLOP/s of the fastest square matmul, the device's practical ceiling (the best run, as a ceiling should not
+    drop when other work shares the machine). Bounded by time, not by a count of products: the size doubles from
+    256 up to `size` (2048 on the CPU, 8192 on CUDA) while the next size still fits the budget, and the last size
+    is repeated (up to 10 runs) while time is left. Where a dtype lacks hardware support (bf16 on an AVX2-only
+    CPU runs at ~1 GFLOP/s, 100x below fp32) the probe stops at a small size instead of running for minutes."""
+    largest = size or (8192 if device.type == "cuda" else 2048)
+    deadline = time.perf_counter() + budget_s
+    best, n = 0.0, min(256, largest)
     with torch.inference_mode():
-        timing = time_runs(lambda: a @ b, warmup=3, repeats=repeats, device=device)
-    return 2 * size ** 3 / min(timing.seconds)
+        while True:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            product = functools.partial(torch.matmul, a, torch.randn(n, n, device=device, dtype=dtype))
+            seconds = time_runs(product, warmup=1, repeats=3, device=device).seconds
+            best = max(best, 2 * n ** 3 / min(seconds))
+            # the next size costs ~8x this one, for a warm-up and three runs
+            if n < largest and time.perf_counter() + 32 * max(seconds) < deadline:
+                n = min(2 * n, largest)
+                continue
+            for _ in range(7):
+                if time.perf_counter() + max(seconds) > deadline:
+                    break
+                best = max(best, 2 * n ** 3 / time_runs(product, warmup=0, repeats=1, device=device).median)
+            return best
 
 
 def device_name(device: torch.device) -> str:

@@ -41,7 +41,7 @@ class Variant:
     config: ModelConfig
     hub_repo: str | None = None  # Hugging Face repo of the released weights
     official_file: str | None = None  # raw state_dict file in the hub repo fun-research/TiTok
-    official_key: str | None = None  # entry in shared/reference/official_checkpoints.json
+    official_key: str | None = None  # entry in tests/data/reference/official_checkpoints.json
     generator: str | None = None  # the released generator paired with this tokenizer
     note: str = ""
 

@@ -8,7 +8,9 @@ Daemons: munged (as user munge), MariaDB (as user mysql, 127.0.0.1 only), slurmd
 each in the foreground in its own session, so the PID we record is the daemon itself. `stop()` cancels
 the jobs, stops the daemons and then kills whatever else belongs to this cluster (`instance_processes`:
 orphaned slurmstepds and job processes); the next `start()` does the same for clusters whose owner died
-without `stop()`. Settings follow /work/shared/notes/infra.md (no cgroups, KillWait=5, batch_sched_delay=0).
+without `stop()`. Settings that mattered on this project's machines: no cgroups (proctrack/linuxproc, task/none),
+KillWait=5 (submitit ignores SIGTERM), batch_sched_delay=0 (batch jobs start in under a second), accounting through
+slurmdbd (without it submitit cannot see a cancelled job and waits forever).
 """
 
 from __future__ import annotations

@@ -1,17 +1,14 @@
 """Every released architecture, built on the meta device, maps to exactly the official keys, shapes and
-parameter count recorded in shared/reference/official_checkpoints.json."""
-
-import json
-from pathlib import Path
+parameter count recorded in tests/data/reference/official_checkpoints.json."""
 
 import pytest
 import torch
 
 from models import VARIANTS, build
 from models.checkpoints import from_official, to_official
+from tests.reference import official_checkpoints
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "official_checkpoints.json"
-OFFICIAL = json.loads(REFERENCE.read_text())
+OFFICIAL = official_checkpoints()
 RELEASED = sorted(name for name, v in VARIANTS.items() if v.official_key)
 
 

@@ -1,15 +1,12 @@
-"""Numerical parity with the reference implementation (shared/reference/parity): each case's
+"""Numerical parity with the reference implementation (tests/data/reference/parity): each case's
 model.safetensors goes through the official-checkpoint loader; outputs within 1e-4, token ids equal."""
-
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from models import from_pretrained
+from tests.reference import parity_cases, parity_folder, parity_io
 
-PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "parity"
 ATOL = 1e-4
 
 
@@ -20,12 +17,12 @@ def close(actual, expected):
 
 
 def case(name):
-    return from_pretrained(PARITY / name), load_file(str(PARITY / name / "io.safetensors"))
+    return from_pretrained(parity_folder(name)), parity_io(name)
 
 
 def test_parity_cases_are_present():
-    assert PARITY.is_dir(), f"{PARITY} missing: the shared reference folder must sit beside the project"
-    assert len([p for p in PARITY.iterdir() if p.is_dir()]) == 8
+    assert parity_cases() == ["generator_uvit", "generator_vit", "maskgit_vqgan", "tatitok_vq", "titok_legacy_stage1",
+                              "titok_legacy_twostage", "titok_singlestage_vq", "titok_vae"]
 
 
 @torch.no_grad()

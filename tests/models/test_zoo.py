@@ -1,7 +1,6 @@
 """Round trips for each tokenizer family at 256 and 512 px, own-checkpoint save/load, the loaders for
 hub-style folders and raw .bin files, the mismatch error, and the registry's names."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ import models
 from models import VARIANTS, CheckpointMismatchError, build, from_pretrained
 from models.checkpoints import to_official
 from models.maskgit_vqgan import VQGANConfig
+from tests.reference import PARITY
 
-PARITY = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "parity"
 TOY = dict(encoder_size="toy-S", decoder_size="toy-S")
 SMALL_VQGAN = VQGANConfig(hidden_channels=32)
 
