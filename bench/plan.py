@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 import models
+from bench.core.io import atomic_write_json
 from bench.stages import EvalGenSpec, EvalReconSpec, ProbeSpec, ReferenceSpec, SpeedSpec, StageTask
 from bench.train.loop import LoopConfig, OptimConfig
 from bench.train.recipes import (
@@ -303,7 +303,4 @@ def write_plan(plan: Plan) -> Path:
     data = {"grid": plan.grid, "preset": plan.preset, "config": plan.config,
             "cells": {c.name: {"id": c.cell_id, "dir": str(c.dir), "stages": [t.stage for t in c.tasks]}
                       for c in plan.cells}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, data)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from bench import tracking as T
-from bench.train import dist as D
+from bench.core import dist as D
+from bench.core.io import atomic_write_json
 from bench.train.recipes import (
     DataConfig,
     GeneratorTrainConfig,
@@ -206,8 +207,8 @@ def run_reference(spec: ReferenceSpec, out: Path, log, info) -> dict:
 
 
 def run_eval_recon(spec: EvalReconSpec, out: Path, log, info) -> dict:
+    from bench.core.loading import load_eval_teacher, load_model
     from bench.eval.reconstruction import evaluate_reconstruction, load_feature_stats
-    from bench.eval.run import load_eval_teacher, load_model
     from bench.perceptual import LPIPS
 
     tok = load_model(spec.tokenizer, "tokenizer", spec.allow_random_weights)
@@ -228,9 +229,9 @@ def run_eval_recon(spec: EvalReconSpec, out: Path, log, info) -> dict:
 
 
 def run_eval_gen(spec: EvalGenSpec, out: Path, log, info) -> dict:
+    from bench.core.loading import load_eval_teacher, load_generator, load_model
     from bench.eval.generation import evaluate_generation
-    from bench.eval.run import load_eval_teacher, load_generator, load_model
-    from bench.sample import sample_to_npz
+    from bench.eval.sample import sample_to_npz
 
     tok = load_model(spec.tokenizer, "tokenizer", spec.allow_random_weights)
     gen = load_generator(spec.generator, tok.model, spec.allow_random_weights)
@@ -267,8 +268,8 @@ def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, column
 
 
 def run_probe(spec: ProbeSpec, out: Path, log, info) -> dict:
+    from bench.core.loading import load_model
     from bench.eval.probe import linear_probe
-    from bench.eval.run import load_model
 
     tok = load_model(spec.tokenizer, "tokenizer", False)
     metrics = linear_probe(tok.model, _eval_dataset(spec.data, "train", spec.num_train),
@@ -279,7 +280,7 @@ def run_probe(spec: ProbeSpec, out: Path, log, info) -> dict:
 
 
 def run_speed(spec: SpeedSpec, out: Path, log, info) -> dict:
-    from bench.eval.run import load_eval_teacher, load_generator, load_model
+    from bench.core.loading import load_eval_teacher, load_generator, load_model
     from bench.speed import measure_generation
 
     tok = load_model(spec.tokenizer, "tokenizer", spec.allow_random_weights)
@@ -316,12 +317,6 @@ SPEC_TYPES = {"teacher": TeacherTrainConfig, "stage1": Stage1Config, "stage2": S
               "eval_recon": EvalReconSpec, "eval_gen": EvalGenSpec, "probe": ProbeSpec, "speed": SpeedSpec}
 
 
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
     """Run one stage (all ranks), record its result (rank 0) and log it. Returns the result dict."""
     if task.done:
@@ -344,13 +339,14 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
             logger.log_metrics({k: float(v) for k, v in metrics.items()}, step)
 
     if info.is_main:
-        _atomic_json(out / "spec.json", {"stage": task.stage, "cell": task.cell, "spec": dataclasses.asdict(task.spec)})
+        atomic_write_json(out / "spec.json",
+                          {"stage": task.stage, "cell": task.cell, "spec": dataclasses.asdict(task.spec)})
     t0 = time.time()
     result = RUNNERS[task.stage](task.spec, out, log, info)
     result.update(stage=task.stage, cell=task.cell, wall_s=result.get("wall_s", time.time() - t0),
                   device=_device_name(info), devices=_device_count(info, task.threads))
     if info.is_main:
-        _atomic_json(out / RESULT, result)
+        atomic_write_json(out / RESULT, result)
         if logger:
             logger.log_metrics({k: float(v) for k, v in result["metrics"].items() if _is_number(v)})
             random = any(result.get("random_weights", {}).values())

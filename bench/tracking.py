@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.core.io import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 EXPERIMENT_PREFIX = "titok-bench/"
@@ -128,10 +130,7 @@ def ensure_run(uri: str, experiment_id: str, folder: str | os.PathLike, name: st
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(experiment_id, run_name=name, tags=all_tags)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id}))
-    os.replace(tmp, record)
+    atomic_write_json(record, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id})
     return run.info.run_id
 
 

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.core.io import atomic_file
+
 INCEPTION = "inception-fid"
 LPIPS_VGG = "lpips-vgg"
 VGG16 = "vgg16"
@@ -220,22 +222,14 @@ def resolve(name: str, allow_random: bool) -> Resolved:
 def _download(url: str, dest: Path, timeout: float) -> None:
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}")
-    try:
-        # The timeout bounds connect and every read: an offline machine fails in seconds instead of hanging.
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
-                      disable=not sys.stderr.isatty()) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)  # atomic: a half-downloaded file never sits under the real name
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The timeout bounds connect and every read: an offline machine fails in seconds instead of hanging. A
+    # half-downloaded file never sits under the real name.
+    with urllib.request.urlopen(url, timeout=timeout) as r, atomic_file(dest) as f:
+        total = int(r.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not sys.stderr.isatty()) as bar:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
 
 
 def fetch(name: str, timeout: float = FETCH_TIMEOUT_S) -> Path:

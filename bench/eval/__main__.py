@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,9 @@ import torch.distributed as dist
 
 import models
 from bench import weights
+from bench.core import dist as D
+from bench.core.io import atomic_write_json
+from bench.core.loading import SetupError, load_eval_teacher, load_generator, load_model
 from bench.data import DatasetError, build_dataset
 from bench.eval.generation import evaluate_generation, make_reference_batch
 from bench.eval.inception import InceptionFeatures
@@ -42,11 +44,9 @@ from bench.eval.reconstruction import (
     real_feature_stats,
     save_feature_stats,
 )
-from bench.eval.run import EvalSetupError, load_eval_teacher, load_generator, load_model
+from bench.eval.sample import sample_to_npz, sampler_settings
 from bench.perceptual import LPIPS
-from bench.sample import sample_to_npz, sampler_settings
 from bench.tracking import METRICS
-from bench.train import dist as D
 
 METRIC_GROUPS = ("rfid", "lpips", "gfid", "probe")
 SAMPLER_FLAGS = ("num_steps", "guidance_scale", "guidance_decay", "guidance_scale_pow", "randomize_temperature")
@@ -108,7 +108,7 @@ def metric_groups(text: str) -> set[str]:
     chosen = {m.strip() for m in text.split(",") if m.strip()}
     unknown = chosen - set(METRIC_GROUPS)
     if unknown or not chosen:
-        raise EvalSetupError(f"--metrics {text!r}: choose from {', '.join(METRIC_GROUPS)}")
+        raise SetupError(f"--metrics {text!r}: choose from {', '.join(METRIC_GROUPS)}")
     return chosen
 
 
@@ -154,7 +154,7 @@ def evaluate(args: argparse.Namespace, info: D.DistInfo) -> dict:
         if args.real_stats and Path(args.real_stats).is_file():
             real_stats, meta = load_feature_stats(args.real_stats)
             if any(meta.get(k) != v for k, v in describe.items()):
-                raise EvalSetupError(f"--real-stats {args.real_stats} describe other images or another Inception "
+                raise SetupError(f"--real-stats {args.real_stats} describe other images or another Inception "
                                      f"({ {k: meta.get(k) for k in describe} }); delete it or pass another path")
         elif args.real_stats:
             real_stats = real_feature_stats(val, len(val), inception=inc, num_workers=args.num_workers, **common)
@@ -173,24 +173,24 @@ def evaluate(args: argparse.Namespace, info: D.DistInfo) -> dict:
         t0 = time.perf_counter()
         source = args.generator or getattr(models.VARIANTS.get(args.tokenizer), "generator", None)
         if source is None:
-            raise EvalSetupError(f"{args.tokenizer} has no released generator: pass --generator (a name or file)")
+            raise SetupError(f"{args.tokenizer} has no released generator: pass --generator (a name or file)")
         gen = load_generator(source, tok.model, allow)
         overrides = sampler_overrides(args)
         try:
             sampler_settings(gen.model, **overrides)
         except ValueError as err:
-            raise EvalSetupError(f"sampler settings: {err}") from None
+            raise SetupError(f"sampler settings: {err}") from None
         random["generator"] = gen.random
         report["generator"] = gen.label
         if not args.reference_batch:
-            raise EvalSetupError("gfid needs --reference-batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
+            raise SetupError("gfid needs --reference-batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
         inc = inception("float32")
         if not Path(args.reference_batch).is_file() and args.make_reference_batch:
             reals = dataset(args.split, args.num_images)
             make_reference_batch(reals, len(reals), inc, args.reference_batch, num_workers=args.num_workers,
                                  **common)
         elif not Path(args.reference_batch).is_file():
-            raise EvalSetupError(f"reference batch {args.reference_batch} does not exist: download "
+            raise SetupError(f"reference batch {args.reference_batch} does not exist: download "
                                  "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite) for ImageNet "
                                  "256, or add --make-reference-batch to build one from --data")
         path = sample_to_npz(gen.model, tok.model, args.samples_dir, model=tok.label, checkpoint=gen.label,
@@ -225,11 +225,7 @@ def print_report(report: dict) -> None:
 
 
 def write_json(report: dict, path: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, target)
+    atomic_write_json(path, report, sort_keys=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     info = D.setup(args.device)
     try:
         report = evaluate(args, info)
-    except (weights.MissingWeightsError, DatasetError, EvalSetupError, models.CheckpointMismatchError,
+    except (weights.MissingWeightsError, DatasetError, SetupError, models.CheckpointMismatchError,
             FileNotFoundError) as err:
         if info.is_main:
             print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ Against a reference batch (bench.eval.npz: mu, sigma, mu_s, sigma_s, arr_0 image
 - sfid: the same distance on the sFID spatial features vs (mu_s, sigma_s) (absent when the batch has none);
 - precision, recall: k=3 improved precision/recall of the samples' pool features vs those of the batch's
   images (absent when the batch stores no images);
-- gfid_num_samples; `samples`: the samples' metadata (sampler settings, seed, model, ...; see bench.sample).
+- gfid_num_samples; `samples`: the samples' metadata (sampler settings, seed, model, ...; see bench.eval.sample).
 ADM computes these in float32 (InceptionFeatures(dtype="float32")). Sample and reference images are read from
 uncompressed .npz members through a memory map, so a rank reads only its slice of a 10 GB file.
 """
@@ -26,15 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bench.core.dist import DistInfo, barrier, gather_tensors
+from bench.core.io import atomic_file
 from bench.data import eval_shard
 from bench.eval import backends, npz
 from bench.eval.inception import SPATIAL_DIM, InceptionFeatures
 from bench.eval.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
 from bench.eval.npz import ReferenceBatch, load_reference_batch, save_reference_batch
-from bench.train.dist import DistInfo, barrier, gather_tensors
 
 from .reconstruction import LOGITS_DIM, POOL_DIM
-from .run import SINGLE_PROCESS, EvalSetupError, empty_rows, eval_batches, on_main, progress, to_uint8
+from .run import SINGLE_PROCESS, SetupError, empty_rows, eval_batches, on_main, progress, to_uint8
 
 IS_SPLITS = 10
 PR_NEIGHBOURS = 3
@@ -83,7 +84,7 @@ def _sharded_features(images, inception: InceptionFeatures, info: DistInfo, batc
 def _open_samples(samples) -> tuple[object, dict]:
     if isinstance(samples, (str, os.PathLike)):
         if not Path(samples).is_file():
-            raise EvalSetupError(f"samples file {samples} does not exist")
+            raise SetupError(f"samples file {samples} does not exist")
         with np.load(samples) as f:
             meta = npz._metadata(f)
         return npz_member(samples, "arr_0"), meta
@@ -94,7 +95,7 @@ def _open_reference(reference) -> tuple[ReferenceBatch, object]:
     if isinstance(reference, ReferenceBatch):
         return reference, reference.images
     if not Path(reference).is_file():
-        raise EvalSetupError(f"reference batch {reference} does not exist: for ImageNet 256 download "
+        raise SetupError(f"reference batch {reference} does not exist: for ImageNet 256 download "
                              "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite), or make one "
                              "from real images with make_reference_batch (CLI: --make-reference-batch)")
     ref = load_reference_batch(reference, images=False)
@@ -127,9 +128,8 @@ def _pool_cache(reference_batch: Path, inception: InceptionFeatures) -> Path:
 
 
 def _save_pool_cache(cache: Path, pool: torch.Tensor) -> None:
-    tmp = cache.with_name(f".{cache.name}.tmp.npy")
-    np.save(tmp, pool.cpu().numpy())
-    os.replace(tmp, cache)
+    with atomic_file(cache) as f:
+        np.save(f, pool.cpu().numpy())
 
 
 @torch.no_grad()
@@ -143,7 +143,7 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
     ref, ref_images = _open_reference(reference_batch)
     n = len(images)
     if n < IS_SPLITS:
-        raise EvalSetupError(f"{n} samples cannot make the Inception Score's {IS_SPLITS} splits")
+        raise SetupError(f"{n} samples cannot make the Inception Score's {IS_SPLITS} splits")
     pool, logits, spatial = _sharded_features(images, inception, info, batch_size, "sample features",
                                               logits=True, spatial=ref.mu_s is not None)
     ref_pool = None

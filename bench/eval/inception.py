@@ -20,7 +20,6 @@ names and shapes is written once to the cache (weights.standin_path), so the rea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from bench import weights
+from bench.core.io import atomic_file
 
 TF_EXTRACTOR_NAME = "inception-v3-compat"  # torch-fidelity's registry name for this network
 SPATIAL_CHANNELS = 7
@@ -63,10 +63,8 @@ def standin_inception_weights(seed: int = STANDIN_SEED) -> Path:
                 nn.init.zeros_(m.bias)
     state = net.state_dict()
     assert len(state) == 566, len(state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # concurrent makers write identical bytes; the rename keeps readers safe
+    with atomic_file(path) as f:  # concurrent makers write identical bytes; the rename keeps readers safe
+        torch.save(state, f)
     return path
 
 

@@ -21,19 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core.io import atomic_file
+
 
 def _write_npz(path: str | os.PathLike, arrays: dict) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, **arrays)
     return path
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 import models
-from bench.train.dist import DistInfo, gather_tensors
+from bench.core.dist import DistInfo, gather_tensors
 
 from .run import SINGLE_PROCESS, check_image_size, eval_batches, on_main
 

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 import models
+from bench.core.dist import DistInfo, all_reduce_sum, gather_tensors
 from bench.eval.inception import InceptionFeatures
 from bench.eval.metrics import (
     FeatureStats,
@@ -41,11 +42,10 @@ from bench.eval.metrics import (
 )
 from bench.eval.npz import load_reference_batch, save_reference_batch
 from bench.perceptual import LPIPS
-from bench.train.dist import DistInfo, all_reduce_sum, gather_tensors
 
 from .run import (
     SINGLE_PROCESS,
-    EvalSetupError,
+    SetupError,
     check_image_size,
     decode_tokens,
     empty_rows,
@@ -80,7 +80,7 @@ def load_feature_stats(path: str | os.PathLike) -> tuple[FeatureStats, dict]:
     ref = load_reference_batch(path, images=False)
     n = ref.metadata.get("num_images")
     if n is None:
-        raise EvalSetupError(f"{path} has no image count in its metadata: not written by save_feature_stats")
+        raise SetupError(f"{path} has no image count in its metadata: not written by save_feature_stats")
     mu, sigma = torch.from_numpy(ref.mu), torch.from_numpy(ref.sigma)
     stats = FeatureStats(mu.numel())
     stats.n += n
@@ -98,7 +98,7 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     Models are moved to info.device. Every rank returns the same dict."""
     check_image_size(dataset, tokenizer.config.image_size, "the tokenizer")
     if real_stats is not None and real_stats.count != num_images:
-        raise EvalSetupError(f"real_stats hold {real_stats.count} images, the evaluation uses {num_images}: "
+        raise SetupError(f"real_stats hold {real_stats.count} images, the evaluation uses {num_images}: "
                              "compute them with the same num_images")
     dev = info.device
     tokenizer = tokenizer.to(dev).eval()

@@ -12,7 +12,6 @@ import copy
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -24,7 +23,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import dist as D
+from bench.core import dist as D
+from bench.core.io import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -152,16 +152,8 @@ def _set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def _autocast(device: torch.device, precision: str):

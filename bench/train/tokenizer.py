@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from bench import weights
+from bench.core import dist as D
+from bench.core.loading import load_teacher, vqgan_overrides
 from bench.data import build_dataset, infinite_batches, make_loader
 
-from . import dist as D
 from .loop import Objective, TrainResult, train
 from .losses import LeCam, NLayerDiscriminator, frozen_call, hinge_d_loss, hinge_g_loss
 from .recipes import (
@@ -31,7 +31,6 @@ from .recipes import (
     SingleStageConfig,
     Stage1Config,
     Stage2Config,
-    TeacherConfig,
     TeacherTrainConfig,
 )
 
@@ -61,29 +60,6 @@ def start_stage(device: str, seed: int) -> D.DistInfo:
     info = D.setup(device)
     torch.manual_seed(seed)
     return info
-
-
-def load_teacher(cfg: TeacherConfig, allow_random: bool) -> tuple[models.MaskGITVQGAN, bool]:
-    """(teacher, is_random_stand_in). A path loads that checkpoint; the registry name loads the released file
-    from the weights cache, or builds a seeded random stand-in when allowed."""
-    if cfg.source != "MaskGIT-VQGAN":
-        teacher = models.from_pretrained(cfg.source)
-        if not isinstance(teacher, models.MaskGITVQGAN):
-            raise ValueError(f"teacher {cfg.source} is a {teacher.kind}, not a MaskGIT-VQGAN")
-        return teacher.eval(), False
-    resolved = weights.resolve(weights.TEACHER, allow_random=allow_random)
-    if resolved.path is not None:
-        return models.from_pretrained(resolved.path, variant="MaskGIT-VQGAN").eval(), False
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return models.build("MaskGIT-VQGAN", **_vqgan_overrides(cfg.overrides)).eval(), True
-
-
-def _vqgan_overrides(overrides: dict) -> dict:
-    out = dict(overrides)
-    if "channel_mult" in out:
-        out["channel_mult"] = tuple(out["channel_mult"])
-    return out
 
 
 def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True,
@@ -129,7 +105,7 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 # ---- stage 1 --------------------------------------------------------------------------------------------------------
 def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
     info = start_stage(cfg.device, cfg.loop.seed)
-    teacher, teacher_random = load_teacher(cfg.teacher, cfg.allow_random_weights)
+    teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
     # the proxy-code head predicts the teacher's codebook
     tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
                                                image_size=cfg.data.image_size))
@@ -253,7 +229,7 @@ def train_stage2(cfg: Stage2Config, out_dir: str | os.PathLike, log: Log = None)
     info = start_stage(cfg.device, cfg.loop.seed)
     if not cfg.init_from:
         raise ValueError("stage 2 needs init_from: the stage-1 checkpoint")
-    teacher, teacher_random = load_teacher(cfg.teacher, cfg.allow_random_weights)
+    teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
     tokenizer = stage2_model(cfg.init_from, teacher)
     _check_grid(tokenizer, teacher, cfg.data.image_size)
     del teacher
@@ -323,7 +299,7 @@ class _TeacherAutoencoder(nn.Module):
 
 def train_teacher(cfg: TeacherTrainConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
     info = start_stage(cfg.device, cfg.loop.seed)
-    vqgan = models.build("MaskGIT-VQGAN", **_vqgan_overrides(cfg.overrides))
+    vqgan = models.build("MaskGIT-VQGAN", **vqgan_overrides(cfg.overrides))
     net = _TeacherAutoencoder(vqgan, cfg.commitment_cost)
 
     def loss(name, wrapped, batch, step, cache):

@@ -10,6 +10,8 @@ import torch
 
 import models
 from bench import weights
+from bench.core.dist import setup
+from bench.core.loading import SetupError
 from bench.data import build_dataset
 from bench.eval.__main__ import main
 from bench.eval.generation import evaluate_generation, make_reference_batch, npz_member
@@ -22,9 +24,8 @@ from bench.eval.reconstruction import (
     real_feature_stats,
     save_feature_stats,
 )
-from bench.eval.run import EvalSetupError, decode_tokens, to_uint8
+from bench.eval.run import decode_tokens, to_uint8
 from bench.perceptual import LPIPS
-from bench.train.dist import setup
 from tests.distributed import join, spawn
 
 N = 10  # images per set: the stand-in Inception costs ~0.1-0.3 s per image here; IS needs >= 10 (10 splits)
@@ -103,7 +104,7 @@ def test_stage1_tokenizer_decodes_through_the_teacher(toys):
     images = val_images()[0][0][None]
     tokens = tok.encode(images)
     assert torch.equal(decode_tokens(tok, tokens, teacher), teacher.decode(tok.decode_proxy_codes(tokens)))
-    with pytest.raises(EvalSetupError, match="stage-1 form"):
+    with pytest.raises(SetupError, match="stage-1 form"):
         decode_tokens(tok, tokens)
 
 
@@ -128,7 +129,7 @@ def test_cached_real_statistics_give_the_same_rfid(recon, toys, inception, real_
                                   teacher=teacher, real_stats=loaded, fid_method="eigh")
     assert out["rfid"] == pytest.approx(recon["rfid"], rel=1e-5)
     assert out["psnr"] == pytest.approx(recon["psnr"], rel=1e-9) and "lpips" not in out
-    with pytest.raises(EvalSetupError, match="real_stats hold"):
+    with pytest.raises(SetupError, match="real_stats hold"):
         evaluate_reconstruction(tok, val_images(), num_images=N - 1, inception=inception, teacher=teacher,
                                 real_stats=loaded)
 
@@ -187,9 +188,9 @@ def test_generation_against_its_own_reference_batch(inception, tmp_path):
     assert out["precision"] == 1.0 and out["recall"] == 1.0
     assert out["gfid_is"] >= 1.0 - 1e-9 and out["gfid_num_samples"] == N
     assert out["samples"] == {"sampler": {"num_steps": 8}, "seed": 42, "note": "reference images as samples"}
-    with pytest.raises(EvalSetupError, match="does not exist"):
+    with pytest.raises(SetupError, match="does not exist"):
         evaluate_generation(samples, tmp_path / "missing.npz", inception=inception)
-    with pytest.raises(EvalSetupError, match="splits"):
+    with pytest.raises(SetupError, match="splits"):
         evaluate_generation(ref.images[:5], path, inception=inception)
 
 

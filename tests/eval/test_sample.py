@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import models
+from bench.core.dist import DistInfo, setup
 from bench.eval.npz import load_samples_npz
-from bench.sample import (
+from bench.eval.sample import (
     SEED_RULE,
     class_balanced_labels,
     generate_samples,
@@ -19,7 +20,6 @@ from bench.sample import (
     sample_seed,
     sample_to_npz,
 )
-from bench.train.dist import DistInfo, setup
 from tests.distributed import join, spawn
 
 NUM_CLASSES = 10

@@ -34,11 +34,11 @@ import torch
 from PIL import Image
 
 import models
+from bench.core.dist import DistInfo, barrier
 from bench.data import eval_shard
 from bench.eval import npz
 from bench.eval.npz import save_samples_npz
 from bench.eval.run import SINGLE_PROCESS, decode_tokens, progress, to_uint8
-from bench.train.dist import DistInfo, barrier
 
 SEED_RULE = ("sample i: class i % num_classes; its own torch.Generator on the sampling device seeded with "
              "SeedSequence([seed, i]).generate_state(2, uint32) as one 64-bit integer, from which all of "
