@@ -53,7 +53,9 @@ def isolated_checkout(session):
 
 @nox.session
 def lint(session):
+    """ruff, and the import-layer contracts of pyproject.toml (models <- bench <- reports, bench's floors)."""
     session.run(PY, "-m", "ruff", "check", ".")
+    session.run(str(Path(PY).with_name("lint-imports")), "--no-cache")
 
 
 @nox.session

@@ -8,6 +8,8 @@ of submitted jobs (for idempotent reruns, status and cancellation), and cell boo
   whose dependency failed are cancelled (kill-on-invalid-dep). Preemption or time limit: submitit signals the
   job, `StageJob.checkpoint` requeues it, and the stage resumes from the checkpoint in its folder. The driver
   returns after submitting unless `wait=true`.
+Job records name tasks by `StageTask.uid` (`cell/stage-identity`, their folders), so a task whose settings changed
+is never taken for the queued job of its old settings.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from pathlib import Path
 import submitit
 
 from bench import tracking as T
-from bench.plan import SHARED, Cell, Plan
-from bench.stages import StageTask, Tracking, any_random, cell_cost, run_task
+from bench.plan import SHARED, Plan
+from bench.stages import STAGES, StageTask, Tracking, any_random, cell_cost, final_metrics, run_task
+from bench.stages.base import short_hash
 
 JOBS_FILE = "jobs.jsonl"
 FINISHED_MARK = "cell_finished"
+TAG_STAGE_IDS = "titok.stage_ids"  # the cell's current stages, `stage-identity` comma-separated
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED")
 
@@ -40,7 +44,7 @@ class CellContext:
     tasks: list[StageTask]
     tracking: Tracking | None
     tags: dict[str, str]
-    dir: str
+    dir: str  # holds the run record: the cell's run folder (the grid's folder for the shared stages)
 
 
 class StageJob:
@@ -76,10 +80,11 @@ class StageJob:
 
 
 def finish_cell(ctx: CellContext) -> bool:
-    """Once every stage of a cell is done: costs, status and tags into its run (exactly once per cell)."""
+    """Once every stage of a cell is done: metrics, costs, status and tags into its run, exactly once per set of
+    stage identities (an evaluation re-run with other settings finishes the run again)."""
     if not all(t.done for t in ctx.tasks):
         return False
-    mark = Path(ctx.dir) / FINISHED_MARK
+    mark = Path(ctx.dir) / f"{FINISHED_MARK}-{short_hash(sorted(t.uid for t in ctx.tasks))}"
     try:
         fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # several jobs of a cell may end together
         os.close(fd)
@@ -87,11 +92,17 @@ def finish_cell(ctx: CellContext) -> bool:
         return True
     if ctx.tracking:
         log = ctx.tracking.logger()
+        # the current stages' numbers are the run's latest, also where an earlier set of settings logged others
+        metrics = final_metrics(ctx.tasks)
         if ctx.tasks[0].cell != SHARED:
-            log.log_metrics(cell_cost(ctx.tasks))
-        tags = dict(ctx.tags, **{T.TAG_STATUS: "finished", T.TAG_STAGES_DONE: ",".join(t.stage for t in ctx.tasks)})
-        if any_random(ctx.tasks):
-            tags[T.TAG_WEIGHTS_RANDOM] = "true"
+            metrics.update(cell_cost(ctx.tasks))
+        if metrics:
+            log.log_metrics(metrics)
+        random = any_random(ctx.tasks)
+        tags = dict(ctx.tags, **{T.TAG_STATUS: "finished", T.TAG_STAGES_DONE: ",".join(t.stage for t in ctx.tasks),
+                                 TAG_STAGE_IDS: ",".join(Path(t.out_dir).name for t in ctx.tasks),
+                                 T.TAG_WEIGHTS_RANDOM: str(random).lower()})
+        if random:
             tags[T.TAG_SMOKE] = "true"
         log.set_tags(tags)
         log.set_status("FINISHED")
@@ -130,11 +141,11 @@ def prepare_tracking(plan: Plan, uri: str) -> dict[str, CellContext]:
             tags.update({T.TAG_MODEL_SIZE: cell.size, T.TAG_NUM_TOKENS: str(cell.num_tokens)})
         else:
             tags.update(_size_tags(cell.name))
-        cell.dir.mkdir(parents=True, exist_ok=True)
-        run_id = T.ensure_run(uri, exp_id, cell.dir, cell.name, tags, parent_run_id=parent)
-        tracking = Tracking(uri, run_id, str(cell.dir / T.BUFFER_FILE))
-        tracking.logger().log_params(T.flatten(cell.identity))
-        contexts[cell.name] = CellContext(cell.tasks, tracking, tags, str(cell.dir))
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        run_id = T.ensure_run(uri, exp_id, cell.run_dir, cell.name, tags, parent_run_id=parent)
+        tracking = Tracking(uri, run_id, str(cell.run_dir / T.BUFFER_FILE))
+        tracking.logger().log_params(T.flatten(cell.params))
+        contexts[cell.name] = CellContext(cell.tasks, tracking, tags, str(cell.run_dir))
     return contexts
 
 
@@ -147,7 +158,7 @@ def _size_tags(name: str) -> dict[str, str]:
 
 # ---- the record of submitted jobs -------------------------------------------------------------------------------
 def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]]) -> None:
-    """Append (job id, task keys) lines: what status, cancel and the next invocation look at."""
+    """Append (job id, task uids) lines: what status, cancel and the next invocation look at."""
     with open(plan.root / JOBS_FILE, "a") as f:
         for job_id, keys in jobs:
             f.write(json.dumps({"launcher": launcher, "job_id": job_id, "tasks": keys, "time": time.time()}) + "\n")
@@ -183,7 +194,7 @@ def slurm_states(job_ids: list[str], env: dict | None = None) -> dict[str, str]:
 
 
 def active_tasks(plan: Plan) -> dict[str, str]:
-    """task key -> job id of a SLURM job of this grid that is still queued or running."""
+    """task uid -> job id of a SLURM job of this grid that is still queued or running."""
     records = [r for r in recorded_jobs(plan) if r["launcher"] == "slurm"]
     states = slurm_states([r["job_id"] for r in records])
     active = {}
@@ -219,7 +230,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
             while queue and len(running) < max_parallel and not (shared_pending and running):
                 tasks = queue.pop(0)
                 job = executor.submit(StageJob(tasks, contexts, shared_threads if tasks[0].cell == SHARED else threads))
-                record_jobs(plan, "local", [(job.job_id, [t.key for t in tasks])])
+                record_jobs(plan, "local", [(job.job_id, [t.uid for t in tasks])])
                 running.append((job, tasks))
                 if tasks[0].cell == SHARED:
                     break
@@ -260,8 +271,7 @@ def _first_line(err: BaseException) -> str:
 
 
 # ---- slurm ----------------------------------------------------------------------------------------------------
-STAGE_ORDER = ("teacher", "reference", "stage1", "stage2", "single", "generator", "eval_recon", "eval_gen", "probe",
-               "speed")
+STAGE_ORDER = tuple(STAGES)  # a stage after every stage it can read
 
 
 def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, name: str,
@@ -289,8 +299,9 @@ def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, na
 def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict) -> list[str]:
     """Submit every unfinished task that has no queued/running job; returns the new job ids."""
     active = active_tasks(plan)
-    todo = [t for t in plan.tasks() if not t.done and t.key not in active]
-    submitted: dict[str, str] = dict(active)  # task key -> job id (this invocation's and still-active ones)
+    todo = [t for t in plan.tasks() if not t.done and t.uid not in active]
+    # task key -> job id (this invocation's and still-active ones)
+    submitted = {t.key: active[t.uid] for t in plan.tasks() if t.uid in active}
     arrays: dict[str, tuple[str, list[str]]] = {}  # stage -> (array job id, cells in order)
     new_ids = []
     for stage in STAGE_ORDER:
@@ -300,7 +311,7 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
         cells = [t.cell for t in tasks]
         deps = set()
         for need_stage in sorted({n.split("/")[1] for t in tasks for n in t.needs}):
-            if need_stage in arrays and need_stage != "reference" and arrays[need_stage][1] == cells:
+            if need_stage in arrays and arrays[need_stage][1] == cells:  # never a shared stage: its cell is _shared
                 deps.add(f"aftercorr:{arrays[need_stage][0]}")
                 continue
             for t in tasks:
@@ -315,7 +326,7 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
         arrays[stage] = (array_id, cells)
         for t, job in zip(tasks, jobs):
             submitted[t.key] = job.job_id
-        record_jobs(plan, "slurm", [(job.job_id, [t.key]) for t, job in zip(tasks, jobs)])
+        record_jobs(plan, "slurm", [(job.job_id, [t.uid]) for t, job in zip(tasks, jobs)])
         new_ids += [j.job_id for j in jobs]
         print(f"submitted {stage:<10} array {array_id} ({len(jobs)} tasks)"
               + (f" after {', '.join(sorted(deps))}" if deps else ""))
@@ -354,8 +365,3 @@ def flush_buffers(contexts: dict[str, CellContext]) -> int:
             left += not ctx.tracking.logger().flush()
     return left
 
-
-def cell_state(cell: Cell) -> str:
-    if cell.done:
-        return "finished"
-    return "partial" if any(t.done for t in cell.tasks) else "todo"

@@ -1,15 +1,21 @@
-"""grid -> cells -> chains of stages; a cell's identity; what is already done.
+"""The plan of a sweep: the composed config -> shared stages and cells, each stage a `StageTask` whose spec is built
+from the config here and whose identity comes from its stage module (bench/stages: each says which of its settings
+count). A stage's identity hashes its result-determining settings and the identities of the stages it reads, so
+an evaluation setting re-runs that evaluation only and a training setting that stage and what reads it.
 
-A cell's identity is a short hash of the settings that determine its results (model, preset recipe, data,
-seed; not paths, workers, launcher or cluster), so changing a result-determining setting makes new cells and
-changing where or how they run does not. Layout: `<outputs>/<grid>/<cell>-<hash>/<stage>/` and, for what the
-cells share (the smoke teacher, real-image statistics), `<outputs>/<grid>/_shared-<hash>/<stage>/`.
+Layout under `<outputs>/<grid>/`:
+    _shared/<stage>-<identity>/   what the cells share: the smoke teacher, the real-image statistics (rFID), the
+                                  reference batch (gFID)
+    <cell>/<stage>-<identity>/    a cell's stages: spec.json, result.json, checkpoints, model.safetensors, samples
+    <cell>/run-<cell id>/         the cell's MLflow run record and buffer. The cell id hashes the identities of
+                                  the cell's training stages (a released model: its name), so evaluation settings
+                                  never change it (their results land in the same run) and a retrained cell gets
+                                  its own run.
+    plan.json, jobs.jsonl, mlflow_run.json (the sweep's run), submitit/
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,22 +23,33 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 from bench.core.io import atomic_write_json
-from bench.stages import EvalGenSpec, EvalReconSpec, ProbeSpec, ReferenceSpec, SpeedSpec, StageTask
-from bench.train.loop import LoopConfig, OptimConfig
+from bench.stages import (
+    STAGES,
+    EvalGenSpec,
+    EvalReconSpec,
+    ProbeSpec,
+    RealStatsSpec,
+    ReferenceBatchSpec,
+    SpeedSpec,
+    StageTask,
+    new_task,
+)
+from bench.stages.base import short_hash
 from bench.train.recipes import (
     DataConfig,
-    GANConfig,
     GeneratorTrainConfig,
     PerceptualConfig,
     Stage1Config,
     Stage2Config,
     TeacherConfig,
     TeacherTrainConfig,
+    gan_from,
+    loop_from,
+    optim_from,
 )
 
 SHARED = "_shared"
-KNOWN_STAGES = ("stage1", "stage2", "generator", "eval_recon", "eval_gen", "probe", "speed")
-EVAL_STAGES = ("reference", "eval_recon", "eval_gen", "probe", "speed")
+KNOWN_STAGES = ("stage1", "stage2", "generator", "eval_recon", "eval_gen", "probe", "speed")  # what a grid may list
 
 
 class PlanError(ValueError):
@@ -43,13 +60,14 @@ class PlanError(ValueError):
 class Cell:
     name: str
     cell_id: str
-    dir: Path
+    dir: Path  # <grid>/<cell>: its stages' folders
+    run_dir: Path  # <grid>/<cell>/run-<cell id>: its MLflow run record
     size: str | None  # encoder size letter (S/B/L)
     num_tokens: int | None
     tokenizer: str  # variant name
     generator: str | None
     tasks: list[StageTask]
-    identity: dict  # the settings behind cell_id (logged as params)
+    params: dict  # the training settings behind cell_id (logged as the run's params)
 
     @property
     def done(self) -> bool:
@@ -73,18 +91,8 @@ class Plan:
         return next(t for t in self.tasks() if t.key == key)
 
 
-def short_hash(data: dict) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _optim(d) -> OptimConfig:
-    d = dict(d)
-    d["betas"] = tuple(d["betas"])
-    return OptimConfig(**d)
-
-
-def _loop(d, seed: int) -> LoopConfig:
-    return LoopConfig(seed=seed, **dict(d))
+def _container(node) -> dict:
+    return dict(OmegaConf.to_container(node, resolve=True))
 
 
 def _positive(cfg: DictConfig, path: str) -> None:
@@ -140,152 +148,141 @@ def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
                       num_images=d.get(split_images), num_workers=d.num_workers, seed=cfg.seed)
 
 
-def _data_identity(cfg: DictConfig) -> dict:
-    d = OmegaConf.to_container(cfg.data, resolve=True)
-    return {k: v for k, v in d.items() if k not in ("root", "num_workers")}
-
-
-def make_plan(cfg: DictConfig) -> Plan:
-    """Expand the composed sweep config into shared tasks and cells (validated first)."""
-    validate(cfg)
-    p = cfg.preset
-    grid = cfg.grid.name
-    root = Path(cfg.outputs).resolve() / grid
-    device = p.device
-    allow_random = bool(p.allow_random_weights)
-    ev = p.eval
-    train_data = data_config(cfg, "train_images")
-    val_data = data_config(cfg, "val_images")
-
-    # ---- shared stages --------------------------------------------------------------------------------------
-    shared_identity = {"data": _data_identity(cfg), "image_size": p.image_size, "seed": cfg.seed,
-                       "teacher": OmegaConf.to_container(p.teacher, resolve=True),
-                       "eval": {k: ev[k] for k in ("rfid_images", "gfid_reference_images", "reference_batch")},
-                       "allow_random_weights": allow_random}
-    shared_dir = root / f"{SHARED}-{short_hash(shared_identity)}"
-    shared: list[StageTask] = []
-    teacher_source = p.teacher.source
-    training = any(s in cfg.grid.stages for s in ("stage1", "generator"))
-    if training and teacher_source == "train":
-        spec = TeacherTrainConfig(overrides=dict(OmegaConf.to_container(p.teacher.overrides, resolve=True)),
-                                  data=train_data, optim=_optim(p.teacher.optim), loop=_loop(p.teacher.loop, cfg.seed),
-                                  device=device)
-        shared.append(StageTask(grid, SHARED, "teacher", str(shared_dir / "teacher"), spec))
-        teacher_source = str(shared_dir / "teacher" / "model.safetensors")
-    reference_batch = ev.reference_batch
-    if reference_batch and not Path(reference_batch).is_file():
-        from bench import weights
-
-        reference_batch = str(weights.require(reference_batch))  # MissingWeightsError says where to put it
-    reference = StageTask(grid, SHARED, "reference", str(shared_dir / "reference"), ReferenceSpec(
-        data=val_data, rfid_images=ev.rfid_images, gfid_reference_images=ev.gfid_reference_images,
-        reference_batch=reference_batch, batch_size=ev.batch_size, allow_random_weights=allow_random, device=device),
-        resources="eval")
-    shared.append(reference)
-
-    # ---- cells ----------------------------------------------------------------------------------------------
-    entries = [(f"TiTok-{s}-{k}", s, k) for s in cfg.grid.sizes for k in cfg.grid.num_tokens]
-    entries += [(name, None, None) for name in cfg.grid.models]
-    ctx = _Shared(root, shared_identity, reference, teacher_source,
-                  [f"{SHARED}/teacher"] if any(t.stage == "teacher" for t in shared) else [], train_data, val_data)
-    cells = [_make_cell(cfg, name, size, k, ctx) for name, size, k in entries]
-    return Plan(grid, p.name, bool(p.smoke), root, shared, cells, OmegaConf.to_container(cfg, resolve=True))
-
-
 @dataclass(frozen=True)
 class _Shared:
-    root: Path
-    identity: dict
-    reference: StageTask
+    """What every cell reads from the shared stages."""
+
+    teacher: StageTask | None  # the trained smoke teacher, or None: teacher_source is a name or file
     teacher_source: str
-    teacher_needs: list[str]
+    real_stats: StageTask | None
+    reference_batch: StageTask | None
     train_data: DataConfig
     val_data: DataConfig
 
 
-def _make_cell(cfg: DictConfig, name: str, size: str | None, k: int | None, ctx: _Shared) -> Cell:
+def make_plan(cfg: DictConfig) -> Plan:
+    """Expand the composed sweep config into shared tasks and cells (validated first; nothing is written)."""
+    validate(cfg)
+    p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
+    grid = cfg.grid.name
+    root = Path(cfg.outputs).resolve() / grid
+    device, allow_random = p.device, bool(p.allow_random_weights)
+    train_data, val_data = data_config(cfg, "train_images"), data_config(cfg, "val_images")
+    shared: list[StageTask] = []
+
+    def add_shared(stage: str, spec, **inputs) -> StageTask:
+        shared.append(new_task(grid, SHARED, stage, spec, root / SHARED, inputs))
+        return shared[-1]
+
+    teacher = None
+    if cfg.grid.sizes and cfg.grid.num_tokens and p.teacher.source == "train":  # every trained cell has a stage 1
+        teacher = add_shared("teacher", TeacherTrainConfig(
+            overrides=_container(p.teacher.overrides), data=train_data, optim=optim_from(_container(p.teacher.optim)),
+            loop=loop_from(_container(p.teacher.loop), cfg.seed), device=device))
+    real_stats = reference_batch = None
+    if "eval_recon" in stages:
+        real_stats = add_shared("real_stats", RealStatsSpec(
+            data=val_data, num_images=ev.rfid_images, allow_random_weights=allow_random, batch_size=ev.batch_size,
+            device=device))
+    if "eval_gen" in stages:
+        source = ev.reference_batch
+        if source and not Path(source).is_file():
+            from bench import weights
+
+            source = str(weights.require(source))  # MissingWeightsError says where to put it
+        reference_batch = add_shared("reference_batch", ReferenceBatchSpec(
+            data=val_data, num_images=ev.gfid_reference_images, source=source, allow_random_weights=allow_random,
+            batch_size=ev.batch_size, device=device))
+    ctx = _Shared(teacher, teacher.product if teacher else p.teacher.source, real_stats, reference_batch, train_data,
+                  val_data)
+    entries = [(f"TiTok-{s}-{k}", s, k) for s in cfg.grid.sizes for k in cfg.grid.num_tokens]
+    entries += [(name, None, None) for name in cfg.grid.models]
+    cells = [_make_cell(cfg, root, name, size, k, ctx) for name, size, k in entries]
+    return Plan(grid, p.name, bool(p.smoke), root, shared, cells, OmegaConf.to_container(cfg, resolve=True))
+
+
+def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int | None, ctx: _Shared) -> Cell:
     """One cell: a trained grid cell (size and K given) or a released model evaluated as it is."""
     p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
     device, allow_random = p.device, bool(p.allow_random_weights)
-    trained = size is not None
-    recipe_keys = ("sizes", "tokenizer", "stage1", "generator", "sampler", "eval") + (
-        ("stage2",) if "stage2" in stages else ())
-    identity = {"model": name, "stages": list(stages), "shared": ctx.identity, "image_size": p.image_size,
-                "preset": {key: OmegaConf.to_container(p[key], resolve=True) for key in recipe_keys}}
-    if trained:
-        identity["size"] = p.sizes[size]
-    cell_dir = ctx.root / f"{name}-{short_hash(identity)}"
+    cell_dir = root / name
     tasks: list[StageTask] = []
 
-    def add(stage, spec, needs, resources="train"):
-        needs = [n if "/" in n else f"{name}/{n}" for n in needs]
-        tasks.append(StageTask(cfg.grid.name, name, stage, str(cell_dir / stage), spec, tuple(needs), resources))
+    def add(stage: str, spec, **inputs) -> StageTask:
+        tasks.append(new_task(cfg.grid.name, name, stage, spec, cell_dir, inputs))
+        return tasks[-1]
 
-    if trained:
-        teacher_overrides = dict(OmegaConf.to_container(p.teacher.overrides, resolve=True))
-        overrides = dict(OmegaConf.to_container(p.tokenizer, resolve=True), encoder_size=p.sizes[size],
-                         decoder_size=p.sizes[size])
-        tokenizer, teacher = str(cell_dir / "stage1" / "model.safetensors"), ctx.teacher_source
-        teacher_config = TeacherConfig(ctx.teacher_source, teacher_overrides)
-        add("stage1", Stage1Config(
+    # the tokenizer the evaluations read (and its teacher), the generator: tasks of this cell, or released names
+    tok_task = gen_task = teacher_task = None
+    if size is not None:
+        teacher_config = TeacherConfig(source=ctx.teacher_source, overrides=_container(p.teacher.overrides))
+        overrides = dict(_container(p.tokenizer), encoder_size=p.sizes[size], decoder_size=p.sizes[size])
+        tok_task = stage1 = add("stage1", Stage1Config(
             model=name, model_overrides=overrides, teacher=teacher_config, data=ctx.train_data,
-            optim=_optim(p.stage1.optim), loop=_loop(p.stage1.loop, cfg.seed), allow_random_weights=allow_random,
-            device=device), ctx.teacher_needs)
-        tok_needs = ["stage1"]
+            optim=optim_from(_container(p.stage1.optim)), loop=loop_from(_container(p.stage1.loop), cfg.seed),
+            allow_random_weights=allow_random,
+            device=device), teacher=ctx.teacher)
+        teacher_task, teacher = ctx.teacher, ctx.teacher_source
         if "stage2" in stages:
             # stage 2 adds the pixel decoder: the cell's tokenizer becomes the stage-2 model, decoding to pixels
             s2 = p.stage2
-            gan = OmegaConf.to_container(s2.gan, resolve=True)
-            perceptual = PerceptualConfig(**OmegaConf.to_container(s2.perceptual, resolve=True))
-            add("stage2", Stage2Config(
-                init_from=tokenizer, teacher=teacher_config, perceptual=perceptual,
-                gan=GANConfig(**{**gan, "optim": _optim(gan["optim"])}), data=ctx.train_data, optim=_optim(s2.optim),
-                loop=_loop(s2.loop, cfg.seed), allow_random_weights=allow_random, device=device),
-                ["stage1", *ctx.teacher_needs])
-            tokenizer, teacher, tok_needs = str(cell_dir / "stage2" / "model.safetensors"), None, ["stage2"]
-        generator = None
+            tok_task = add("stage2", Stage2Config(
+                init_from=stage1.product, teacher=teacher_config,
+                perceptual=PerceptualConfig(**_container(s2.perceptual)),
+                gan=gan_from(_container(s2.gan)), data=ctx.train_data, optim=optim_from(_container(s2.optim)),
+                loop=loop_from(_container(s2.loop), cfg.seed), allow_random_weights=allow_random, device=device),
+                stage1=stage1, teacher=ctx.teacher)
+            teacher_task, teacher = None, None
         if "generator" in stages:
-            generator, g = str(cell_dir / "generator" / "model.safetensors"), p.generator
+            g = p.generator
             # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
-            add("generator", GeneratorTrainConfig(
-                tokenizer=str(cell_dir / "stage1" / "model.safetensors"), model=g.model,
-                model_overrides=dict(OmegaConf.to_container(g.overrides)),
+            gen_task = add("generator", GeneratorTrainConfig(
+                tokenizer=stage1.product, model=g.model, model_overrides=_container(g.overrides),
                 label_smoothing=g.label_smoothing, unmasked_weight=g.unmasked_weight, data=ctx.train_data,
-                optim=_optim(g.optim), loop=_loop(g.loop, cfg.seed), device=device), ["stage1"])
-        gen_needs = [*tok_needs, "generator"]
+                optim=optim_from(_container(g.optim)), loop=loop_from(_container(g.loop), cfg.seed),
+                allow_random_weights=allow_random,
+                device=device), tokenizer=stage1)
+        tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
     else:
         tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
-        tok_needs, gen_needs = [], []
-    sampler = dict(OmegaConf.to_container(p.sampler, resolve=True))
-    ref = ctx.reference
+    sampler = _container(p.sampler)
+    reads_tokens = dict(tokenizer=tok_task, teacher=teacher_task)
     if "eval_recon" in stages:
         add("eval_recon", EvalReconSpec(
-            tokenizer=tokenizer, reference_dir=ref.out_dir, data=ctx.val_data, num_images=ev.rfid_images,
-            teacher=teacher, batch_size=ev.batch_size, lpips=ev.lpips, fid_method=ev.fid_method,
-            allow_random_weights=allow_random, device=device), tok_needs + [ref.key], "eval")
+            tokenizer=tokenizer, real_stats=ctx.real_stats.product, data=ctx.val_data, num_images=ev.rfid_images,
+            teacher=teacher, lpips=ev.lpips, fid_method=ev.fid_method, allow_random_weights=allow_random,
+            batch_size=ev.batch_size, device=device), **reads_tokens, real_stats=ctx.real_stats)
     if generator and "eval_gen" in stages:
         add("eval_gen", EvalGenSpec(
-            generator=generator, tokenizer=tokenizer, reference_dir=ref.out_dir, num_samples=ev.gfid_samples,
-            num_classes=cfg.data.num_classes, model_name=name, teacher=teacher, sampler=sampler, seed=cfg.seed,
-            batch_size=ev.batch_size, fid_method=ev.fid_method, clean_fid=ev.clean_fid,
-            allow_random_weights=allow_random, device=device), gen_needs + [ref.key], "eval")
+            generator=generator, tokenizer=tokenizer, reference_batch=ctx.reference_batch.product,
+            num_samples=ev.gfid_samples, num_classes=cfg.data.num_classes, teacher=teacher, sampler=sampler,
+            seed=cfg.seed, fid_method=ev.fid_method, clean_fid=ev.clean_fid, allow_random_weights=allow_random,
+            batch_size=ev.batch_size, model_name=name, device=device),
+            generator=gen_task, **reads_tokens, reference_batch=ctx.reference_batch)
     if "probe" in stages:
-        add("probe", ProbeSpec(tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images,
-                               num_val=ev.probe_val_images, epochs=ev.probe_epochs, batch_size=ev.batch_size,
-                               device=device), tok_needs, "eval")
+        add("probe", ProbeSpec(
+            tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images, num_val=ev.probe_val_images,
+            epochs=ev.probe_epochs, allow_random_weights=allow_random, batch_size=ev.batch_size, device=device),
+            tokenizer=tok_task)
     if generator and "speed" in stages:
         sp = ev.speed
-        add("speed", SpeedSpec(tokenizer=tokenizer, generator=generator, teacher=teacher, batch_size=sp.batch_size,
-                               repeats=sp.repeats, warmup=sp.warmup, sampler=sampler, mode=sp.mode,
-                               allow_random_weights=allow_random, device=device), gen_needs, "eval")
-    return Cell(name, cell_dir.name.rsplit("-", 1)[1], cell_dir, size, k, name, generator, tasks, identity)
+        add("speed", SpeedSpec(
+            tokenizer=tokenizer, generator=generator, teacher=teacher, batch_size=sp.batch_size, repeats=sp.repeats,
+            warmup=sp.warmup, sampler=sampler, mode=sp.mode, allow_random_weights=allow_random, device=device),
+            generator=gen_task, **reads_tokens)
+    training = [t for t in tasks if t.resources == "train"]
+    params = {"model": name, "allow_random_weights": allow_random,
+              **{t.stage: {"identity": t.identity, **STAGES[t.stage].RULE.settings(t.spec)} for t in training}}
+    cell_id = short_hash(params)
+    return Cell(name, cell_id, cell_dir, cell_dir / f"run-{cell_id}", size, k, name, generator, tasks,
+                dict(params, cell_id=cell_id))
 
 
 def describe(plan: Plan) -> str:
     """The dry-run view: cells, stages, resources, and what is already done."""
     lines = [f"grid {plan.grid}  preset {plan.preset}{'  (smoke)' if plan.smoke else ''}  outputs {plan.root}"]
     for t in plan.shared:
-        lines.append(f"  {t.key:<28} {'done' if t.done else 'todo':<5} {t.resources:<5} {t.out_dir}")
+        lines.append(f"  {t.uid:<36} {'done' if t.done else 'todo':<5} {t.resources:<5} {t.out_dir}")
     stages = [s for s in KNOWN_STAGES if any(t.stage == s for c in plan.cells for t in c.tasks)]
     lines.append("  " + f"{'cell':<22}{'id':<10}" + "".join(f"{s:<11}" for s in stages))
     for c in plan.cells:
@@ -298,9 +295,8 @@ def describe(plan: Plan) -> str:
 
 
 def write_plan(plan: Plan) -> Path:
-    plan.root.mkdir(parents=True, exist_ok=True)
-    path = plan.root / "plan.json"
     data = {"grid": plan.grid, "preset": plan.preset, "config": plan.config,
-            "cells": {c.name: {"id": c.cell_id, "dir": str(c.dir), "stages": [t.stage for t in c.tasks]}
-                      for c in plan.cells}}
-    return atomic_write_json(path, data)
+            "shared": {t.stage: t.identity for t in plan.shared},
+            "cells": {c.name: {"id": c.cell_id, "dir": str(c.dir), "run_dir": str(c.run_dir),
+                               "stages": {t.stage: t.identity for t in c.tasks}} for c in plan.cells}}
+    return atomic_write_json(plan.root / "plan.json", data)

@@ -1,8 +1,10 @@
-"""bench.speed and bench.fast on toy sizes: the parity path equals the reference sampler and the models' own
-encode/decode exactly, the fast paths stay within measured quality bounds of it, the analytic FLOP counter
-matches a hand count and torch's FlopCounterMode, and the CLI runs end to end. Correctness only: no timing
-assertions."""
+"""bench.speed on toy sizes: the parity path equals the reference sampler and the models' own encode/decode
+exactly, the fast paths stay within measured quality bounds of it, the analytic FLOP counter matches a hand count
+and torch's FlopCounterMode, a timed training step is one step of the real training loop, and the CLI runs end to
+end. Correctness only: no timing assertions."""
 
+import dataclasses
+import itertools
 import json
 import subprocess
 import sys
@@ -13,10 +15,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
-from bench import flops as FL
-from bench import speed
-from bench.fast import InferenceOptions, InferencePipeline, compare_with_parity, mode_options
+from bench.perceptual import LPIPS, ConvNeXtLogits
+from bench.speed import cli, factories, measure, training
+from bench.speed import flops as FL
+from bench.speed.paths import InferenceOptions, InferencePipeline, compare_with_parity, mode_options
+from bench.speed.scaling import scaling, scaling_flops
+from bench.train.loop import train
 from bench.train.losses import NLayerDiscriminator
+from bench.train.recipes import SingleStageConfig
 from models.maskgit_vqgan import VQGANConfig
 
 # Bounds of the bf16 fast path against fp32 on these toy models with random weights, measured over seeds 0-3
@@ -32,8 +38,8 @@ MAX_VAE_REL_ERROR = 0.02
 
 def toy_pair(tokenizer="TiTok-L-32", generator="MaskGIT-ViT:TiTok-L-32", seed=0, **tok_set):
     torch.manual_seed(seed)
-    tok = speed.build_tokenizer(tokenizer, tok_set, toy=True)
-    return tok, speed.build_generator(generator, tok, toy=True)
+    tok = factories.build_tokenizer(tokenizer, tok_set, toy=True)
+    return tok, factories.build_generator(generator, tok, toy=True)
 
 
 def rng(seed=0):
@@ -67,7 +73,7 @@ def test_exact_options_equal_reference_with_every_cpu_switch():
                                         ("TA-TiTok-BL-32-VQ", {}), ("TiTok-S-32", {})])
 def test_parity_encode_decode_equal_model(name, extra):
     torch.manual_seed(0)
-    tok = speed.build_tokenizer(name, extra, toy=True)
+    tok = factories.build_tokenizer(name, extra, toy=True)
     c = tok.config
     images = torch.rand(2, 3, c.image_size, c.image_size)
     text = torch.randn(2, c.text_tokens, c.text_dim) if c.text_tokens else None
@@ -79,8 +85,8 @@ def test_parity_encode_decode_equal_model(name, extra):
 
 def test_stage1_form_decodes_through_the_teacher():
     torch.manual_seed(0)
-    tok = speed.build_tokenizer("TiTok-L-32", {"pixel_decoder": False}, toy=True)
-    teacher = speed.teacher_for(tok)
+    tok = factories.build_tokenizer("TiTok-L-32", {"pixel_decoder": False}, toy=True)
+    teacher = factories.teacher_for(tok)
     assert teacher is not None and not tok.outputs_pixels
     ids = torch.randint(0, tok.config.codebook_size, (2, tok.config.num_latent_tokens))
     expected = teacher.decode(tok.decode_proxy_codes(ids))
@@ -114,9 +120,9 @@ def test_fast_path_generation_quality(generator, steps):
 
 def test_fast_path_single_stage_quality():
     torch.manual_seed(0)
-    q = compare_with_parity(speed.build_tokenizer("TiTok-BL-64-VQ", toy=True), options="fast", batch_size=8)
+    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VQ", toy=True), options="fast", batch_size=8)
     assert q["decode_psnr_db"] >= MIN_SINGLE_STAGE_PSNR and q["encode_agreement"] >= MIN_ENCODE_AGREEMENT
-    q = compare_with_parity(speed.build_tokenizer("TiTok-BL-64-VAE", toy=True), options="fast", batch_size=8)
+    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VAE", toy=True), options="fast", batch_size=8)
     assert q["decode_psnr_db"] >= MIN_SINGLE_STAGE_PSNR and q["encode_rel_error"] <= MAX_VAE_REL_ERROR
 
 
@@ -184,7 +190,7 @@ def test_flops_hand_count_tiny_pixel_decoder():
 @pytest.mark.parametrize("name", ["TiTok-L-32", "TiTok-BL-64-VQ", "TiTok-BL-64-VAE", "TA-TiTok-BL-32-VQ"])
 def test_flops_match_torch_counter_for_tokenizers(name):
     torch.manual_seed(0)
-    tok = speed.build_tokenizer(name, {"decoder_size": "toy-B"}, toy=True)
+    tok = factories.build_tokenizer(name, {"decoder_size": "toy-B"}, toy=True)
     c = tok.config
     images = torch.rand(1, 3, c.image_size, c.image_size)
     text = torch.randn(1, c.text_tokens, c.text_dim) if c.text_tokens else None
@@ -198,20 +204,27 @@ def test_flops_match_torch_counter_for_generators_and_training_parts():
     settings = gen.config.sampler.updated(num_steps=3)
     assert counted(lambda: gen.generate(torch.tensor([4]), **settings.__dict__)) == FL.generation(gen.config,
                                                                                                    settings)
-    teacher = speed.teacher_for(speed.build_tokenizer("TiTok-L-32", {"pixel_decoder": False}, toy=True))
+    teacher = factories.teacher_for(factories.build_tokenizer("TiTok-L-32", {"pixel_decoder": False}, toy=True))
     assert counted(lambda: teacher.encode(torch.rand(1, 3, 64, 64))) == FL.vqgan_encode(teacher.config, 64)
     disc = NLayerDiscriminator(32, groups=8)
     assert counted(lambda: disc(torch.rand(1, 3, 64, 64))) == FL.discriminator_forward(64, 32)
 
 
+def test_flops_match_torch_counter_for_perceptual_networks():
+    images = torch.rand(1, 3, 32, 32)
+    assert counted(lambda: ConvNeXtLogits(allow_random=True, resolution=64)(images)) == FL.convnext_small(64)
+    assert counted(lambda: LPIPS(allow_random=True)(images, images)) == (2 * FL.lpips_features(32)
+                                                                          + FL.lpips_heads(32))
+
+
 def test_flops_grow_with_k():
-    costs = [FL.titok_encode(speed.tokenizer_config(f"TiTok-B-{k}")) for k in (16, 64, 256)]
+    costs = [FL.titok_encode(factories.tokenizer_config(f"TiTok-B-{k}")) for k in (16, 64, 256)]
     assert costs[0] < costs[1] < costs[2]
-    rows = speed.scaling_flops(sizes=["L"], ks=[16, 32, 256])
+    rows = scaling_flops(sizes=["L"], ks=[16, 32, 256])
     generate = [r for r in rows if r["task"] == "generate"]
     assert generate[0]["flops_x"] == 1.0 < generate[1]["flops_x"] < generate[2]["flops_x"]
     # the released pair: 15 generator forwards (8 steps, linear guidance) + L decoder + pixel decoder
-    l32 = speed.tokenizer_config("TiTok-L-32")
+    l32 = factories.tokenizer_config("TiTok-L-32")
     gen = models.VARIANTS["MaskGIT-ViT:TiTok-L-32"].config
     assert generate[1]["gflop_per_item"] * 1e9 == 15 * FL.generator_forward(gen) + FL.titok_decode(l32)
 
@@ -219,30 +232,91 @@ def test_flops_grow_with_k():
 # ---- measurement API and CLI ---------------------------------------------------------------------------------------
 def test_measure_generation_api():
     tok, gen = toy_pair()
-    row = speed.measure_generation(tok, gen, batch_size=2, sampler_settings={"num_steps": 2}, mode="parity",
+    row = measure.measure_generation(tok, gen, batch_size=2, sampler_settings={"num_steps": 2}, mode="parity",
                                    warmup=0, repeats=2, device="cpu", keep_outputs=True)
     assert row["samples_per_s"] > 0 and row["runs"] == 2 and row["steps"] == 2
     assert row["gflop_per_item"] * 1e9 == FL.generation(gen.config, gen.config.sampler.updated(num_steps=2)) + (
         FL.titok_decode(tok.config))
     assert row["ids"].shape == (2, 32) and row["images"].shape == (2, 3, 64, 64)
-    rows = speed.measure_tokenizer(tok, batch_size=2, mode="fast", warmup=0, repeats=1)
+    rows = measure.measure_tokenizer(tok, batch_size=2, mode="fast", warmup=0, repeats=1)
     assert [r["task"] for r in rows] == ["encode", "decode"] and all(r["throughput"] > 0 for r in rows)
 
 
+def test_measure_generation_keeps_its_package_path():
+    from bench.speed import measure_generation
+
+    assert measure_generation is measure.measure_generation
+
+
+def small_losses(recipe, convnext_weight=0.0):
+    """A reconstruction recipe with CPU-sized loss networks: ConvNeXt-S at 32 px (or none), a 32-channel
+    discriminator."""
+    perceptual = dataclasses.replace(recipe.perceptual, convnext_weight=convnext_weight, resolution=32)
+    return dataclasses.replace(recipe, perceptual=perceptual,
+                               gan=dataclasses.replace(recipe.gan, disc_base_channels=32, disc_groups=8))
+
+
 def test_measure_training_stages():
-    cfg = speed.tokenizer_config("TiTok-S-32", toy=True)
-    gen_cfg = speed.generator_config("MaskGIT-ViT", cfg, toy=True)
-    disc_base = speed.Stage2Config().gan.disc_base_channels
-    flops = {"stage1": FL.train_stage1(cfg), "stage2": FL.train_stage2(cfg, disc_base),
-             "generator": FL.train_generator(cfg, gen_cfg)}
-    for stage in speed.TRAIN_STAGES:
-        row = speed.measure_training(stage, cfg, gen_cfg, batch_size=1, warmup=0, repeats=1)
-        assert row["task"] == f"train-{stage}" and row["throughput"] > 0, stage
-        assert row["gflop_per_item"] * 1e9 == flops[stage], stage
+    cfg = factories.tokenizer_config("TiTok-S-32", toy=True)
+    gen_cfg = factories.generator_config("MaskGIT-ViT", cfg, toy=True)
+    single = factories.tokenizer_config("TiTok-BL-64-VQ", toy=True)
+    stage2 = small_losses(training.paper_recipe("stage2"))
+    single_recipe = small_losses(SingleStageConfig(allow_random_weights=True))
+    cases = {"train-stage1": ("stage1", cfg, None, FL.train_stage1(cfg)),
+             "train-stage2": ("stage2", cfg, stage2, FL.train_stage2(cfg, stage2.perceptual, stage2.gan)),
+             "train-generator": ("generator", cfg, None, FL.train_generator(cfg, gen_cfg)),
+             "train-single": ("stage2", single, single_recipe,
+                              FL.train_single_stage(single, single_recipe.perceptual, single_recipe.gan))}
+    for task, (stage, tok_cfg, recipe, flops) in cases.items():
+        row = training.measure_training(stage, tok_cfg, gen_cfg, batch_size=1, warmup=0, repeats=1, recipe=recipe)
+        assert row["task"] == task and row["throughput"] > 0 and row["note"].startswith(task), task
+        assert row["gflop_per_item"] * 1e9 == flops, task
+
+
+@pytest.mark.parametrize("stage", ["stage1", "generator"])
+def test_timed_step_is_one_step_of_the_training_loop(stage, tmp_path):
+    """From the same weights and batch, one timed step leaves the weights (and EMA) exactly where one step of
+    bench.train.loop.train leaves them with the stage's objective."""
+    cfg = factories.tokenizer_config("TiTok-S-32", toy=True)
+    gen_cfg = factories.generator_config("MaskGIT-ViT", cfg, toy=True)
+    timed, trained = (training.training_step(stage, cfg, gen_cfg, batch_size=2, seed=3) for _ in range(2))
+    assert timed.step == 0
+    name = timed.trainer.objective.ema_of
+    before = {k: v.clone() for k, v in timed.trainer.objective.modules[name].state_dict().items()}
+    torch.manual_seed(timed.trainer.cfg.seed)  # as train() seeds rank 0 (the generator's masking is random)
+    logs = timed()
+    assert any(k.startswith(("stage1/", "generator/")) for k in logs)
+    loop = dataclasses.replace(trained.trainer.cfg, steps=1)
+    result = train(trained.trainer.objective, lambda start: itertools.repeat(trained.batch), loop, tmp_path)
+    a, b = timed.trainer.objective.modules[name].state_dict(), trained.trainer.objective.modules[name].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], before[k]) for k in a if a[k].is_floating_point())
+    ema = result.model.state_dict()
+    assert all(torch.equal(timed.trainer.ema.shadow[k].cpu(), ema[k]) for k in timed.trainer.ema.shadow)
+
+
+def test_timed_stage2_step_updates_the_decoder_and_the_discriminator():
+    cfg = factories.tokenizer_config("TiTok-S-32", toy=True)
+    recipe = small_losses(training.paper_recipe("stage2"), convnext_weight=0.1)
+    step = training.training_step("stage2", cfg, batch_size=1, recipe=recipe)
+    assert step.step == recipe.gan.start_step  # the discriminator is active
+    modules = step.trainer.objective.modules
+    before = {f"{n}.{k}": v.clone() for n, m in modules.items() for k, v in m.state_dict().items()}
+    logs = step()
+    assert {"stage2/l2", "stage2/convnext", "stage2/gan_g", "stage2/gan_d", "stage2/lecam",
+            "discriminator/grad_norm"} <= set(logs)
+    after = {f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("tokenizer.decoder.") for k in changed)
+    assert any(k.startswith("tokenizer.pixel_decoder.") for k in changed)
+    assert any(k.startswith("discriminator.") for k in changed)
+    assert not any(k.startswith(("tokenizer.encoder.", "tokenizer.quantize.")) for k in changed)
+    # offline, ConvNeXt-S is a seeded random stand-in, and the row says so
+    assert ("stand-in convnext" in step.note) == step.trainer.objective.random_weights["convnext"]
 
 
 def test_scaling_toy():
-    rows = speed.scaling(sizes=["S"], ks=[16, 64], toy=True, batch_size=1, warmup=0, repeats=1,
+    rows = scaling(sizes=["S"], ks=[16, 64], toy=True, batch_size=1, warmup=0, repeats=1,
                          generation=True)
     assert [(r["tokens"], r["task"]) for r in rows] == [(16, "encode+decode"), (16, "generate"),
                                                          (64, "encode+decode"), (64, "generate")]
@@ -258,7 +332,7 @@ def test_cli_toy_end_to_end(tmp_path, capsys):
     args = ["--toy", "--sections", "peak,generation,tokenizer", "--pairs", "TiTok-L-32", "--batch-size", "2",
             "--warmup", "0", "--repeats", "1", "--sampler-set", "num_steps=2", "--csv", str(tmp_path / "out.csv"),
             "--json", str(tmp_path / "out.json")]
-    assert speed.main(args) == 0
+    assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "device: CPU" in out and "matmul peak bf16" in out
     for mode in ("naive", "parity", "fast"):
@@ -275,10 +349,10 @@ def test_cli_custom_pair_and_bad_input(capsys):
     args = ["--toy", "--sections", "generation", "--tokenizer", "TiTok-S-32", "--generator", "MaskGIT-ViT",
             "--gen-set", "num_layers=2", "--modes", "parity", "--batch-size", "1", "--warmup", "0", "--repeats", "1",
             "--sampler-set", "num_steps=2"]
-    assert speed.main(args) == 0
+    assert cli.main(args) == 0
     assert "TiTok-S-32 (toy) + MaskGIT-ViT" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown modes"):
-        speed.main(["--modes", "turbo"])
+        cli.main(["--modes", "turbo"])
 
 
 # ---- GPU -----------------------------------------------------------------------------------------------------------

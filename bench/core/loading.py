@@ -140,3 +140,30 @@ def vqgan_overrides(overrides: dict) -> dict:
     if "channel_mult" in out:
         out["channel_mult"] = tuple(out["channel_mult"])
     return out
+
+
+@dataclass(frozen=True)
+class EvalModels:
+    """What an evaluation reads: a tokenizer, the teacher that decodes its proxy codes (stage-1 form only) and,
+    for generation, a generator on its tokens."""
+
+    tokenizer: Loaded
+    teacher: Loaded | None = None
+    generator: Loaded | None = None
+
+    @property
+    def teacher_model(self) -> models.MaskGITVQGAN | None:
+        return self.teacher.model if self.teacher else None
+
+    @property
+    def random(self) -> dict[str, bool]:
+        """Which of them are stand-ins (or trained with one), by role: every number they give is tagged."""
+        loaded = {"tokenizer": self.tokenizer, "teacher": self.teacher, "generator": self.generator}
+        return {role: m.random for role, m in loaded.items() if m is not None}
+
+
+def load_for_eval(tokenizer: str, *, teacher: str | None = None, generator: str | None = None,
+                  allow_random: bool = False) -> EvalModels:
+    tok = load_model(tokenizer, "tokenizer", allow_random)
+    return EvalModels(tok, load_eval_teacher(tok.model, teacher, allow_random) if teacher else None,
+                      load_generator(generator, tok.model, allow_random) if generator else None)

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node 8 -m bench.eval TiTok-L-32 --metrics gfid --num-samples 50000 \\
         --reference-batch VIRTUAL_imagenet256_labeled.npz --samples-dir samples/ --out l32_gfid.json
     # one of our checkpoints, offline, stand-ins for missing pretrained networks (every number tagged random)
-    python -m bench.eval outputs/latent_vs_size/TiTok-S-32-1a2b3c/stage2/model.safetensors --data synthetic \\
+    python -m bench.eval outputs/pipeline/TiTok-S-32/stage2-1a2b3c4d/model.safetensors --data synthetic \\
         --num-images 256 --metrics rfid,lpips,probe --allow-random-weights --out result.json
     # gFID of our generator on synthetic data, against a reference batch made once from the same data
     python -m bench.eval tok.safetensors --generator gen.safetensors --data synthetic --metrics gfid \\
@@ -14,17 +14,23 @@
 
 Metrics (--metrics, comma-separated): rfid (rfid, rfid_is, psnr, ssim, codebook usage/entropy), lpips (adds
 LPIPS to the reconstruction run), gfid (samples to an ADM .npz, then gfid, gfid_clean, gfid_is, sfid,
-precision, recall), probe (probe_top1). Inception runs in float64 for rFID (the reference's evaluator) and
-float32 for gFID (ADM's) unless --inception-dtype says otherwise. Under torchrun every rank takes a slice.
-Missing weights, data or reference batch end with a message that says what to do (exit status 2).
+precision, recall), probe (probe_top1). The flags become the specs of the sweep's evaluation stages, and the
+stages' own `run` computes the numbers (bench/stages: real_stats, eval_recon, reference_batch, eval_gen, probe),
+so a number here equals the sweep's for the same checkpoint and settings. Inception runs in float64 for rFID (the
+reference's evaluator) and float32 for gFID (ADM's), as in the sweep, unless --inception-dtype says otherwise; the
+report records the dtype. Under torchrun every rank takes a slice (one node; on several, pass --real-stats on a
+shared folder). Missing weights, data or reference batch end with a message that says what to do (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch.distributed as dist
@@ -33,19 +39,22 @@ import models
 from bench import weights
 from bench.core import dist as D
 from bench.core.io import atomic_write_json
-from bench.core.loading import SetupError, load_eval_teacher, load_generator, load_model
-from bench.data import DatasetError, build_dataset
-from bench.eval.generation import evaluate_generation, make_reference_batch
-from bench.eval.inception import InceptionFeatures
-from bench.eval.probe import linear_probe
-from bench.eval.reconstruction import (
-    evaluate_reconstruction,
-    load_feature_stats,
-    real_feature_stats,
-    save_feature_stats,
+from bench.core.loading import SetupError, load_model
+from bench.data import DatasetError
+from bench.stages import (
+    Context,
+    DataConfig,
+    EvalGenSpec,
+    EvalReconSpec,
+    ProbeSpec,
+    RealStatsSpec,
+    ReferenceBatchSpec,
+    eval_gen,
+    eval_recon,
+    probe,
+    real_stats,
+    reference_batch,
 )
-from bench.eval.sample import sample_to_npz, sampler_settings
-from bench.perceptual import LPIPS
 from bench.tracking import METRICS
 
 METRIC_GROUPS = ("rfid", "lpips", "gfid", "probe")
@@ -67,14 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--data-root", help="imagenet: folder with train/ and val/ class folders")
     g.add_argument("--split", default="val", help="evaluation split (rfid, reference batch, probe validation)")
     g.add_argument("--num-images", type=int, default=50_000, help="evaluation images (imagenet: balanced subset)")
-    g.add_argument("--num-classes", type=int, help="synthetic: classes (default 10); imagenet: the first N classes")
+    g.add_argument("--num-classes", type=int, help="synthetic: classes (default 10); imagenet: the first N classes; "
+                                                   "gfid: the classes sampled (default: the generator's)")
     g.add_argument("--image-size", type=int, help="default: the tokenizer's resolution")
     g.add_argument("--data-seed", type=int, default=0)
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--num-workers", type=int, default=4)
     g = ap.add_argument_group("rfid")
     g.add_argument("--real-stats", help="cache of the real images' Inception statistics: read when present, "
-                                        "else computed and written")
+                                        "else computed and written (default: a temporary file)")
     g = ap.add_argument_group("gfid")
     g.add_argument("--reference-batch", help="ADM reference batch .npz (VIRTUAL_imagenet256_labeled.npz layout)")
     g.add_argument("--make-reference-batch", action="store_true",
@@ -82,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--num-samples", type=int, default=50_000)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--sample-batch-size", type=int, default=32)
-    g.add_argument("--samples-dir", default="samples", help="where the samples .npz goes (reused when present)")
+    g.add_argument("--samples-dir", default="samples",
+                   help="where the samples .npz (reused when present) and a samples.png grid of them go")
     g.add_argument("--png", action="store_true", help="also write the samples as PNGs")
     g.add_argument("--num-steps", type=int)
     g.add_argument("--guidance-scale", type=float)
@@ -90,13 +101,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--guidance-scale-pow", type=float)
     g.add_argument("--randomize-temperature", type=float)
     g.add_argument("--no-softmax-temperature-annealing", action="store_true")
+    g.add_argument("--no-clean-fid", action="store_true", help="skip clean-fid's FID (gfid_clean), the second backend")
     g = ap.add_argument_group("probe")
     g.add_argument("--probe-num-train", type=int, default=50_000, help="training images of the linear probe")
     g.add_argument("--probe-epochs", type=int, default=100, help="full-batch L-BFGS iterations")
     g = ap.add_argument_group("run")
     g.add_argument("--fid-method", default="sqrtm", choices=["sqrtm", "eigh"],
                    help="matrix square root of the Frechet distance (sqrtm: the reference's and ADM's)")
-    g.add_argument("--inception-dtype", choices=["float32", "float64"])
+    g.add_argument("--inception-dtype", choices=["float32", "float64"],
+                   help="for rFID and gFID alike (default: the protocol's, float64 for rFID, float32 for gFID)")
     g.add_argument("--allow-random-weights", action="store_true",
                    help="seeded random stand-ins for missing pretrained weights; results are tagged random")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
@@ -119,95 +132,84 @@ def sampler_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+@contextmanager
+def scratch_folder(info: D.DistInfo) -> Iterator[Path]:
+    """A temporary folder that every rank of one node sees (the real-image statistics without --real-stats),
+    removed at the end."""
+    box = [tempfile.mkdtemp(prefix="titok-eval-") if info.is_main else None]
+    if info.distributed and dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    try:
+        yield Path(box[0])
+    finally:
+        if info.is_main:
+            shutil.rmtree(box[0], ignore_errors=True)
+
+
 def evaluate(args: argparse.Namespace, info: D.DistInfo) -> dict:
-    """Load, run the chosen metric groups, and return the report (same on every rank)."""
+    """Map the flags to the evaluation stages' specs, run the chosen metric groups through the stages, and return
+    the report (the same on every rank)."""
     groups = metric_groups(args.metrics)
-    allow = args.allow_random_weights
-    tok = load_model(args.tokenizer, "tokenizer", allow)
-    teacher = load_eval_teacher(tok.model, args.teacher, allow)
-    random = {"tokenizer": tok.random, **({"teacher": teacher.random} if teacher else {})}
-    image_size = args.image_size or tok.model.config.image_size
-    inceptions: dict[str, InceptionFeatures] = {}
+    tok = load_model(args.tokenizer, "tokenizer", args.allow_random_weights)  # fails early; its label and resolution
+    data = DataConfig(name=args.data, root=args.data_root, image_size=args.image_size or tok.model.config.image_size,
+                      num_classes=args.num_classes, num_workers=args.num_workers, seed=args.data_seed)
+    common = dict(allow_random_weights=args.allow_random_weights, batch_size=args.batch_size, device=args.device)
+    report: dict = {"tokenizer": tok.label, "metrics": {}, "timings_s": {}, "inception_dtype": {}}
+    random: dict[str, bool] = {}
 
-    def inception(default_dtype: str) -> InceptionFeatures:
-        dtype = args.inception_dtype or default_dtype
-        if dtype not in inceptions:
-            inceptions[dtype] = InceptionFeatures(info.device, allow_random=allow, dtype=dtype)
-            random["inception"] = inceptions[dtype].random
-        return inceptions[dtype]
+    def run(stage, spec, out: str | Path) -> dict:
+        result = stage.run(spec, Context(Path(out), info))
+        for name, was_random in result.get("random_weights", {}).items():
+            random[name] = random.get(name, False) or was_random
+        report["metrics"].update(result["metrics"])
+        return result
 
-    def dataset(split: str, num_images: int):
-        return build_dataset(args.data, split=split, image_size=image_size, train=False, root=args.data_root,
-                             num_images=num_images, num_classes=args.num_classes, seed=args.data_seed)
-
-    common = dict(info=info, batch_size=args.batch_size)
-    report: dict = {"tokenizer": tok.label, "metrics": {}, "timings_s": {}}
-    result = report["metrics"]
-    if groups & {"rfid", "lpips"}:
-        t0 = time.perf_counter()
-        val = dataset(args.split, args.num_images)
-        inc = inception("float64")
-        describe = json.loads(json.dumps({  # as it reads back from the file
-            "dataset": val.describe(), "num_images": len(val), "inception_random": inc.random,
-            "inception_dtype": args.inception_dtype or "float64"}, default=str))
-        real_stats = None
-        if args.real_stats and Path(args.real_stats).is_file():
-            real_stats, meta = load_feature_stats(args.real_stats)
-            if any(meta.get(k) != v for k, v in describe.items()):
-                raise SetupError(f"--real-stats {args.real_stats} describe other images or another Inception "
-                                     f"({ {k: meta.get(k) for k in describe} }); delete it or pass another path")
-        elif args.real_stats:
-            real_stats = real_feature_stats(val, len(val), inception=inc, num_workers=args.num_workers, **common)
-            if info.is_main:
-                save_feature_stats(real_stats, args.real_stats, describe)
-        lpips = None
-        if "lpips" in groups:
-            lpips = LPIPS(allow_random=allow)
-            random["lpips"] = lpips.random
-        result.update(evaluate_reconstruction(
-            tok.model, val, num_images=len(val), inception=inc, teacher=teacher.model if teacher else None,
-            real_stats=real_stats, lpips=lpips, fid_method=args.fid_method, num_workers=args.num_workers, **common))
-        report["data"] = val.describe()
-        report["timings_s"]["reconstruction"] = time.perf_counter() - t0
-    if "gfid" in groups:
-        t0 = time.perf_counter()
-        source = args.generator or getattr(models.VARIANTS.get(args.tokenizer), "generator", None)
-        if source is None:
-            raise SetupError(f"{args.tokenizer} has no released generator: pass --generator (a name or file)")
-        gen = load_generator(source, tok.model, allow)
-        overrides = sampler_overrides(args)
-        try:
-            sampler_settings(gen.model, **overrides)
-        except ValueError as err:
-            raise SetupError(f"sampler settings: {err}") from None
-        random["generator"] = gen.random
-        report["generator"] = gen.label
-        if not args.reference_batch:
-            raise SetupError("gfid needs --reference-batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
-        inc = inception("float32")
-        if not Path(args.reference_batch).is_file() and args.make_reference_batch:
-            reals = dataset(args.split, args.num_images)
-            make_reference_batch(reals, len(reals), inc, args.reference_batch, num_workers=args.num_workers,
-                                 **common)
-        elif not Path(args.reference_batch).is_file():
-            raise SetupError(f"reference batch {args.reference_batch} does not exist: download "
-                                 "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite) for ImageNet "
-                                 "256, or add --make-reference-batch to build one from --data")
-        path = sample_to_npz(gen.model, tok.model, args.samples_dir, model=tok.label, checkpoint=gen.label,
-                             num_samples=args.num_samples, seed=args.seed, info=info,
-                             teacher=teacher.model if teacher else None, batch_size=args.sample_batch_size,
-                             png=args.png, metadata={"weights_random": dict(random)}, **overrides)
-        out = evaluate_generation(path, args.reference_batch, inception=inc, fid_method=args.fid_method, **common)
-        report["samples"] = {"path": str(path), **out.pop("samples")}
-        result.update(out)
-        report["timings_s"]["generation"] = time.perf_counter() - t0
-    if "probe" in groups:
-        t0 = time.perf_counter()
-        train, val = dataset("train", args.probe_num_train), dataset(args.split, args.num_images)
-        result.update(linear_probe(tok.model, train, val, num_train=len(train), num_val=len(val), info=info,
-                                   epochs=args.probe_epochs, batch_size=args.batch_size, num_workers=args.num_workers))
-        report.setdefault("data", val.describe())
-        report["timings_s"]["probe"] = time.perf_counter() - t0
+    with scratch_folder(info) as scratch:
+        if groups & {"rfid", "lpips"}:
+            t0 = time.perf_counter()
+            dtype = args.inception_dtype or real_stats.INCEPTION_DTYPE
+            stats = run(real_stats, RealStatsSpec(data=data, num_images=args.num_images, split=args.split,
+                                                  inception_dtype=dtype, path=args.real_stats, **common), scratch)
+            recon = run(eval_recon, EvalReconSpec(
+                tokenizer=args.tokenizer, real_stats=stats["path"], data=data, num_images=args.num_images,
+                split=args.split, teacher=args.teacher, lpips="lpips" in groups, fid_method=args.fid_method,
+                inception_dtype=dtype, **common), scratch)
+            report["data"] = recon["data"]
+            report["inception_dtype"]["rfid"] = dtype
+            report["timings_s"]["reconstruction"] = time.perf_counter() - t0
+        if "gfid" in groups:
+            t0 = time.perf_counter()
+            generator = args.generator or getattr(models.VARIANTS.get(args.tokenizer), "generator", None)
+            if generator is None:
+                raise SetupError(f"{args.tokenizer} has no released generator: pass --generator (a name or file)")
+            if not args.reference_batch:
+                raise SetupError("gfid needs --reference-batch (e.g. VIRTUAL_imagenet256_labeled.npz)")
+            dtype = args.inception_dtype or reference_batch.INCEPTION_DTYPE
+            if not Path(args.reference_batch).is_file():
+                if not args.make_reference_batch:
+                    raise SetupError(f"reference batch {args.reference_batch} does not exist: download "
+                                     "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite) for "
+                                     "ImageNet 256, or add --make-reference-batch to build one from --data")
+                run(reference_batch, ReferenceBatchSpec(data=data, num_images=args.num_images, split=args.split,
+                                                        inception_dtype=dtype, path=args.reference_batch, **common),
+                    Path(args.reference_batch).parent)
+            gen = run(eval_gen, EvalGenSpec(
+                generator=generator, tokenizer=args.tokenizer, reference_batch=args.reference_batch,
+                num_samples=args.num_samples, num_classes=args.num_classes, teacher=args.teacher,
+                sampler=sampler_overrides(args), seed=args.seed, fid_method=args.fid_method,
+                clean_fid=not args.no_clean_fid, inception_dtype=dtype, sample_batch_size=args.sample_batch_size,
+                png=args.png, model_name=tok.label, **common), args.samples_dir)
+            report["generator"] = gen["generator"]
+            report["samples"] = {"path": gen["npz"], **gen["samples"]}
+            report["inception_dtype"]["gfid"] = dtype
+            report["timings_s"]["generation"] = time.perf_counter() - t0
+        if "probe" in groups:
+            t0 = time.perf_counter()
+            result = run(probe, ProbeSpec(tokenizer=args.tokenizer, data=data, num_train=args.probe_num_train,
+                                          num_val=args.num_images, split=args.split, epochs=args.probe_epochs,
+                                          **common), scratch)
+            report.setdefault("data", result["data"])
+            report["timings_s"]["probe"] = time.perf_counter() - t0
     report.update(weights_random=random, random=any(random.values()), device=str(info.device),
                   world_size=info.world_size, settings=vars(args))
     return report

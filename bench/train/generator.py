@@ -1,5 +1,6 @@
 """Generator training: MaskGIT (arccos masking, label smoothing, unmasked-token weight, class dropout for
-guidance) on the tokens of a frozen VQ tokenizer, produced on the fly."""
+guidance) on the tokens of a frozen VQ tokenizer, produced on the fly. `generator_objective` is the loss (what the
+speed benchmark times too), `train_generator` the stage."""
 
 from __future__ import annotations
 
@@ -24,16 +25,9 @@ def load_tokenizer(source: str) -> models.TiTok:
     return tokenizer.eval().requires_grad_(False)
 
 
-def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
-    info = start_stage(cfg.device, cfg.loop.seed)
-    if not cfg.tokenizer:
-        raise ValueError("generator training needs `tokenizer`: a tokenizer checkpoint or released name")
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    if not tokenizer.is_vq:
-        raise ValueError(f"{cfg.tokenizer} is a VAE tokenizer; MaskGIT generators need discrete (VQ) tokens")
-    t = tokenizer.config
-    overrides = dict(cfg.model_overrides, num_tokens=t.num_latent_tokens, codebook_size=t.codebook_size)
-    generator = models.build(cfg.model, **overrides)
+def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok,
+                        generator: models.MaskGITGenerator) -> Objective:
+    """The MaskGIT loss of `generator` on the tokens the frozen `tokenizer` gives each (flipped) batch."""
     mask_id = generator.mask_token_id
     dropout = generator.config.class_label_dropout
 
@@ -51,8 +45,20 @@ def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: 
         acc = (logits.argmax(-1) == ids)[mask].float().mean()
         return total, {"generator/loss": total.detach(), "generator/masked_acc": acc}
 
-    objective = Objective(modules={"generator": generator}, optim={"generator": cfg.optim}, loss=loss,
-                          ema_of="generator", frozen={"tokenizer": tokenizer})
+    return Objective(modules={"generator": generator}, optim={"generator": cfg.optim}, loss=loss,
+                     ema_of="generator", frozen={"tokenizer": tokenizer})
+
+
+def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    if not cfg.tokenizer:
+        raise ValueError("generator training needs `tokenizer`: a tokenizer checkpoint or released name")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    if not tokenizer.is_vq:
+        raise ValueError(f"{cfg.tokenizer} is a VAE tokenizer; MaskGIT generators need discrete (VQ) tokens")
+    t = tokenizer.config
+    overrides = dict(cfg.model_overrides, num_tokens=t.num_latent_tokens, codebook_size=t.codebook_size)
+    generator = models.build(cfg.model, **overrides)
     batches = batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info, train_split=True, train_augment=False)
-    result = train(objective, batches, cfg.loop, out_dir, info, log)
+    result = train(generator_objective(cfg, tokenizer, generator), batches, cfg.loop, out_dir, info, log)
     return finish(result, out_dir, info, {}, {"stage": "generator", "tokenizer": cfg.tokenizer})

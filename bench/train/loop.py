@@ -3,7 +3,8 @@ gradient clipping, EMA weights, bf16/fp16 autocast, gradient accumulation, DDP, 
 with exact resume, and a stop on non-finite losses that keeps the last good checkpoint.
 
 A stage describes itself as an `Objective`: which modules train under which optimizer (updated in order, e.g.
-the tokenizer and then the discriminator), and the loss of each. The loop owns everything else.
+the tokenizer and then the discriminator), and the loss of each. The loop owns everything else: `Trainer` holds
+its state and takes one optimisation step, `train` runs the steps with checkpoints and resume.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Objective:
     extra_state: Callable[[], dict] = dict  # e.g. LeCam running means
     load_extra_state: Callable[[dict], None] = lambda state: None
     frozen: dict[str, nn.Module] = field(default_factory=dict)  # moved to the device, never trained
+    random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network of the loss -> a stand-in
 
 
 @dataclass
@@ -168,6 +170,94 @@ def _seed_everything(seed: int, rank: int) -> None:
     random.seed(seed + rank)
 
 
+class Trainer:
+    """The loop's machinery for one objective on this rank: the modules on the device (frozen ones in eval mode,
+    without gradients), one AdamW per optimizer name with the paper's weight-decay groups, the fp16 gradient scaler,
+    the EMA and the DDP wrappers. `step` is one optimisation step; `train` runs it over the schedule with
+    checkpoints, and the speed benchmark (bench.speed.training) times it on a fixed batch.
+
+    `state` (a checkpoint's payload, see `state_dict`) is loaded before the modules are wrapped for DDP."""
+
+    def __init__(self, objective: Objective, cfg: LoopConfig, info: D.DistInfo | None = None,
+                 state: dict | None = None):
+        self.objective, self.cfg = objective, cfg
+        self.info = info or D.DistInfo()
+        self.device = device = self.info.device
+        for m in (*objective.modules.values(), *objective.frozen.values()):
+            m.to(device)
+        for m in objective.frozen.values():
+            m.eval().requires_grad_(False)
+        self.optimizers = {name: torch.optim.AdamW(param_groups(m, objective.optim[name].weight_decay),
+                                                   lr=objective.optim[name].lr, betas=objective.optim[name].betas)
+                           for name, m in objective.modules.items()}
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
+            objective.ema_of and cfg.ema_max_decay > 0) else None
+        if state is not None:
+            self.load_state_dict(state)
+        self.wrapped = {name: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+                        if self.info.distributed and any(p.requires_grad for p in m.parameters()) else m
+                        for name, m in objective.modules.items()}
+        for m in objective.modules.values():
+            m.train()
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer and scaler states, EMA and the objective's extra state."""
+        return {"modules": {n: m.state_dict() for n, m in self.objective.modules.items()},
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict(),
+                "ema": self.ema.shadow if self.ema is not None else {},
+                "extra": self.objective.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, m in self.objective.modules.items():
+            m.load_state_dict(state["modules"][name])
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.objective.load_extra_state(state["extra"])
+
+    def step(self, step: int, batch) -> dict[str, float]:
+        """One optimisation step at schedule position `step` on this rank's `batch`: each optimizer active at
+        `step`, in order (learning rate, the loss summed over grad_accum micro-batches, a non-finite check on every
+        rank, unscaling, clipping, the update), then the EMA. Returns the step's logs."""
+        objective, cfg = self.objective, self.cfg
+        micro = _split(batch, cfg.grad_accum)
+        logs: dict[str, float] = {}
+        cache: list[dict] = [{} for _ in micro]
+        nonfinite = False
+        for name, opt in self.optimizers.items():
+            if not objective.active(name, step):
+                continue
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg.steps, objective.optim[name])
+            opt.zero_grad(set_to_none=True)
+            for i, mb in enumerate(micro):
+                sync = (i == len(micro) - 1) or not isinstance(self.wrapped[name], DistributedDataParallel)
+                ctx = nullcontext() if sync else self.wrapped[name].no_sync()
+                with ctx:
+                    with _autocast(self.device, cfg.precision):
+                        loss, mb_logs = objective.loss(name, self.wrapped, mb, step, cache[i])
+                    nonfinite |= not torch.isfinite(loss.detach()).all().item()
+                    self.scaler.scale(loss / len(micro)).backward()
+                for k, v in mb_logs.items():
+                    logs[k] = logs.get(k, 0.0) + float(v) / len(micro)
+            if D.any_rank(nonfinite, self.device):
+                raise NonFiniteLossError(f"non-finite {name} loss at step {step} ({logs})")
+            self.scaler.unscale_(opt)
+            clip = objective.optim[name].grad_clip
+            if clip > 0:
+                logs[f"{name}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(objective.modules[name].parameters(),
+                                                                                 clip))
+            self.scaler.step(opt)
+            self.scaler.update()
+            logs[f"{name}/lr"] = opt.param_groups[0]["lr"]
+        if self.ema is not None:
+            self.ema.update(objective.modules[objective.ema_of], step)
+        return logs
+
+
 def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopConfig, out_dir: str | os.PathLike,
           info: D.DistInfo | None = None, log: Callable[[dict, int], None] | None = None) -> TrainResult:
     """Run (or resume) training to cfg.steps.
@@ -179,38 +269,14 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
     info = info or D.DistInfo()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = info.device
     _seed_everything(cfg.seed, info.rank)
-    for m in (*objective.modules.values(), *objective.frozen.values()):
-        m.to(device)
-    for m in objective.frozen.values():
-        m.eval().requires_grad_(False)
-    optimizers = {name: torch.optim.AdamW(param_groups(m, objective.optim[name].weight_decay),
-                                          lr=objective.optim[name].lr, betas=objective.optim[name].betas)
-                  for name, m in objective.modules.items()}
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
-        objective.ema_of and cfg.ema_max_decay > 0) else None
-
-    start, prior_wall_s = 0, 0.0  # wall time of earlier attempts (a requeued job counts all of its time)
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        for name, m in objective.modules.items():
-            m.load_state_dict(ckpt["modules"][name])
-            optimizers[name].load_state_dict(ckpt["optimizers"][name])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None:
-            ema.shadow = {k: v.to(device) for k, v in ckpt["ema"].items()}
-        objective.load_extra_state(ckpt["extra"])
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    trainer = Trainer(objective, cfg, info, ckpt)
+    start, prior_wall_s = 0, 0.0  # wall time of earlier attempts (a requeued job counts all of its time)
+    if ckpt is not None:
         _set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
         start, prior_wall_s = ckpt["step"], ckpt.get("wall_s", 0.0)
-    if ema is not None:
-        ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
-
-    wrapped = {name: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
-               if info.distributed and any(p.requires_grad for p in m.parameters()) else m
-               for name, m in objective.modules.items()}
 
     def save_checkpoint(step: int) -> None:
         rng = [None] * info.world_size
@@ -219,59 +285,19 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
         else:
             rng = [_rng_state()]
         if info.is_main:
-            atomic_torch_save({
-                "step": step,
-                "modules": {n: m.state_dict() for n, m in objective.modules.items()},
-                "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                "scaler": scaler.state_dict(),
-                "ema": ema.shadow if ema is not None else {},
-                "extra": objective.extra_state(),
-                "rng": rng,
-                "wall_s": prior_wall_s + time.time() - t0,
-            }, ckpt_path)
+            atomic_torch_save({"step": step, **trainer.state_dict(), "rng": rng,
+                               "wall_s": prior_wall_s + time.time() - t0}, ckpt_path)
         D.barrier()
 
     logs: dict[str, float] = {}
     t0 = time.time()
     it = batches(start)
-    for m in objective.modules.values():
-        m.train()
     for step in range(start, cfg.steps):
-        batch = next(it)
-        micro = _split(batch, cfg.grad_accum)
-        logs = {}
-        cache: list[dict] = [{} for _ in micro]
-        nonfinite = False
-        for name, opt in optimizers.items():
-            if not objective.active(name, step):
-                continue
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg.steps, objective.optim[name])
-            opt.zero_grad(set_to_none=True)
-            for i, mb in enumerate(micro):
-                sync = (i == len(micro) - 1) or not isinstance(wrapped[name], DistributedDataParallel)
-                ctx = nullcontext() if sync else wrapped[name].no_sync()
-                with ctx:
-                    with _autocast(device, cfg.precision):
-                        loss, mb_logs = objective.loss(name, wrapped, mb, step, cache[i])
-                    nonfinite |= not torch.isfinite(loss.detach()).all().item()
-                    scaler.scale(loss / len(micro)).backward()
-                for k, v in mb_logs.items():
-                    logs[k] = logs.get(k, 0.0) + float(v) / len(micro)
-            if D.any_rank(nonfinite, device):
-                raise NonFiniteLossError(
-                    f"non-finite {name} loss at step {step} ({logs}); the last good checkpoint "
-                    f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept")
-            scaler.unscale_(opt)
-            clip = objective.optim[name].grad_clip
-            if clip > 0:
-                logs[f"{name}/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(objective.modules[name].parameters(),
-                                                                                 clip))
-            scaler.step(opt)
-            scaler.update()
-            logs[f"{name}/lr"] = opt.param_groups[0]["lr"]
-        if ema is not None:
-            ema.update(objective.modules[objective.ema_of], step)
+        try:
+            logs = trainer.step(step, next(it))
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{err}; the last good checkpoint "
+                                     f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept") from None
         done = step + 1
         if log is not None and info.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
             log(dict(logs, steps_per_s=(done - start) / max(time.time() - t0, 1e-9)), done)
@@ -281,8 +307,8 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
     final = objective.modules[objective.ema_of] if objective.ema_of else None
     if final is not None:
         final = _cpu_copy(final)
-        if ema is not None:
-            ema.copy_to(final)
+        if trainer.ema is not None:
+            trainer.ema.copy_to(final)
     return TrainResult(cfg.steps, prior_wall_s + time.time() - t0, logs, final, start)
 
 

@@ -1,7 +1,10 @@
-"""Settings of each training stage, with the paper's recipe as the defaults (TITOK.md sections 3 and 4).
+"""Settings of each training stage; a stage function takes one of these dataclasses and nothing else.
 
-The sweep's presets override these (the `tiny` preset shrinks them for the CPU); a stage function takes
-one of these dataclasses and nothing else.
+The recipe (optimiser, schedule, loss weights, discriminator) has no defaults here: it lives once, in the
+sweep's presets (sweeps/preset/paper.yaml is the paper's, TITOK.md sections 3 and 4; tiny.yaml a CPU delta on
+it), and bench/plan.py builds these from a preset, so a default could only repeat or contradict it. What no preset
+sets keeps a default: the paper's quantiser/KL weights and, whole, the single-stage recipe (TITOK.md 3.4), which
+no grid trains.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ class TeacherConfig:
     overrides: dict = field(default_factory=dict)  # architecture overrides (random stand-ins only)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage1Config:
     """Proxy-code training: CE against the teacher's codes + the quantiser loss (TITOK.md 3.2)."""
 
@@ -39,45 +42,40 @@ class Stage1Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     quantizer_weight: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.99), weight_decay=1e-4,
-                                                                   warmup_steps=10_000, end_lr=1e-5))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1_000_000, batch_size=256, precision="fp16",
-                                                                checkpoint_every=10_000))
+    optim: OptimConfig
+    loop: LoopConfig
     allow_random_weights: bool = False  # stand-in teacher when its weights are missing (tagged)
     device: str = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GANConfig:
-    weight: float = 0.01
-    start_step: int = 20_000
-    lecam_weight: float = 0.001
-    disc_base_channels: int = 128
-    disc_groups: int = 32
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
-                                                                   warmup_steps=5_000, end_lr=1e-5))
+    weight: float
+    start_step: int
+    lecam_weight: float
+    disc_base_channels: int
+    disc_groups: int
+    optim: OptimConfig  # the discriminator's
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PerceptualConfig:
-    convnext_weight: float = 0.1  # MSE between ConvNeXt-S logits
-    lpips_weight: float = 0.0
-    resolution: int = 224  # the ConvNeXt input size
+    convnext_weight: float  # MSE between ConvNeXt-S logits
+    lpips_weight: float
+    resolution: int  # the ConvNeXt input size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage2Config:
     """Decoder fine-tuning: frozen encoder + quantiser; L2 + ConvNeXt perceptual + GAN (TITOK.md 3.3)."""
 
     init_from: str = ""  # the stage-1 checkpoint (our .safetensors)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
-    gan: GANConfig = field(default_factory=GANConfig)
+    perceptual: PerceptualConfig
+    gan: GANConfig
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
-                                                                   warmup_steps=5_000, end_lr=1e-5))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=500_000, batch_size=256, precision="fp16",
-                                                                checkpoint_every=10_000))
+    optim: OptimConfig
+    loop: LoopConfig
     allow_random_weights: bool = False
     device: str = "auto"
 
@@ -91,9 +89,10 @@ class SingleStageConfig:
     quantizer_weight: float = 1.0  # VQ
     kl_weight: float = 1e-6  # VAE
     perceptual: PerceptualConfig = field(default_factory=lambda: PerceptualConfig(convnext_weight=0.1,
-                                                                                  lpips_weight=1.0))
-    gan: GANConfig = field(default_factory=lambda: GANConfig(weight=0.1, start_step=200_000, optim=OptimConfig(
-        lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, warmup_steps=10_000, end_lr=1e-5)))
+                                                                                  lpips_weight=1.0, resolution=224))
+    gan: GANConfig = field(default_factory=lambda: GANConfig(
+        weight=0.1, start_step=200_000, lecam_weight=0.001, disc_base_channels=128, disc_groups=32,
+        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, warmup_steps=10_000, end_lr=1e-5)))
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
                                                                    warmup_steps=10_000, end_lr=1e-5))
@@ -103,34 +102,44 @@ class SingleStageConfig:
     device: str = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GeneratorTrainConfig:
     """MaskGIT training on a frozen tokenizer's tokens (TITOK.md 4.3)."""
 
     tokenizer: str = ""  # a tokenizer checkpoint (ours), a released name, a hub-style folder or a file
     model: str = "MaskGIT-ViT"
     model_overrides: dict = field(default_factory=dict)
-    label_smoothing: float = 0.1
-    unmasked_weight: float = 0.1
+    label_smoothing: float
+    unmasked_weight: float  # the loss weight of the unmasked positions (masked: 1)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, betas=(0.9, 0.96), weight_decay=0.03,
-                                                                   warmup_steps=10_000, end_lr=1e-5))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=500_000, batch_size=2048, precision="bf16",
-                                                                checkpoint_every=10_000))
+    optim: OptimConfig
+    loop: LoopConfig
     allow_random_weights: bool = False
     device: str = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TeacherTrainConfig:
     """Train a small MaskGIT-VQGAN for offline smoke runs (the released teacher cannot be downloaded there):
     L2 reconstruction + codebook/commitment losses, straight-through. Not a reproduction of MaskGIT."""
 
-    overrides: dict = field(default_factory=lambda: {"hidden_channels": 32, "channel_mult": (1, 1, 2, 2, 4),
-                                                     "codebook_size": 1024})
+    overrides: dict  # MaskGIT-VQGAN architecture overrides (the tiny preset's teacher.overrides)
     commitment_cost: float = 0.25
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0,
-                                                                   warmup_steps=20, end_lr=1e-4))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=200, batch_size=32, ema_max_decay=0.0))
+    optim: OptimConfig
+    loop: LoopConfig
     device: str = "auto"
+
+
+# ---- from a preset: the plain dicts of a preset's sections -> the settings above (bench/plan.py builds the
+# sweep's stages with these, bench/speed the benchmark's recipe: one mapping) ------------------------------------
+def optim_from(d: dict) -> OptimConfig:
+    return OptimConfig(**{**d, "betas": tuple(d["betas"])})
+
+
+def loop_from(d: dict, seed: int = 0) -> LoopConfig:
+    return LoopConfig(**{**d, "seed": seed})
+
+
+def gan_from(d: dict) -> GANConfig:
+    return GANConfig(**{**d, "optim": optim_from(d["optim"])})

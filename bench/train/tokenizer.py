@@ -2,7 +2,9 @@
 and the small MaskGIT-VQGAN teacher for offline smoke runs.
 
 Each `train_*` function trains (or resumes) one stage in `out_dir`, writes the final EMA weights to
-`out_dir/model.safetensors` (a self-describing checkpoint) and returns a `StageResult`.
+`out_dir/model.safetensors` (a self-describing checkpoint) and returns a `StageResult`. It builds the stage's
+models from its settings (released or stand-in weights, checkpoints), their `Objective` with `*_objective` (the
+losses: what the speed benchmark times too), and runs the loop.
 """
 
 from __future__ import annotations
@@ -103,15 +105,8 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 
 
 # ---- stage 1 --------------------------------------------------------------------------------------------------------
-def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
-    info = start_stage(cfg.device, cfg.loop.seed)
-    teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
-    # the proxy-code head predicts the teacher's codebook
-    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
-                                               image_size=cfg.data.image_size))
-    if not tokenizer.config.two_stage:
-        raise ValueError(f"{cfg.model} is a single-stage tokenizer; stage 1 trains the two-stage family")
-    _check_grid(tokenizer, teacher, cfg.data.image_size)
+def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models.MaskGITVQGAN) -> Objective:
+    """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook."""
 
     def loss(name, wrapped, batch, step, cache):
         images, _ = batch
@@ -123,10 +118,21 @@ def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None)
         return total, {"stage1/loss": total.detach(), "stage1/ce": ce.detach(), "stage1/quantizer": q.loss.detach(),
                        "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean()}
 
-    objective = Objective(modules={"tokenizer": tokenizer}, optim={"tokenizer": cfg.optim}, loss=loss,
-                          ema_of="tokenizer", frozen={"teacher": teacher})
-    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
-                   info, log)
+    return Objective(modules={"tokenizer": tokenizer}, optim={"tokenizer": cfg.optim}, loss=loss,
+                     ema_of="tokenizer", frozen={"teacher": teacher})
+
+
+def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
+    # the proxy-code head predicts the teacher's codebook
+    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
+                                               image_size=cfg.data.image_size))
+    if not tokenizer.config.two_stage:
+        raise ValueError(f"{cfg.model} is a single-stage tokenizer; stage 1 trains the two-stage family")
+    _check_grid(tokenizer, teacher, cfg.data.image_size)
+    result = train(stage1_objective(cfg, tokenizer, teacher),
+                   batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir, info, log)
     return finish(result, out_dir, info, {"teacher": teacher_random}, {"stage": "stage1"})
 
 
@@ -203,16 +209,21 @@ def _reconstruction_objective(stage: str, tokenizer: models.TiTok, criterion: Re
         load_extra_state=lambda s: criterion.lecam.load_state_dict(s["lecam"]),
         frozen={k: m for k, m in (("convnext", getattr(criterion, "convnext", None)),
                                   ("lpips", getattr(criterion, "lpips", None)), ("lecam", criterion.lecam))
-                if m is not None})
+                if m is not None},
+        random_weights=criterion.random)
 
 
 # ---- stage 2 --------------------------------------------------------------------------------------------------------
-def stage2_model(stage1_checkpoint: str, teacher: models.MaskGITVQGAN) -> models.TiTok:
+def load_stage1(checkpoint: str) -> models.TiTok:
+    stage1 = models.load(checkpoint)
+    if not (isinstance(stage1, models.TiTok) and stage1.config.two_stage):
+        raise ValueError(f"{checkpoint} is not a two-stage (stage-1) TiTok checkpoint")
+    return stage1
+
+
+def stage2_model(stage1: models.TiTok, teacher: models.MaskGITVQGAN) -> models.TiTok:
     """The stage-1 tokenizer with the teacher's decoder and codebook as its pixel decoder; encoder, latent tokens
     and quantiser frozen."""
-    stage1 = models.load(stage1_checkpoint)
-    if not (isinstance(stage1, models.TiTok) and stage1.config.two_stage):
-        raise ValueError(f"{stage1_checkpoint} is not a two-stage (stage-1) TiTok checkpoint")
     config = dataclasses.replace(stage1.config, pixel_decoder=True, vqgan=teacher.config)
     model = models.build_from_config(config)
     state = {**stage1.state_dict(),
@@ -225,28 +236,30 @@ def stage2_model(stage1_checkpoint: str, teacher: models.MaskGITVQGAN) -> models
     return model
 
 
+def stage2_objective(cfg: Stage2Config, tokenizer: models.TiTok) -> Objective:
+    """L2 + perceptual + GAN on the decoder and pixel decoder, then the discriminator's update; the frozen encoder
+    and quantiser carry no loss (their weights are fixed)."""
+    criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
+    return _reconstruction_objective("stage2", tokenizer, criterion, cfg.optim, cfg.gan.optim, None)
+
+
 def train_stage2(cfg: Stage2Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
     info = start_stage(cfg.device, cfg.loop.seed)
     if not cfg.init_from:
         raise ValueError("stage 2 needs init_from: the stage-1 checkpoint")
     teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
-    tokenizer = stage2_model(cfg.init_from, teacher)
+    tokenizer = stage2_model(load_stage1(cfg.init_from), teacher)
     _check_grid(tokenizer, teacher, cfg.data.image_size)
     del teacher
-    criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
-    # the frozen encoder and quantiser carry no loss in stage 2 (their weights are fixed)
-    objective = _reconstruction_objective("stage2", tokenizer, criterion, cfg.optim, cfg.gan.optim, None)
+    objective = stage2_objective(cfg, tokenizer)
     result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
                    info, log)
-    return finish(result, out_dir, info, {"teacher": teacher_random, **criterion.random}, {"stage": "stage2"})
+    return finish(result, out_dir, info, {"teacher": teacher_random, **objective.random_weights}, {"stage": "stage2"})
 
 
 # ---- single stage ---------------------------------------------------------------------------------------------------
-def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
-    info = start_stage(cfg.device, cfg.loop.seed)
-    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, image_size=cfg.data.image_size))
-    if tokenizer.config.two_stage:
-        raise ValueError(f"{cfg.model} is a two-stage tokenizer; train it with stage 1 and stage 2")
+def single_stage_objective(cfg: SingleStageConfig, tokenizer: models.TiTok) -> Objective:
+    """Stage 2's losses + the quantiser loss (VQ) or KL (VAE), the whole tokenizer trained."""
     criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
 
     def quantizer_term(q):
@@ -254,10 +267,18 @@ def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: 
             return cfg.quantizer_weight * q.loss, {"quantizer": q.loss.detach()}
         return cfg.kl_weight * q.loss, {"kl": q.loss.detach()}
 
-    objective = _reconstruction_objective("single", tokenizer, criterion, cfg.optim, cfg.gan.optim, quantizer_term)
+    return _reconstruction_objective("single", tokenizer, criterion, cfg.optim, cfg.gan.optim, quantizer_term)
+
+
+def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
+    info = start_stage(cfg.device, cfg.loop.seed)
+    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, image_size=cfg.data.image_size))
+    if tokenizer.config.two_stage:
+        raise ValueError(f"{cfg.model} is a two-stage tokenizer; train it with stage 1 and stage 2")
+    objective = single_stage_objective(cfg, tokenizer)
     result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
                    info, log)
-    return finish(result, out_dir, info, criterion.random, {"stage": "single"})
+    return finish(result, out_dir, info, objective.random_weights, {"stage": "single"})
 
 
 # ---- the small teacher for offline smoke runs -----------------------------------------------------------------------

@@ -263,3 +263,4 @@ def test_cli_end_to_end_with_stand_ins(toys, cache, tmp_path, capsys):
     assert sampler["num_steps"] == 4 and sampler["guidance_scale"] == gen.config.sampler.guidance_scale
     assert report["samples"]["path"].endswith(f"_steps4_cfg4.5-linear_temp9.5_seed1_n{N}.npz")
     assert report["data"]["name"] == "synthetic" and report["tokenizer"] == "tok"
+    assert report["inception_dtype"] == {"rfid": "float32", "gfid": "float32"}  # --inception-dtype, both protocols

@@ -1,5 +1,6 @@
 """The sweep's configs and plan: every config composes, bad overrides fail before anything is submitted, and
-a cell's identity follows the settings that determine its results (not paths, launcher or cluster)."""
+each stage's identity follows the settings that determine its result and its inputs' identities (not paths,
+launcher, cluster, logging, or an evaluation's batch size); a cell's run follows its training stages only."""
 
 import subprocess
 import sys
@@ -36,13 +37,19 @@ def test_latent_vs_size_plan(tmp_path):
     plan = make_plan(config(tmp_path=tmp_path))
     assert len(plan.cells) == 21
     assert {c.name for c in plan.cells} == {f"TiTok-{s}-{k}" for s in "SBL" for k in (16, 32, 64, 96, 128, 192, 256)}
-    assert [t.stage for t in plan.shared] == ["teacher", "reference"]
+    assert [t.stage for t in plan.shared] == ["teacher", "real_stats", "reference_batch"]
     cell = plan.cells[0]
     assert [t.stage for t in cell.tasks] == ["stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"]
     assert plan.task(f"{cell.name}/generator").needs == (f"{cell.name}/stage1",)
-    assert "_shared/reference" in plan.task(f"{cell.name}/eval_recon").needs
+    assert "_shared/real_stats" in plan.task(f"{cell.name}/eval_recon").needs
+    assert "_shared/reference_batch" in plan.task(f"{cell.name}/eval_gen").needs
     assert all(str(t.out_dir).startswith(str(tmp_path)) for t in plan.tasks())
     assert len({c.cell_id for c in plan.cells}) == 21
+    # <grid>/<cell>/<stage>-<identity>/ and the cell's run record in <grid>/<cell>/run-<cell id>/
+    for task in cell.tasks:
+        assert task.out_dir == str(tmp_path / "latent_vs_size" / cell.name / f"{task.stage}-{task.identity}")
+    assert cell.run_dir == cell.dir / f"run-{cell.cell_id}"
+    assert plan.task("_shared/real_stats").out_dir.startswith(str(tmp_path / "latent_vs_size" / "_shared"))
 
 
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
@@ -50,12 +57,13 @@ def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     (cell,) = plan.cells
     assert [t.stage for t in cell.tasks] == ["stage1", "stage2", "generator", "eval_recon", "eval_gen"]
     stage2, generator = plan.task(f"{cell.name}/stage2"), plan.task(f"{cell.name}/generator")
+    stage1 = plan.task(f"{cell.name}/stage1")
     assert stage2.needs == (f"{cell.name}/stage1", "_shared/teacher")
-    assert stage2.spec.init_from.endswith("stage1/model.safetensors")
-    assert generator.spec.tokenizer.endswith("stage1/model.safetensors")  # stage 2 leaves the encoder as it was
+    assert stage2.spec.init_from == stage1.product and stage1.product.endswith("/model.safetensors")
+    assert generator.spec.tokenizer == stage1.product  # stage 2 leaves the encoder as it was
     for stage in ("eval_recon", "eval_gen"):
         task = plan.task(f"{cell.name}/{stage}")
-        assert task.spec.tokenizer.endswith("stage2/model.safetensors") and task.spec.teacher is None
+        assert task.spec.tokenizer == stage2.product and task.spec.teacher is None
         assert f"{cell.name}/stage2" in task.needs
     # stage-2 settings are part of the identity only where a grid trains stage 2
     assert make_plan(config("grid=pipeline", "preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id \
@@ -64,17 +72,58 @@ def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     assert make_plan(config("preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id == base
 
 
+def identities(*overrides, tmp_path) -> dict[str, str]:
+    """task key -> identity, and cell name -> cell id under `cells/`."""
+    plan = make_plan(config(*overrides, tmp_path=tmp_path))
+    return {**{t.key: t.identity for t in plan.tasks()}, **{f"cells/{c.name}": c.cell_id for c in plan.cells}}
+
+
+def changed_by(*overrides, tmp_path) -> set[str]:
+    """The keys of `identities` whose value the overrides change."""
+    base, other = identities(tmp_path=tmp_path), identities(*overrides, tmp_path=tmp_path)
+    return {k for k in other if base.get(k) != other[k]}
+
+
 def test_cell_identity(tmp_path):
-    base = {c.name: c.cell_id for c in make_plan(config(tmp_path=tmp_path)).cells}
-    same = [("launcher=slurm",), ("cluster=example",), ("launcher.max_parallel=1",), ("data.num_workers=3",)]
+    same = [("launcher=slurm",), ("cluster=example",), ("launcher.max_parallel=1",), ("data.num_workers=3",),
+            ("preset.stage1.loop.log_every=3",), ("preset.generator.loop.checkpoint_every=7",)]
     for overrides in same:
-        assert {c.name: c.cell_id for c in make_plan(config(*overrides, tmp_path=tmp_path)).cells} == base, overrides
-    other = make_plan(config(tmp_path=tmp_path / "elsewhere")).cells
-    assert {c.name: c.cell_id for c in other} == base  # the outputs folder is not part of the identity
+        assert not changed_by(*overrides, tmp_path=tmp_path), overrides
+    # the outputs folder is not part of any identity
+    assert identities(tmp_path=tmp_path / "elsewhere") == identities(tmp_path=tmp_path)
+    cells = {k for k in identities(tmp_path=tmp_path) if k.startswith("cells/")}
     for overrides in [("preset.stage1.loop.steps=151",), ("seed=1",), ("preset.tokenizer.codebook_size=512",),
                       ("data.num_classes=20",)]:
-        changed = {c.name: c.cell_id for c in make_plan(config(*overrides, tmp_path=tmp_path)).cells}
-        assert all(changed[n] != base[n] for n in base), overrides
+        assert cells <= changed_by(*overrides, tmp_path=tmp_path), overrides
+
+
+def stages_of(keys: set[str]) -> set[str]:
+    """Task keys -> their stages (of any cell, or shared); a cell id -> "cell"."""
+    return {"cell" if k.startswith("cells/") else k.split("/")[1] for k in keys}
+
+
+@pytest.mark.parametrize("override,stages", [
+    # an evaluation setting changes that evaluation only, never a cell (its MLflow run) or a training stage
+    ("preset.eval.rfid_images=20", {"real_stats", "eval_recon"}),
+    ("preset.eval.gfid_reference_images=20", {"reference_batch", "eval_gen"}),
+    ("preset.eval.gfid_samples=20", {"eval_gen"}),
+    ("preset.eval.lpips=false", {"eval_recon"}),
+    ("preset.eval.fid_method=sqrtm", {"eval_recon", "eval_gen"}),
+    ("preset.eval.probe_epochs=5", {"probe"}),
+    ("preset.eval.speed.repeats=5", {"speed"}),
+    ("preset.eval.speed.warmup=2", {"speed"}),
+    ("preset.eval.speed.batch_size=4", {"speed"}),
+    ("preset.sampler.num_steps=4", {"eval_gen", "speed"}),
+    ("data.val_images=300", set()),  # an evaluation reads a count of its own
+    ("preset.eval.batch_size=7", set()),  # per-image features and per-sample seeds: float noise only
+    # a training setting changes that stage and what reads it, never the shared teacher or reference stages
+    ("preset.stage1.loop.steps=7", {"cell", "stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"}),
+    ("preset.generator.loop.steps=7", {"cell", "generator", "eval_gen", "speed"}),
+    ("preset.teacher.loop.steps=7", {"teacher", "cell", "stage1", "generator", "eval_recon", "eval_gen", "probe",
+                                     "speed"}),
+])
+def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_path):
+    assert stages_of(changed_by(override, tmp_path=tmp_path)) == stages
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -109,5 +158,5 @@ def test_dry_run_prints_the_plan(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "21 cells, 128 stages, 128 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
+    assert "21 cells, 129 stages, 129 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
     assert not list(tmp_path.rglob("*.json*"))

@@ -1,6 +1,6 @@
 """The sweep end to end on the local launcher with a shrunken tiny preset: every stage runs in real submitit
-subprocesses, each cell gets one MLflow run (sqlite) with its metrics, and a rerun runs nothing and reuses the
-runs."""
+subprocesses, each cell gets one MLflow run (sqlite) with its metrics, a rerun runs nothing and reuses the runs,
+and a changed evaluation setting re-runs that evaluation only, into the same runs."""
 
 import json
 import subprocess
@@ -55,6 +55,19 @@ def test_local_sweep_runs_and_reruns_nothing(tmp_path):
     jobs = [json.loads(line) for line in (tmp_path / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()]
     assert len(jobs) == 3  # shared + 2 cells, all from the first invocation
 
+    third = sweep(tmp_path, "preset.eval.speed.repeats=2")
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "running 2 stages in 2 local jobs" in third.stdout  # the speed stage of each cell
+    runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+    assert {r.info.run_id for r in runs} == ids
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags[T.TAG_STATUS] == "finished"
+        cell = tmp_path / "latent_vs_size" / run.data.tags[T.TAG_CELL]
+        speed = [json.loads(p.read_text()) for p in cell.glob("speed-*/spec.json")]
+        assert sorted(s["spec"]["repeats"] for s in speed) == [1, 2]
+        new = next(s for s in speed if s["spec"]["repeats"] == 2)
+        assert f"speed-{new['identity']}" in run.data.tags["titok.stage_ids"].split(",")
+
 
 @pytest.mark.slow
 def test_pipeline_grid_runs_every_training_stage(tmp_path):
@@ -65,11 +78,10 @@ def test_pipeline_grid_runs_every_training_stage(tmp_path):
                         "preset.stage2.gan.start_step=2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 cells: 1 finished" in r.stdout
-    (cell,) = (tmp_path / "pipeline").glob("TiTok-S-32-*")
-    stage2 = json.loads((cell / "stage2" / "result.json").read_text())
-    assert stage2["steps"] == 4
+    cell = tmp_path / "pipeline" / "TiTok-S-32"
+    (stage2,) = cell.glob("stage2-*")
+    assert json.loads((stage2 / "result.json").read_text())["steps"] == 4
     for stage, metric in (("eval_recon", "rfid"), ("eval_gen", "gfid")):
-        result = json.loads((cell / stage / "result.json").read_text())
-        assert result["metrics"][metric] > 0
-        assert json.loads((cell / stage / "spec.json").read_text())["spec"]["tokenizer"].endswith(
-            "stage2/model.safetensors")
+        (folder,) = cell.glob(f"{stage}-*")
+        assert json.loads((folder / "result.json").read_text())["metrics"][metric] > 0
+        assert json.loads((folder / "spec.json").read_text())["spec"]["tokenizer"] == str(stage2 / "model.safetensors")

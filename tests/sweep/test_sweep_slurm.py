@@ -32,7 +32,7 @@ def squeue() -> list[tuple[str, str, str]]:
 
 
 def jobs_of(outputs: Path) -> dict[str, str]:
-    """task key -> job id, from the sweep's record."""
+    """task uid (`cell/stage-identity`, its folder under the grid's) -> job id, from the sweep's record."""
     lines = (outputs / "latent_vs_size" / "jobs.jsonl").read_text().splitlines()
     return {key: r["job_id"] for r in map(json.loads, lines) for key in r["tasks"]}
 
@@ -73,7 +73,7 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     while preempted is None and time.time() < deadline:
         running = {jid for jid, state, _ in squeue() if state == "RUNNING"}
         for key, jid in keys.items():
-            stage_dir = next(grid_dir.glob(f"{key.split('/')[0]}-*/stage1"), None) if key.endswith("/stage1") else None
+            stage_dir = grid_dir / key if key.split("/")[1].startswith("stage1-") else None
             if (jid in running and stage_dir and (stage_dir / "checkpoint.pt").exists()
                     and not (stage_dir / "result.json").exists()):
                 if preempt(jid):
@@ -93,9 +93,9 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
         time.sleep(5)
     assert not any(jid in ids for jid, _, _ in squeue()), "jobs still queued after the time limit"
 
-    # every cell finished, every stage recorded
-    results = {p.parent.relative_to(grid_dir).as_posix(): json.loads(p.read_text())
-               for p in grid_dir.glob("*/*/result.json")}
+    # every cell finished, every stage recorded (cell/stage -> result: each stage ran with one set of settings)
+    results = {f"{r['cell']}/{r['stage']}": r
+               for r in (json.loads(p.read_text()) for p in grid_dir.glob("*/*/result.json"))}
     cells = [d for d in grid_dir.iterdir() if d.is_dir() and d.name.startswith("TiTok-")]
     assert len(cells) == 21
     for cell in cells:
@@ -106,7 +106,7 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     key, jid, stage_dir = preempted
     assert json.loads((stage_dir / "result.json").read_text())["resumed_from"] > 0
     resumed = [k for k, r in results.items() if k.endswith("/stage1") and r["resumed_from"] > 0]
-    assert resumed == [stage_dir.relative_to(grid_dir).as_posix()], resumed  # and no other job was preempted
+    assert resumed == [f"{stage_dir.parent.name}/stage1"], resumed  # and no other job was preempted
     assert "REQUEUED" in states(jid) and "COMPLETED" in states(jid), states(jid)
 
     # 4. MLflow: one finished run per cell, all in one experiment, nothing lost in the outage
@@ -116,8 +116,9 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'", max_results=1000)
     assert len(runs) == 21 and len({r.data.tags[T.TAG_CELL] for r in runs}) == 21
     for run in runs:
-        cell_dir = next(d for d in cells if d.name.startswith(run.data.tags[T.TAG_CELL] + "-"))
-        assert json.loads((cell_dir / T.RUN_ID_FILE).read_text())["run_id"] == run.info.run_id
+        cell_dir = grid_dir / run.data.tags[T.TAG_CELL]
+        (run_dir,) = cell_dir.glob("run-*")  # the cell's run record
+        assert json.loads((run_dir / T.RUN_ID_FILE).read_text())["run_id"] == run.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags[T.TAG_STATUS] == "finished"
         assert run.data.tags[T.TAG_WEIGHTS_RANDOM] == "true" and run.data.tags[T.TAG_SMOKE] == "true"
         for stage in ("eval_recon", "eval_gen", "probe", "speed"):
@@ -125,10 +126,11 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
                 if isinstance(value, (int, float)):
                     assert run.data.metrics[name] == pytest.approx(value), (run.data.tags[T.TAG_CELL], name)
         steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "stage1/ce")})
-        loop = json.loads((cell_dir / "stage1" / "spec.json").read_text())["spec"]["loop"]
+        (stage1_dir,) = cell_dir.glob("stage1-*")
+        loop = json.loads((stage1_dir / "spec.json").read_text())["spec"]["loop"]
         expected = list(range(loop["log_every"], loop["steps"] + 1, loop["log_every"]))
         assert steps == expected, f"{run.data.tags[T.TAG_CELL]}: stage1/ce logged at {steps}"
-        assert not (cell_dir / T.BUFFER_FILE).exists() or not (cell_dir / T.BUFFER_FILE).read_text().strip()
+        assert not (run_dir / T.BUFFER_FILE).exists() or not (run_dir / T.BUFFER_FILE).read_text().strip()
 
     # 5. a second invocation submits nothing
     assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)

@@ -31,6 +31,10 @@ FIXED_BATCH = DataConfig(name="synthetic", image_size=32, num_images=8, num_work
 FAST = OptimConfig(lr=2e-3, warmup_steps=2, end_lr=2e-3)
 
 
+def toy_gan(weight):
+    return GANConfig(weight=weight, start_step=10, lecam_weight=0.001, disc_base_channels=32, disc_groups=8, optim=FAST)
+
+
 def loop(steps, **kw):
     return LoopConfig(steps=steps, batch_size=8, log_every=1, checkpoint_every=kw.pop("checkpoint_every", 1000),
                       ema_max_decay=kw.pop("ema_max_decay", 0.0), **kw)
@@ -74,8 +78,8 @@ def test_stage1_overfits(stage1_checkpoint):
 def test_stage2_overfits(stage1_checkpoint, tmp_path):
     rec = Recorder("stage2/l2")
     cfg = Stage2Config(init_from=stage1_checkpoint[0].checkpoint, teacher=TOY_TEACHER,
-                       perceptual=PerceptualConfig(convnext_weight=0.1, resolution=32),
-                       gan=GANConfig(weight=0.01, start_step=10, disc_base_channels=32, disc_groups=8, optim=FAST),
+                       perceptual=PerceptualConfig(convnext_weight=0.1, lpips_weight=0.0, resolution=32),
+                       gan=toy_gan(0.01),
                        data=FIXED_BATCH, optim=FAST, loop=loop(25), allow_random_weights=True, device="cpu")
     result = train_stage2(cfg, tmp_path, rec)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
@@ -93,8 +97,8 @@ def test_single_stage_overfits(variant, tmp_path):
     rec = Recorder("single/l2")
     overrides = {k: v for k, v in TOY_TOKENIZER.items() if not (variant.endswith("VAE") and k == "codebook_size")}
     cfg = SingleStageConfig(model=variant, model_overrides=overrides,
-                            perceptual=PerceptualConfig(convnext_weight=0.0, lpips_weight=0.1),
-                            gan=GANConfig(weight=0.1, start_step=10, disc_base_channels=32, disc_groups=8, optim=FAST),
+                            perceptual=PerceptualConfig(convnext_weight=0.0, lpips_weight=0.1, resolution=224),
+                            gan=toy_gan(0.1),
                             data=FIXED_BATCH, optim=FAST, loop=loop(30), allow_random_weights=True, device="cpu")
     result = train_single_stage(cfg, tmp_path, rec)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
@@ -106,7 +110,8 @@ def test_generator_overfits(stage1_checkpoint, tmp_path):
     cfg = GeneratorTrainConfig(tokenizer=stage1_checkpoint[0].checkpoint, model="MaskGIT-ViT",
                                model_overrides={"hidden_size": 64, "num_layers": 2, "num_heads": 2,
                                                 "intermediate_size": 128, "dropout": 0.0, "attn_dropout": 0.0},
-                               data=FIXED_BATCH, optim=FAST, loop=loop(40), device="cpu")
+                               label_smoothing=0.1, unmasked_weight=0.1, data=FIXED_BATCH, optim=FAST, loop=loop(40),
+                               device="cpu")
     result = train_generator(cfg, tmp_path, rec)
     assert rec.fell(0.6)[0], rec.fell(0.6)[1]
     gen = models.load(result.checkpoint)

@@ -1,7 +1,7 @@
 """Inference paths for TiTok tokenizers and MaskGIT generators: the exact fp32 `parity` path and switchable
 fast paths, plus the quality guard that compares a fast path with the parity path.
 
-    from bench.fast import InferencePipeline, resolve_options, compare_with_parity
+    from bench.speed.paths import InferencePipeline, resolve_options, compare_with_parity
     pipe = InferencePipeline(tokenizer, generator, options=resolve_options("fast", "cpu"))
     ids, images = pipe.generate(labels, rng=torch.Generator().manual_seed(0))
     compare_with_parity(tokenizer, generator, options="fast")   # token agreement, image PSNR

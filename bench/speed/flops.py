@@ -1,4 +1,5 @@
-"""Analytic FLOP counts of the TiTok models, per sample, from their configs (sizes, K, resolution).
+"""Analytic FLOP counts of the TiTok models and of their training steps, per sample, from their configs (sizes, K,
+resolution) and the stages' loss settings.
 
 Convention: one multiply-add is 2 FLOPs, and only matrix products and convolutions are counted (linear layers,
 1x1 and kxk convolutions, attention scores QK^T and the weighted sum AV, codebook distance products).
@@ -7,11 +8,14 @@ memory-bound rather than compute-bound. This is the count `torch.utils.flop_coun
 makes for the same forward (the tests check that), so achieved FLOP/s = count / measured time.
 
 Training steps are counted as 3x the forward of the trained parts (forward + backward for the weights and
-the inputs) plus 1x the forward of frozen parts that only feed them (the teacher, a frozen encoder).
+the inputs) plus 1x the forward of frozen parts that only feed them (the teacher, a frozen encoder) and 2x the
+forward of frozen parts that gradients flow through (perceptual networks and the discriminator on a
+reconstruction: forward + input gradient).
 """
 
 from __future__ import annotations
 
+from bench.train.recipes import GANConfig, PerceptualConfig
 from models.generators import GeneratorConfig
 from models.maskgit_vqgan import VQGANConfig
 from models.sampling import SamplerSettings, guidance_weight
@@ -136,6 +140,40 @@ def generation(c: GeneratorConfig, settings: SamplerSettings | None = None) -> i
     return generator_forwards(settings or c.sampler) * generator_forward(c)
 
 
+# ---- perceptual networks (bench.perceptual) ------------------------------------------------------------------------
+CONVNEXT_SMALL = ((96, 3), (192, 3), (384, 27), (768, 3))  # (width, blocks) per stage
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))  # convs up to relu5_3
+
+
+def convnext_small(resolution: int = 224) -> int:
+    """torchvision's ConvNeXt-Small logits of one image at `resolution`: the 4x4/4 stem, per block a 7x7 depthwise
+    conv and the two-layer MLP, 2x2/2 downsampling convs between stages, the classifier."""
+    hw = resolution // 4
+    flops = conv2d(hw, 3, CONVNEXT_SMALL[0][0], 4)
+    for i, (width, blocks) in enumerate(CONVNEXT_SMALL):
+        if i:
+            hw //= 2
+            flops += conv2d(hw, CONVNEXT_SMALL[i - 1][0], width, 2)
+        flops += blocks * (conv2d(hw, width, width, 7, groups=width) + 2 * linear(hw * hw, width, 4 * width))
+    return flops + linear(1, CONVNEXT_SMALL[-1][0], 1000)
+
+
+def lpips_features(image_size: int) -> int:
+    """LPIPS's VGG16 features of one image (the 13 3x3 convs up to relu5_3, a 2x pooling between blocks)."""
+    flops, c_in, hw = 0, 3, image_size
+    for i, block in enumerate(VGG16_BLOCKS):
+        hw = hw // 2 if i else hw
+        for c_out in block:
+            flops += conv2d(hw, c_in, c_out, 3)
+            c_in = c_out
+    return flops
+
+
+def lpips_heads(image_size: int) -> int:
+    """LPIPS's 1x1 heads on the five feature-difference maps of one image pair."""
+    return sum(conv2d(image_size >> i, block[-1], 1, 1) for i, block in enumerate(VGG16_BLOCKS))
+
+
 # ---- training steps (per image) ------------------------------------------------------------------------------------
 def discriminator_forward(image_size: int, base: int = 128, pool: int = 16) -> int:
     """bench.train.losses.NLayerDiscriminator on one image."""
@@ -154,13 +192,30 @@ def train_stage1(c: TiTokConfig) -> int:
     return vqgan_encode(c.vqgan, c.image_size) + 3 * (titok_encode(c) + titok_decode(c, pixel_decoder=False))
 
 
-def train_stage2(c: TiTokConfig, disc_base: int | None = 128) -> int:
-    """Frozen encoder; decoder + pixel decoder trained; with a discriminator (disc_base channels): its view in the
-    generator loss (forward + input gradient, 2x) and its own update on a real and a fake image (2 x 3x)."""
-    flops = titok_encode(c) + 3 * titok_decode(c, pixel_decoder=True)
-    if disc_base:
-        flops += 8 * discriminator_forward(c.image_size, disc_base)
+def reconstruction_losses(image_size: int, perceptual: PerceptualConfig, gan: GANConfig) -> int:
+    """The loss networks of stage 2 / single-stage on one image: each perceptual network with a weight sees the
+    target (1x) and the reconstruction (forward + input gradient, 2x), LPIPS's heads see their difference (2x);
+    with a GAN weight, the discriminator's view in the generator loss (2x) and its own update on a real and a fake
+    image (2 x 3x). The discriminator is counted as active (the steady state after gan.start_step)."""
+    flops = 0
+    if perceptual.convnext_weight > 0:
+        flops += 3 * convnext_small(perceptual.resolution)
+    if perceptual.lpips_weight > 0:
+        flops += 3 * lpips_features(image_size) + 2 * lpips_heads(image_size)
+    if gan.weight > 0:
+        flops += 8 * discriminator_forward(image_size, gan.disc_base_channels)
     return flops
+
+
+def train_stage2(c: TiTokConfig, perceptual: PerceptualConfig, gan: GANConfig) -> int:
+    """Frozen encoder; decoder + pixel decoder trained; the reconstruction losses."""
+    return titok_encode(c) + 3 * titok_decode(c, pixel_decoder=True) + reconstruction_losses(c.image_size,
+                                                                                             perceptual, gan)
+
+
+def train_single_stage(c: TiTokConfig, perceptual: PerceptualConfig, gan: GANConfig) -> int:
+    """Encoder and decoder trained; the reconstruction losses."""
+    return 3 * (titok_encode(c) + titok_decode(c)) + reconstruction_losses(c.image_size, perceptual, gan)
 
 
 def train_generator(tokenizer: TiTokConfig, generator: GeneratorConfig) -> int:

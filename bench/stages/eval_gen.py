@@ -1,0 +1,101 @@
+"""Stage `eval_gen`: the ADM protocol for a generator on a tokenizer's tokens (bench.eval.sample, then
+bench.eval.generation): class-balanced, per-sample-seeded samples to an ADM .npz in the stage's folder, then gfid,
+gfid_clean, gfid_is, sfid, precision, recall, gfid_num_samples; a grid of the first samples as samples.png.
+
+Protocol: float32 Inception, as ADM's evaluator (reference_batch.INCEPTION_DTYPE), against the reference_batch
+stage's file.
+
+Identity: the number of samples and classes, the sampler overrides, the seed, fid_method, clean-fid on or off, the
+Inception dtype, the stand-in permission, and the inputs: the generator, the tokenizer, the teacher and the
+reference batch; not the batch sizes (a sample does not depend on its batch), PNG copies, the name that labels the
+samples file, the device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.core.io import atomic_file
+from bench.core.loading import SetupError
+from bench.stages import base, reference_batch
+
+NAME = "eval_gen"
+RESOURCES = "eval"
+PRODUCT = None
+SAMPLE_GRID = "samples.png"
+TAG_INCEPTION_DTYPE = "titok.gfid_inception_dtype"
+RULE = base.IdentityRule(NAME, base.WHERE_AND_HOW + ("batch_size", "sample_batch_size", "png", "model_name"),
+                         {"generator": "generator", "tokenizer": "tokenizer", "teacher": "teacher",
+                          "reference_batch": "reference_batch"})
+
+
+@dataclass(frozen=True)
+class EvalGenSpec:
+    generator: str
+    tokenizer: str
+    reference_batch: str  # the reference_batch stage's file, or an ADM .npz
+    num_samples: int
+    num_classes: int | None = None  # sample classes 0..num_classes-1 (None: the generator's)
+    teacher: str | None = None
+    sampler: dict = field(default_factory=dict)  # overrides of the generator's sampler settings
+    seed: int = 42
+    fid_method: str = "sqrtm"
+    clean_fid: bool = True  # clean-fid's FID as a second backend (its own scipy sqrtm: ~20 s on 2 CPU cores)
+    inception_dtype: str = reference_batch.INCEPTION_DTYPE
+    allow_random_weights: bool = False
+    batch_size: int = 64  # Inception batches, and sampling batches unless sample_batch_size
+    sample_batch_size: int | None = None
+    png: bool = False  # also write every sample as a PNG
+    model_name: str | None = None  # names the samples file (None: the tokenizer's label)
+    device: str = "auto"
+
+
+def identity(spec: EvalGenSpec, inputs: dict[str, str] | None = None) -> str:
+    return RULE.identity(spec, inputs)
+
+
+def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
+    from bench.core.loading import load_for_eval
+    from bench.eval.generation import evaluate_generation
+    from bench.eval.sample import sample_to_npz, sampler_settings
+
+    loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
+                           allow_random=spec.allow_random_weights)
+    tok, gen, random = loaded.tokenizer, loaded.generator, loaded.random
+    try:
+        sampler_settings(gen.model, **spec.sampler)
+    except ValueError as err:
+        raise SetupError(f"sampler settings: {err}") from None
+    npz = sample_to_npz(gen.model, tok.model, ctx.out, model=spec.model_name or tok.label, checkpoint=gen.label,
+                        num_samples=spec.num_samples, seed=spec.seed, info=ctx.info,
+                        teacher=loaded.teacher_model, num_classes=spec.num_classes,
+                        batch_size=spec.sample_batch_size or spec.batch_size, png=spec.png,
+                        metadata={"weights_random": dict(random)}, **spec.sampler)
+    inception = base.inception(spec, ctx)
+    random["inception"] = inception.random
+    metrics = evaluate_generation(npz, spec.reference_batch, inception=inception, info=ctx.info,
+                                  batch_size=spec.batch_size, fid_method=spec.fid_method, clean_fid=spec.clean_fid)
+    samples = metrics.pop("samples", {})
+    grid = ctx.out / SAMPLE_GRID
+    if ctx.info.is_main:
+        save_sample_grid(npz, grid)
+    return {"metrics": metrics, "samples": samples, "npz": str(npz), "random_weights": random,
+            "tokenizer": tok.label, "generator": gen.label, "inception_dtype": spec.inception_dtype,
+            "tags": {TAG_INCEPTION_DTYPE: spec.inception_dtype}, "artifacts": [str(grid)]}
+
+
+def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, columns: int = 8) -> None:
+    import numpy as np
+    from PIL import Image
+
+    with np.load(npz) as f:
+        images = f["arr_0"][:count]
+    rows = -(-len(images) // columns)
+    h, w = images.shape[1:3]
+    canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
+    for i, im in enumerate(images):
+        canvas[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = im
+    with atomic_file(path) as f:
+        Image.fromarray(canvas).save(f, format="PNG")

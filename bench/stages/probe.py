@@ -1,0 +1,50 @@
+"""Stage `probe`: linear probing of a tokenizer's frozen encoder features (bench.eval.probe): probe_top1, a
+standardised logistic regression fitted with L-BFGS on `num_train` training images, scored on `num_val` images of
+`split`.
+
+Identity: the images (dataset name, image size, classes, seed, split, num_train, num_val), the fit's iterations
+(epochs), the stand-in permission and the tokenizer (its stage's identity or the released name / file hash); not the
+batch size, device, data root and workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.stages import base
+from bench.train.recipes import DataConfig
+
+NAME = "probe"
+RESOURCES = "eval"
+PRODUCT = None
+RULE = base.IdentityRule(NAME, base.EVAL_IGNORED, {"tokenizer": "tokenizer"})
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    tokenizer: str
+    data: DataConfig
+    num_train: int
+    num_val: int
+    split: str = "val"  # of the validation images (the classifier trains on the train split)
+    epochs: int = 100
+    allow_random_weights: bool = False
+    batch_size: int = 64
+    device: str = "auto"
+
+
+def identity(spec: ProbeSpec, inputs: dict[str, str] | None = None) -> str:
+    return RULE.identity(spec, inputs)
+
+
+def run(spec: ProbeSpec, ctx: base.Context) -> dict:
+    from bench.core.loading import load_model
+    from bench.eval.probe import linear_probe
+
+    tok = load_model(spec.tokenizer, "tokenizer", spec.allow_random_weights)
+    val = base.eval_dataset(spec.data, spec.split, spec.num_val)
+    metrics = linear_probe(tok.model, base.eval_dataset(spec.data, "train", spec.num_train), val,
+                           num_train=spec.num_train, num_val=spec.num_val, info=ctx.info, epochs=spec.epochs,
+                           batch_size=spec.batch_size, num_workers=spec.data.num_workers)
+    return {"metrics": metrics, "random_weights": {"tokenizer": tok.random}, "tokenizer": tok.label,
+            "data": val.describe()}

@@ -1,0 +1,51 @@
+"""Stage `speed`: sampling throughput with de-tokenization (bench.speed's measure_generation): samples_per_s, the
+median of `repeats` timed runs after `warmup` ones, on the stage's device.
+
+Identity: everything the measurement depends on: batch size, repeats and warm-up (more repeats are a more precise
+number: asking for them re-measures), the sampler overrides, the inference mode, the device setting, the stand-in
+permission and the inputs (tokenizer, generator, teacher). Unlike the other stages the device counts here: it is what
+is measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bench.stages import base
+
+NAME = "speed"
+RESOURCES = "eval"
+PRODUCT = None
+RULE = base.IdentityRule(NAME, (), {"tokenizer": "tokenizer", "generator": "generator", "teacher": "teacher"})
+
+
+@dataclass(frozen=True)
+class SpeedSpec:
+    tokenizer: str
+    generator: str
+    teacher: str | None = None
+    batch_size: int = 8
+    repeats: int = 3
+    warmup: int = 1
+    sampler: dict = field(default_factory=dict)
+    mode: str = "fast"
+    allow_random_weights: bool = False
+    device: str = "auto"
+
+
+def identity(spec: SpeedSpec, inputs: dict[str, str] | None = None) -> str:
+    return RULE.identity(spec, inputs)
+
+
+def run(spec: SpeedSpec, ctx: base.Context) -> dict:
+    from bench.core.loading import load_for_eval
+    from bench.speed import measure_generation
+
+    loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
+                           allow_random=spec.allow_random_weights)
+    result = measure_generation(loaded.tokenizer.model, loaded.generator.model, batch_size=spec.batch_size,
+                                sampler_settings=spec.sampler or None, mode=spec.mode, teacher=loaded.teacher_model,
+                                warmup=spec.warmup, repeats=spec.repeats, device=ctx.info.device)
+    # timings do not depend on the weights, but the row is still the speed of stand-ins: say so
+    return {"metrics": {"samples_per_s": float(result["samples_per_s"])}, "speed": result,
+            "random_weights": loaded.random}

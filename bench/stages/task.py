@@ -1,0 +1,176 @@
+"""A stage of a plan as a job: `StageTask` (the stage, its spec, identity and folder, the tasks it waits for),
+`new_task` (its identity through the stage module) and `run_task`.
+
+`run_task` is idempotent: a task whose `result.json` exists is skipped; an interrupted training stage resumes from
+the checkpoint in its folder. Metrics and tags go to the cell's MLflow run through `bench.tracking.RunLogger`
+(which never fails the job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench import tracking as T
+from bench.core import dist as D
+from bench.core.io import atomic_write_json
+from bench.stages.base import Context
+
+RESULT = "result.json"
+SPEC = "spec.json"
+
+
+def stage_module(name: str):
+    from bench.stages import STAGES  # the registry imports this module: look it up when used
+
+    return STAGES[name]
+
+
+@dataclass(frozen=True)
+class StageTask:
+    grid: str
+    cell: str  # the cell name, or "_shared"
+    stage: str
+    identity: str
+    out_dir: str  # <cell folder>/<stage>-<identity>
+    spec: object
+    needs: tuple[str, ...] = ()  # keys of the tasks that must finish first
+    resources: str = "train"  # "train" | "eval": picks the cluster's time limit
+    threads: int | None = None
+
+    @property
+    def key(self) -> str:
+        """`cell/stage`: names the task within a plan."""
+        return f"{self.cell}/{self.stage}"
+
+    @property
+    def uid(self) -> str:
+        """`cell/stage-identity`: names the task across plans (job records), as its folder under the grid."""
+        return f"{self.cell}/{Path(self.out_dir).name}"
+
+    @property
+    def product(self) -> str:
+        """The file the stages reading this one open."""
+        return str(Path(self.out_dir) / stage_module(self.stage).PRODUCT)
+
+    @property
+    def done(self) -> bool:
+        return (Path(self.out_dir) / RESULT).is_file()
+
+    def result(self) -> dict | None:
+        path = Path(self.out_dir) / RESULT
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def new_task(grid: str, cell: str, stage: str, spec, folder: Path,
+             inputs: dict[str, StageTask | None] | None = None) -> StageTask:
+    """The task of `stage` with `spec`, in `folder`/<stage>-<identity>. `inputs`: role -> the task whose product
+    the spec names (None, or a role left out: the input comes from outside the plan)."""
+    module = stage_module(stage)
+    made = {role: t for role, t in (inputs or {}).items() if t is not None}
+    identity = module.identity(spec, {role: t.identity for role, t in made.items()})
+    return StageTask(grid, cell, stage, identity, str(folder / f"{stage}-{identity}"), spec,
+                     tuple(t.key for t in made.values()), module.RESOURCES)
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a cell logs: the store, its run (for the shared stages: the sweep's run) and the buffer file for
+    outages."""
+
+    uri: str
+    run_id: str
+    buffer: str
+
+    def logger(self) -> T.RunLogger:
+        return T.RunLogger(self.uri, self.run_id, self.buffer)
+
+
+def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
+    """Run one stage (all ranks), record its result (rank 0) and log it. Returns the result dict."""
+    if task.done:
+        return task.result()
+    if task.threads:
+        torch.set_num_threads(task.threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(task.threads)  # numpy/scipy BLAS too (the FID matrix functions)
+    out = Path(task.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = D.setup(getattr(task.spec, "device", "auto"))
+    logger = tracking.logger() if tracking and info.is_main else None
+    if logger:
+        logger.set_tags({T.TAG_STATUS: "running"})
+        logger.set_status("RUNNING")
+
+    def log(metrics: dict, step: int) -> None:
+        if logger:
+            logger.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+
+    if info.is_main:
+        atomic_write_json(out / SPEC, {"stage": task.stage, "cell": task.cell, "identity": task.identity,
+                                       "spec": dataclasses.asdict(task.spec)})
+    t0 = time.time()
+    result = stage_module(task.stage).run(task.spec, Context(out, info, log))
+    result.update(stage=task.stage, cell=task.cell, identity=task.identity,
+                  wall_s=result.get("wall_s", time.time() - t0), device=_device_name(info),
+                  devices=_device_count(info, task.threads))
+    if info.is_main:
+        atomic_write_json(out / RESULT, result)
+        if logger:
+            logger.log_metrics(numeric(result["metrics"]))
+            tags = {T.TAG_DEVICE: result["device"], **result.get("tags", {})}
+            if any(result.get("random_weights", {}).values()):
+                tags[T.TAG_WEIGHTS_RANDOM] = "true"
+            logger.set_tags(tags)
+            for artifact in result.get("artifacts", []):
+                logger.log_artifact(artifact, task.stage)
+            logger.log_artifact(str(out / SPEC), f"specs/{task.stage}")
+    D.barrier()
+    return result
+
+
+def numeric(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _device_name(info: D.DistInfo) -> str:
+    if info.device.type == "cuda":
+        return f"{torch.cuda.get_device_name(info.device)} x{info.world_size}"
+    return f"cpu x{info.world_size}"
+
+
+def _device_count(info: D.DistInfo, threads: int | None) -> int:
+    """Accelerators behind this stage; on the CPU, cores (threads) across ranks."""
+    if info.device.type == "cuda":
+        return info.world_size
+    return info.world_size * (threads or torch.get_num_threads())
+
+
+# ---- summaries of a cell's finished tasks -------------------------------------------------------------------------
+def final_metrics(tasks: list[StageTask]) -> dict[str, float]:
+    """The numeric metrics of the tasks' results (the cell's current stages)."""
+    out: dict[str, float] = {}
+    for task in tasks:
+        out.update(numeric((task.result() or {}).get("metrics", {})))
+    return out
+
+
+def cell_cost(tasks: list[StageTask]) -> dict[str, float]:
+    """cost_gpu_hours (CPU: core-hours) and cost_wall_hours of a cell's training stages."""
+    gpu_s = wall_s = 0.0
+    for task in tasks:
+        r = task.result()
+        if r and task.resources == "train":
+            wall_s += r["wall_s"]
+            gpu_s += r["wall_s"] * r.get("devices", 1)
+    return {"cost_gpu_hours": gpu_s / 3600, "cost_wall_hours": wall_s / 3600}
+
+
+def any_random(tasks: list[StageTask]) -> bool:
+    return any(any((t.result() or {}).get("random_weights", {}).values()) for t in tasks)
