@@ -5,7 +5,7 @@ A stage module (bench/stages/<stage>.py) holds
     Spec (or <Name>Spec)       its settings; the training stages' are bench/train/recipes.py's dataclasses
     run(spec, ctx) -> dict     the work, writing into ctx.out; the result has "metrics" (numbers for the cell's
                                MLflow run) and may have "random_weights", "tags", "artifacts"
-    identity(spec, inputs)     a short hash of what determines its result (RULE)
+    RULE                       its identity rule: RULE.identity(spec, inputs), a hash of what determines its result
     NAME, RESOURCES            its name; "train" | "eval" (which of the cluster's time limits its jobs get)
     PRODUCT                    the file in its folder that the stages reading it open (None: nothing reads it)
 

@@ -52,9 +52,6 @@ class EvalGenSpec:
     device: str = "auto"
 
 
-def identity(spec: EvalGenSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval

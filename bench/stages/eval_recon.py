@@ -42,9 +42,6 @@ class EvalReconSpec:
     device: str = "auto"
 
 
-def identity(spec: EvalReconSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval

@@ -33,9 +33,6 @@ class ProbeSpec:
     device: str = "auto"
 
 
-def identity(spec: ProbeSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: ProbeSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_model

@@ -38,9 +38,6 @@ class RealStatsSpec:
     path: str | None = None  # where the statistics go (None: PRODUCT in the stage's folder); reused when they match
 
 
-def identity(spec: RealStatsSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: RealStatsSpec, ctx: base.Context) -> dict:
     from bench.eval.reconstruction import load_feature_stats, real_feature_stats, save_feature_stats

@@ -41,9 +41,6 @@ class ReferenceBatchSpec:
     path: str | None = None  # where the batch goes (None: PRODUCT in the stage's folder)
 
 
-def identity(spec: ReferenceBatchSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: ReferenceBatchSpec, ctx: base.Context) -> dict:
     from bench.eval.generation import make_reference_batch, reference_pool_features

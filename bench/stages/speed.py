@@ -33,9 +33,6 @@ class SpeedSpec:
     device: str = "auto"
 
 
-def identity(spec: SpeedSpec, inputs: dict[str, str] | None = None) -> str:
-    return RULE.identity(spec, inputs)
-
 
 def run(spec: SpeedSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval

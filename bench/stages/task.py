@@ -73,7 +73,7 @@ def new_task(grid: str, cell: str, stage: str, spec, folder: Path,
     the spec names (None, or a role left out: the input comes from outside the plan)."""
     module = stage_module(stage)
     made = {role: t for role, t in (inputs or {}).items() if t is not None}
-    identity = module.identity(spec, {role: t.identity for role, t in made.items()})
+    identity = module.RULE.identity(spec, {role: t.identity for role, t in made.items()})
     return StageTask(grid, cell, stage, identity, str(folder / f"{stage}-{identity}"), spec,
                      tuple(t.key for t in made.values()), module.RESOURCES)
 
