@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,12 +51,16 @@ class CellContext:
 
 class StageJob:
     """A submitit callable running `tasks` in order. On preemption or timeout submitit calls `checkpoint`, which
-    requeues the same callable: every stage resumes from its own folder (finished stages are skipped)."""
+    requeues the same callable: every stage resumes from its own folder (finished stages are skipped). `driver`:
+    the local driver's (PID, `process_identity`), which the job does not outlive (`end_with_driver`)."""
 
-    def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None):
-        self.tasks, self.contexts, self.threads = tasks, contexts, threads
+    def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None,
+                 driver: tuple[int, str | None] | None = None):
+        self.tasks, self.contexts, self.threads, self.driver = tasks, contexts, threads, driver
 
     def __call__(self) -> list[str]:
+        if self.driver:
+            end_with_driver(*self.driver)
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one process per GPU: torch.distributed from SLURM
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         done = []
@@ -62,11 +68,13 @@ class StageJob:
             ctx = self.contexts[task.cell]
             try:
                 run_task(replace(task, threads=self.threads or task.threads), ctx.tracking)
-            except BaseException as err:
-                if ctx.tracking and int(os.environ.get("RANK", "0")) == 0 and not isinstance(err, KeyboardInterrupt):
+            except (SystemExit, KeyboardInterrupt):
+                raise  # submitit exits to requeue a preempted job, Ctrl-C cancels: neither is the stage failing
+            except Exception as err:
+                if ctx.tracking and int(os.environ.get("RANK", "0")) == 0:
                     log = ctx.tracking.logger()
-                    log.set_tags({T.TAG_STATUS: "failed", "titok.failed_stage": task.stage,
-                                  "titok.error": f"{type(err).__name__}: {err}"[:4000]})
+                    log.set_tags({T.TAG_STATUS: "failed", T.TAG_FAILED_STAGE: task.stage,
+                                  T.TAG_ERROR: f"{type(err).__name__}: {err}"[:4000]})
                     log.set_status("FAILED")
                     log.flush()
                 raise
@@ -77,6 +85,23 @@ class StageJob:
 
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(self)
+
+
+def end_with_driver(pid: int, identity: str | None, poll_s: float = 0.5) -> None:
+    """End this job's process once the local driver that started it, or submitit's controller between the two (the
+    job's parent), is gone: a killed driver leaves no trainer running unobserved, and one killed controller none
+    that its job record no longer names. A daemon thread polls both (no signal reaches a process when a
+    grandparent dies)."""
+    controller = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == controller and process_identity(pid) == identity:
+            time.sleep(poll_s)
+        print(f"the sweep driver (PID {pid}) or this job's controller (PID {controller}) is gone: ending the job",
+              file=sys.stderr, flush=True)
+        os._exit(1)  # as a kill would: every file the job writes survives one (atomic writes, the stage lock)
+
+    threading.Thread(target=watch, name="end-with-driver", daemon=True).start()
 
 
 def finish_cell(ctx: CellContext) -> bool:
@@ -124,15 +149,17 @@ def code_version() -> str:
 
 
 def prepare_tracking(plan: Plan, uri: str) -> dict[str, CellContext]:
-    """Experiment, parent run and one run per cell, created here (never in jobs); params logged once."""
-    exp_id = T.ensure_experiment(uri, plan.grid, artifact_root=plan.root.parent / "mlartifacts")
+    """The parent run and one run per cell, recorded in their folders and created here when the store answers
+    (else by the first job that reaches it); params logged once."""
+    artifacts = plan.root.parent / "mlartifacts"
     common = {T.TAG_GRID: plan.grid, T.TAG_PRESET: plan.preset, T.TAG_CODE_VERSION: code_version(),
-              T.TAG_FID_BACKEND: "torch-fidelity", T.TAG_SMOKE: str(plan.smoke).lower()}
+              T.TAG_SMOKE: str(plan.smoke).lower()}
     reference = plan.config["preset"]["eval"].get("reference_batch") or f"{plan.config['data']['name']} val split"
     common[T.TAG_REFERENCE] = f"rFID: {plan.config['data']['name']} val; gFID: {reference}"
-    parent = T.ensure_run(uri, exp_id, plan.root, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}))
-    shared_tracking = Tracking(uri, parent, str(plan.root / T.BUFFER_FILE))
-    T.RunLogger(uri, parent, shared_tracking.buffer).log_params(T.flatten(plan.config))
+    T.declare_run(uri, plan.root, plan.grid, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}),
+                  artifact_root=artifacts)
+    shared_tracking = Tracking(uri, str(plan.root))
+    shared_tracking.logger().log_params(T.flatten(plan.config))
     contexts = {SHARED: CellContext(plan.shared, shared_tracking, {}, str(plan.root))}
     for cell in plan.cells:
         tags = dict(common, **{T.TAG_ROLE: "cell", T.TAG_CELL: cell.name, T.TAG_CELL_ID: cell.cell_id,
@@ -142,8 +169,8 @@ def prepare_tracking(plan: Plan, uri: str) -> dict[str, CellContext]:
         else:
             tags.update(_size_tags(cell.name))
         cell.run_dir.mkdir(parents=True, exist_ok=True)
-        run_id = T.ensure_run(uri, exp_id, cell.run_dir, cell.name, tags, parent_run_id=parent)
-        tracking = Tracking(uri, run_id, str(cell.run_dir / T.BUFFER_FILE))
+        T.declare_run(uri, cell.run_dir, plan.grid, cell.name, tags, parent=plan.root, artifact_root=artifacts)
+        tracking = Tracking(uri, str(cell.run_dir))
         tracking.logger().log_params(T.flatten(cell.params))
         contexts[cell.name] = CellContext(cell.tasks, tracking, tags, str(cell.run_dir))
     return contexts
@@ -158,10 +185,27 @@ def _size_tags(name: str) -> dict[str, str]:
 
 # ---- the record of submitted jobs -------------------------------------------------------------------------------
 def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]]) -> None:
-    """Append (job id, task uids) lines: what status, cancel and the next invocation look at."""
+    """Append (job id, task uids) lines: what status, cancel and the next invocation look at. A local job's id is
+    its process id, recorded with the process's identity (`process_identity`): PIDs are recycled."""
     with open(plan.root / JOBS_FILE, "a") as f:
         for job_id, keys in jobs:
-            f.write(json.dumps({"launcher": launcher, "job_id": job_id, "tasks": keys, "time": time.time()}) + "\n")
+            record = {"launcher": launcher, "job_id": job_id, "tasks": keys, "time": time.time()}
+            if launcher == "local":
+                record["process"] = process_identity(int(job_id))
+            f.write(json.dumps(record) + "\n")
+
+
+def process_identity(pid: int) -> str | None:
+    """`<boot id>/<start time>` of a live process (its start in clock ticks since boot, /proc/<pid>/stat field
+    22): the same PID with another identity is another process. None when there is no such process, or it has
+    ended and waits for its parent to reap it (a zombie, state Z or X)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": field 3 is the first
+    return None if fields[0] in "ZX" else f"{boot}/{fields[19]}"
 
 
 def recorded_jobs(plan: Plan) -> list[dict]:
@@ -224,12 +268,14 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     failed, running, queue = 0, [], list(groups)
     shared_pending = bool(groups and groups[0][0].cell == SHARED)
     t0 = time.time()
+    driver = (os.getpid(), process_identity(os.getpid()))
     try:
         while queue or running:
             # the shared stages (teacher, reference statistics) run alone, before any cell
             while queue and len(running) < max_parallel and not (shared_pending and running):
                 tasks = queue.pop(0)
-                job = executor.submit(StageJob(tasks, contexts, shared_threads if tasks[0].cell == SHARED else threads))
+                job = executor.submit(StageJob(tasks, contexts, shared_threads if tasks[0].cell == SHARED else threads,
+                                               driver))
                 record_jobs(plan, "local", [(job.job_id, [t.uid for t in tasks])])
                 running.append((job, tasks))
                 if tasks[0].cell == SHARED:
@@ -246,7 +292,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
                     print(f"[{time.time() - t0:7.1f}s] done   {tasks[0].cell}: {', '.join(t.stage for t in tasks)}")
                 except Exception as err:
                     failed += 1
-                    print(f"[{time.time() - t0:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err)}\n"
+                    print(f"[{time.time() - t0:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n"
                           f"          log: {job.paths.stderr}", file=sys.stderr)
                     if tasks[0].cell == SHARED:
                         print("the shared stages failed: no cell can run", file=sys.stderr)
@@ -260,9 +306,13 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     return failed
 
 
-def _first_line(err: BaseException) -> str:
-    """The line that names the real error. submitit wraps a job's traceback between dashed rules, followed by the
-    log paths; the traceback's last line is the exception."""
+def _first_line(err: BaseException, job: submitit.Job) -> str:
+    """The line that names the real error. A job without a result file ended without Python seeing it (its log's
+    last lines are submitit's start-up notes). submitit wraps a job's traceback between dashed rules, followed by
+    the log paths; the traceback's last line is the exception."""
+    if not job.paths.result_pickle.exists():
+        return ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
+                "out-of-memory killer)")
     text = str(err)
     if "\n-----" in text:
         text = text.split("\n-----")[1]
@@ -348,12 +398,15 @@ def cancel(plan: Plan) -> list[str]:
         subprocess.run(["scancel", *slurm_ids], check=False)
         cancelled += slurm_ids
     for r in recorded_jobs(plan):
-        if r["launcher"] == "local":
-            try:
-                os.kill(int(r["job_id"]), 15)
-                cancelled.append(r["job_id"])
-            except (ProcessLookupError, ValueError):
-                pass
+        if r["launcher"] != "local" or r.get("process") is None or process_identity(int(r["job_id"])) != r["process"]:
+            continue  # ended, or the PID now names another process
+        try:
+            # SIGINT: submitit's local controller stops its tasks on it (SIGTERM is forwarded to the task, which
+            # ignores it)
+            os.kill(int(r["job_id"]), signal.SIGINT)
+            cancelled.append(r["job_id"])
+        except ProcessLookupError:
+            pass
     return cancelled
 
 
@@ -361,7 +414,7 @@ def flush_buffers(contexts: dict[str, CellContext]) -> int:
     """Replay whatever jobs could not log (tracking outages); returns the number of runs still buffered."""
     left = 0
     for ctx in contexts.values():
-        if ctx.tracking and Path(ctx.tracking.buffer).exists() and Path(ctx.tracking.buffer).stat().st_size:
+        if ctx.tracking and T.pending(ctx.tracking.run_dir):
             left += not ctx.tracking.logger().flush()
     return left
 

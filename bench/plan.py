@@ -16,12 +16,15 @@ Layout under `<outputs>/<grid>/`:
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 import models
+from bench.core.dist import check_device
 from bench.core.io import atomic_write_json
 from bench.stages import (
     STAGES,
@@ -37,7 +40,10 @@ from bench.stages import (
 from bench.stages.base import short_hash
 from bench.train.recipes import (
     DataConfig,
+    GANConfig,
     GeneratorTrainConfig,
+    LoopConfig,
+    OptimConfig,
     PerceptualConfig,
     Stage1Config,
     Stage2Config,
@@ -101,9 +107,34 @@ def _positive(cfg: DictConfig, path: str) -> None:
         raise PlanError(f"{path}={value!r}: must be a positive integer")
 
 
+# the preset's sections that become settings dataclasses or model configs (paths under preset): a key they do not
+# have (a typo, or one added with `+`) fails here with the closest known name, not as a TypeError in a job
+_SETTINGS = {**{f"{stage}.{part}": cls for stage in ("teacher", "stage1", "stage2", "generator")
+                for part, cls in (("loop", LoopConfig), ("optim", OptimConfig))},
+             "stage2.gan": GANConfig, "stage2.gan.optim": OptimConfig, "stage2.perceptual": PerceptualConfig,
+             "tokenizer": models.TiTokConfig, "teacher.overrides": models.VQGANConfig,
+             "generator.overrides": models.GeneratorConfig, "sampler": models.SamplerSettings}
+
+
+def _check_keys(p: DictConfig) -> None:
+    for path, cls in _SETTINGS.items():
+        node = OmegaConf.select(p, path)
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in node.keys() if isinstance(node, DictConfig) else ():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean preset.{path}.{close[0]}? " if close else ""
+                raise PlanError(f"preset.{path}.{key}: unknown setting; {hint}known: {', '.join(known)}")
+
+
 def validate(cfg: DictConfig) -> None:
     """The checks that must fail before anything is submitted (the engine checks again in the jobs)."""
     p = cfg.preset
+    _check_keys(p)
+    try:
+        check_device(p.device)
+    except ValueError as err:
+        raise PlanError(f"preset.device: {err}") from None
     for stage in ("teacher", "stage1", "stage2", "generator"):
         if OmegaConf.select(p, f"{stage}.loop") is None:
             continue
@@ -136,8 +167,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.name == "imagenet":
         from bench.data import build_dataset
 
-        for split in ("train", "val"):  # a missing or empty root is a DatasetError naming the path
-            build_dataset("imagenet", split=split, image_size=p.image_size, train=False, root=cfg.data.root)
+        for split in ("train", "val"):  # a missing or empty root, or too few classes: a DatasetError naming the path
+            build_dataset("imagenet", split=split, image_size=p.image_size, train=False, root=cfg.data.root,
+                          num_classes=cfg.data.num_classes)
     if cfg.data.name == "synthetic" and cfg.grid.name == "released":
         raise PlanError("grid=released evaluates the released ImageNet models: use data=imagenet data.root=...")
 

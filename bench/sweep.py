@@ -12,6 +12,9 @@ Reruns are idempotent: finished stages are skipped, interrupted ones resume, a c
 
 from __future__ import annotations
 
+import difflib
+import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,6 +36,34 @@ def check_group_overrides(argv: list[str]) -> None:
         if sep and key in GROUPS and not (SWEEPS / key / f"{value}.yaml").is_file():
             known = sorted(p.stem for p in (SWEEPS / key).glob("*.yaml"))
             raise SweepError(f"unknown {key} {value!r}: choose one of {', '.join(known)} (files in {SWEEPS / key})")
+
+
+def check_composed(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, so that an override of a key the config does not have and a
+    required value left unset (`???`, e.g. data.root) get one line, with the fix, instead of Hydra's message or
+    trace. Whatever else Hydra objects to it reports itself."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    with initialize_config_dir(str(SWEEPS), version_base=None):
+        try:
+            cfg = compose("sweep", overrides=overrides)
+        except ConfigCompositionException as err:
+            key = getattr(err.__cause__, "full_key", None)
+            if not key:
+                return
+            groups = [a for a in overrides if a.lstrip("+~").partition("=")[0] in GROUPS]
+            parent, _, name = key.rpartition(".")
+            node = OmegaConf.select(compose("sweep", overrides=groups), parent) if parent else None
+            known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {parent}.{close[0]}? " if close else ""
+            where = f"known under {parent}: {', '.join(known)}" if known else "check the spelling"
+            raise SweepError(f"{key}: the config has no such key; {hint}{where}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SweepError(f"{missing[0]} is required and not set: add {missing[0]}=<value> to the command line")
 
 
 def sweep(cfg: DictConfig) -> int:
@@ -60,12 +91,18 @@ def sweep(cfg: DictConfig) -> int:
         print(f"cancelled {len(ids)} jobs" + (f": {', '.join(ids)}" if ids else ""))
         return 0
 
+    if cfg.launcher.name == "slurm" and shutil.which("sbatch") is None:  # before any MLflow run exists
+        raise SweepError("launcher=slurm: sbatch is not on PATH (no SLURM client here); use launcher=local or run "
+                         "from a SLURM login node")
     uri = tracking.resolve_uri(cfg.tracking_uri, cfg.outputs)
     write_plan(plan)
     print(describe(plan))
     contexts = launch.prepare_tracking(plan, uri)
     launch.flush_buffers(contexts)  # what earlier jobs could not send (a tracking outage)
     print(f"tracking: {uri} (experiment {tracking.experiment_name(plan.grid)})")
+    if tracking.OUTAGES.down(uri):
+        print(f"warning: {uri} does not answer; every run's metrics are buffered next to it and sent once it "
+              f"answers (a rerun sends what is left)", file=sys.stderr)
     if cfg.launcher.name == "local":
         failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job)
         for ctx in contexts.values():  # cells finished by an earlier invocation, and the shared run
@@ -74,7 +111,7 @@ def sweep(cfg: DictConfig) -> int:
         todo = sum(not t.done for t in plan.tasks())
         print(f"{len(plan.cells)} cells: {sum(c.done for c in plan.cells)} finished, {todo} stages unfinished, "
               f"{failed} jobs failed" + (f"; {left} runs still have unsent metrics (rerun to flush)" if left else ""))
-        print(f"report: python -m reports grid={plan.grid}" + (f" tracking_uri={uri}" if cfg.tracking_uri else ""))
+        print(f"report: python -m reports grid={plan.grid} tracking_uri={shlex.quote(uri)}")  # whatever outputs= was
         return 1 if failed or todo else 0
     ids = launch.submit_slurm(plan, contexts, OmegaConf.to_container(cfg.cluster, resolve=True),
                               OmegaConf.to_container(cfg.launcher, resolve=True))
@@ -95,6 +132,7 @@ def main() -> None:
 
     try:
         check_group_overrides(sys.argv[1:])
+        check_composed(sys.argv[1:])
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

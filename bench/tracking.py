@@ -1,18 +1,19 @@
 """MLflow tracking: the schema every sweep writes and every report reads.
 
 Layout
-- one experiment per grid, named `experiment_name(grid)`, created by the sweep driver (never by jobs:
-  concurrent `set_experiment` calls race and lose runs into "Default");
+- one experiment per grid, named `experiment_name(grid)`, created by name (never `set_experiment`: concurrent
+  calls race and lose runs into "Default");
 - one parent run per grid (`TAG_ROLE` = "sweep") and one run per cell (`TAG_ROLE` = "cell"), the cell
   run a child of the parent (`mlflow.parentRunId`); the cell run id lives in the cell's output folder so
-  that a requeued job logs into the same run;
+  that a requeued job logs into the same run. The driver records each run there (`declare_run`); when the store
+  does not answer at that moment, the record says what the run is and the first logger that reaches the store
+  creates it, so a sweep starts and runs during an outage;
 - cell runs carry the tags below, the flattened resolved config as params, training curves as stepped
   metrics `<stage>/<name>`, and the final metrics named in `METRICS`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.core.io import atomic_write_json
+from bench.core.lock import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,22 @@ TAG_STATUS = "titok.status"  # "running" | "finished" | "failed": all of the cel
 TAG_STAGES_DONE = "titok.stages_done"  # comma-separated stage names
 TAG_CODE_VERSION = "titok.code_version"  # git commit (+ "-dirty")
 TAG_DEVICE = "titok.device"  # e.g. "cpu", "NVIDIA H100 80GB HBM3 x8"
-TAG_FID_BACKEND = "titok.fid_backend"  # "torch-fidelity" (primary) ; clean-fid is logged as gfid_clean
+# what an evaluation (rfid | gfid) used, as eval_tag(metric, kind) (bench.stages.base.feature_tags); clean-fid's
+# distance is logged as the metric gfid_clean
+EVAL_TAG_KINDS = ("features", "features_sha256", "inception_dtype", "distance", "reference")
+
+
+def eval_tag(metric: str, kind: str) -> str:
+    if kind not in EVAL_TAG_KINDS:
+        raise ValueError(f"unknown evaluation tag kind {kind!r}; known: {EVAL_TAG_KINDS}")
+    return f"titok.{metric}_{kind}"
+
 TAG_REFERENCE = "titok.reference"  # what the FIDs compare against (dataset split / reference batch)
 TAG_TOKENIZER = "titok.tokenizer"  # tokenizer variant name
 TAG_GENERATOR = "titok.generator"  # generator variant name
+TAG_FAILED_STAGE = "titok.failed_stage"  # the stage whose job raised; removed when a stage of the cell runs again
+TAG_ERROR = "titok.error"  # that job's exception, likewise
+ERROR_TAGS = (TAG_FAILED_STAGE, TAG_ERROR)
 
 # ---- final metrics of a cell run -----------------------------------------------------------------------
 METRICS = {
@@ -59,9 +73,10 @@ METRICS = {
     "codebook_usage": "fraction of codebook entries used on the evaluation images",
     "codebook_entropy": "entropy of the code histogram (bits)",
     "rfid_num_images": "number of images behind rfid",
+    "eval_skipped_images": "evaluation images skipped as unreadable (not counted in rfid_num_images)",
     "gfid": "generation FID (ADM protocol, torch-fidelity Inception)",
     "gfid_clean": "generation FID from clean-fid (second backend)",
-    "gfid_is": "Inception Score of the samples (10 splits)",
+    "gfid_is": "Inception Score of the samples (ADM: consecutive chunks of 5,000, the last one shorter)",
     "sfid": "spatial FID of the samples",
     "precision": "improved precision (k=3) of the samples",
     "recall": "improved recall (k=3) of the samples",
@@ -75,13 +90,22 @@ METRICS = {
 
 # ---- where the runs go --------------------------------------------------------------------------------------
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"  # the embedded store, relative to the working directory
-RUN_ID_FILE = "mlflow_run.json"  # in a cell's folder: the cell's run, reused by reruns and requeued jobs
-BUFFER_FILE = "mlflow_buffer.jsonl"  # in a cell's folder: what could not be logged yet
+RUN_ID_FILE = "mlflow_run.json"  # in a cell's folder: the cell's run (or what it is to be), reused by reruns and jobs
+RUN_LOCK_FILE = ".mlflow_run.lock"  # beside it: one process at a time checks or creates the run
+STORE_LOCK_SUFFIX = ".lock"  # mlflow.db.lock beside a sqlite store: one process at a time creates it
+BUFFER_FILE = "mlflow_buffer.jsonl"  # in a cell's folder: append-only, what could not be logged when it was made
+ACKED_FILE = "mlflow_buffer.acked.json"  # beside it: how many bytes of the buffer the store has taken
 
 # Jobs must not block for minutes on a dead server (MLflow's default retries take ~4 min): fail fast and
 # let RunLogger buffer and retry.
 JOB_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+def fail_fast() -> None:
+    """JOB_HTTP_ENV for this process and what it starts (unless the user set them): every client made here."""
+    for k, v in JOB_HTTP_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def resolve_uri(uri: str | None, outputs: str | os.PathLike | None = None) -> str:
@@ -98,56 +122,155 @@ def resolve_uri(uri: str | None, outputs: str | os.PathLike | None = None) -> st
 
 
 def client(uri: str):
+    """A client of the store at `uri`. Making one opens the store, which creates and migrates a sqlite file that is
+    not there yet: two processes doing that at once (two sweeps on a fresh outputs folder) both migrate and one dies
+    in alembic, so they take turns on a lock file beside it."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    fail_fast()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    with file_lock(uri[len("sqlite:///"):] + STORE_LOCK_SUFFIX):
+        return MlflowClient(tracking_uri=uri)
 
 
-# ---- the driver's side: experiment, parent run, one run per cell ---------------------------------------------
+def refused(err: BaseException) -> bool:
+    """The store answered and refused for good (4xx: no such run, a param logged before with another value):
+    retrying cannot help. No answer, a 5xx, 429 or a locked sqlite file may pass later."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(err, MlflowException):
+        return False
+    status = err.get_http_status_code()
+    return 400 <= status < 500 and status != 429
+
+
+class _Outages:
+    """Per store, in this process: after a call that got no answer nobody here calls the store again for a while
+    (5 s, doubling up to 5 min, reset by an answer), so a dead server costs a training loop one failed request per
+    window instead of seconds at every log call."""
+
+    FIRST_S, MAX_S = 5.0, 300.0
+
+    def __init__(self):
+        self.until: dict[str, float] = {}
+        self.wait: dict[str, float] = {}
+
+    def down(self, uri: str) -> bool:
+        return time.monotonic() < self.until.get(uri, 0.0)
+
+    def failed(self, uri: str) -> None:
+        self.wait[uri] = min(self.wait.get(uri, self.FIRST_S / 2) * 2, self.MAX_S)
+        self.until[uri] = time.monotonic() + self.wait[uri]
+
+    def answered(self, uri: str) -> None:
+        self.until.pop(uri, None)
+        self.wait.pop(uri, None)
+
+    def retry_now(self, uri: str) -> None:
+        """The next call tries (a flush); the window keeps growing if it fails again."""
+        self.until.pop(uri, None)
+
+
+OUTAGES = _Outages()
+
+
+# ---- the runs: the driver records what each run is; whoever first reaches the store creates it -------------------
 def ensure_experiment(uri: str, grid: str, artifact_root: str | os.PathLike | None = None) -> str:
-    """The grid's experiment id, created once here (never by jobs)."""
+    """The grid's experiment id, created by name when missing (by the driver, or by the first job that reaches
+    the store after an outage; create-by-name never lands a run in "Default")."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment_name(grid))
     if exp is not None:
         return exp.experiment_id
     location = Path(artifact_root).resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
-    return c.create_experiment(experiment_name(grid), artifact_location=location, tags={TAG_GRID: grid})
+    try:
+        return c.create_experiment(experiment_name(grid), artifact_location=location, tags={TAG_GRID: grid})
+    except Exception:
+        exp = c.get_experiment_by_name(experiment_name(grid))  # another process created it meanwhile
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
-def ensure_run(uri: str, experiment_id: str, folder: str | os.PathLike, name: str, tags: dict[str, str],
-               parent_run_id: str | None = None) -> str:
-    """The run recorded in `folder`, or a new one (recorded there): a cell never gets two runs."""
-    record = Path(folder) / RUN_ID_FILE
-    c = client(uri)
-    if record.exists():
-        run_id = json.loads(record.read_text())["run_id"]
+def declare_run(uri: str, folder: str | os.PathLike, grid: str, name: str, tags: dict[str, str],
+                parent: str | os.PathLike | None = None, artifact_root: str | os.PathLike | None = None) -> str | None:
+    """The run of `folder` (`parent`: the folder of its parent run): the one recorded there, else a new one. What
+    the run is (experiment, name, tags, parent) is recorded first, so that a store that does not answer now gets the
+    run from the first logger that reaches it. Returns the run id, None while the store does not answer. Only the
+    store's definite "no such run" replaces a recorded run (the store was reset or is another one): a transient
+    error never duplicates a cell's run."""
+    path = Path(folder) / RUN_ID_FILE
+    with _run_lock(folder):
+        old = json.loads(path.read_text()) if path.exists() else {}
+        record = {"run_id": old.get("run_id"), "tracking_uri": uri, "grid": grid, "name": name, "tags": tags,
+                  "parent": str(parent) if parent else None,
+                  "artifact_root": str(artifact_root) if artifact_root else None}
+        if record["run_id"] and not OUTAGES.down(uri):
+            try:
+                client(uri).get_run(record["run_id"])
+                OUTAGES.answered(uri)
+            except Exception as err:
+                if not refused(err):
+                    OUTAGES.failed(uri)
+                    log.warning("MLflow at %s does not answer (%s); keeping run %s", uri, type(err).__name__,
+                                record["run_id"])
+                else:
+                    log.warning("run %s recorded in %s is not in %s (%s); creating a new run", record["run_id"],
+                                path, uri, err)
+                    record["run_id"] = None
+        if record != old:
+            atomic_write_json(path, record)
+        if record["run_id"] or OUTAGES.down(uri):
+            return record["run_id"]
         try:
-            c.get_run(run_id)
-            return run_id
-        except Exception as err:  # the store was reset or is another one: start a new run
-            log.warning("run %s recorded in %s is not in %s (%s); creating a new run", run_id, record, uri, err)
-    all_tags = dict(tags)
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = c.create_run(experiment_id, run_name=name, tags=all_tags)
-    atomic_write_json(record, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id})
-    return run.info.run_id
+            return _create_run(uri, path, record)
+        except Exception as err:
+            if refused(err):
+                raise
+            OUTAGES.failed(uri)
+            log.warning("MLflow at %s does not answer (%s); run %r is created when it does", uri,
+                        type(err).__name__, name)
+            return None
+
+
+def resolve_run(uri: str, folder: str | os.PathLike) -> str:
+    """The id of the run recorded in `folder`, creating the run (and its experiment and parent) if the driver
+    could not. Raises what the store raises."""
+    path = Path(folder) / RUN_ID_FILE
+    with _run_lock(folder):
+        record = json.loads(path.read_text())
+        return record["run_id"] or _create_run(uri, path, record)
+
+
+def _create_run(uri: str, path: Path, record: dict) -> str:
+    exp_id = ensure_experiment(uri, record["grid"], record["artifact_root"])
+    tags = dict(record["tags"])
+    if record["parent"]:
+        tags["mlflow.parentRunId"] = resolve_run(uri, record["parent"])
+    run_id = client(uri).create_run(exp_id, run_name=record["name"], tags=tags).info.run_id
+    atomic_write_json(path, dict(record, run_id=run_id))
+    return run_id
+
+
+def _run_lock(folder: str | os.PathLike):
+    return file_lock(Path(folder) / RUN_LOCK_FILE)
 
 
 # ---- the jobs' side: log without ever failing the job, and without losing anything -----------------------------
 class RunLogger:
-    """Logs metrics, params, tags and artifacts into one run. A call that fails (server down, sqlite locked)
-    is retried briefly, then appended to a buffer file next to the run record and replayed, in order, before
-    the next call that reaches the store and at `flush()`. Nothing here raises into the training job."""
+    """Logs metrics, params, tags and artifacts into the run recorded in `folder`. A call the store does not answer
+    is appended (fsynced) to the folder's buffer, and the buffer is replayed, in order, before the next call that
+    reaches the store and at `flush()`. The buffer is append-only: what the store has taken is counted in a
+    separate file written atomically, a line torn by a killed writer is skipped with a warning, and an entry the
+    store refuses for good is dropped with a warning (it cannot hold back what follows). Nothing here raises into
+    the training job."""
 
-    def __init__(self, uri: str, run_id: str, buffer: str | os.PathLike, retries: int = 3, wait_s: float = 1.0,
-                 backoff_s: float = 30.0):
-        for k, v in JOB_HTTP_ENV.items():
-            os.environ.setdefault(k, v)
-        self.uri, self.run_id, self.buffer = uri, run_id, Path(buffer)
-        self.retries, self.wait_s, self.backoff_s = retries, wait_s, backoff_s
-        self._down_until = 0.0  # after a failure, buffer without trying for backoff_s (keeps training fast)
+    def __init__(self, uri: str, folder: str | os.PathLike):
+        self.uri, self.folder = uri, Path(folder)
+        self.buffer, self.acked = self.folder / BUFFER_FILE, self.folder / ACKED_FILE
         self._client = client(uri)
+        self._run_id: str | None = None
 
     # public API
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -161,6 +284,9 @@ class RunLogger:
     def set_tags(self, tags: dict[str, object]) -> None:
         self._do({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
+    def delete_tags(self, keys: tuple[str, ...]) -> None:
+        self._do({"op": "untag", "keys": list(keys)})
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self._do({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
@@ -169,88 +295,104 @@ class RunLogger:
         self._do({"op": "status", "status": status})
 
     def flush(self) -> bool:
-        """Replay the buffer now; True when it is empty afterwards."""
-        self._down_until = 0.0
-        with self._locked() as f:
+        """Replay the buffer now; True when nothing is left in it."""
+        OUTAGES.retry_now(self.uri)
+        with file_lock(self.buffer) as f:
             return self._replay(f)
+
+    @property
+    def run_id(self) -> str:
+        if self._run_id is None:
+            self._run_id = resolve_run(self.uri, self.folder)
+        return self._run_id
 
     # internals
     def _apply(self, entry: dict) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        c, op = self._client, entry["op"]
+        c, op, run_id = self._client, entry["op"], self.run_id
         if op == "metrics":
-            c.log_batch(self.run_id, metrics=[Metric(k, v, entry["ts"], entry["step"])
-                                              for k, v in entry["metrics"].items()], synchronous=True)
+            c.log_batch(run_id, metrics=[Metric(k, v, entry["ts"], entry["step"])
+                                         for k, v in entry["metrics"].items()], synchronous=True)
         elif op == "params":
-            existing = c.get_run(self.run_id).data.params
+            existing = c.get_run(run_id).data.params
             new = {k: v for k, v in entry["params"].items() if k not in existing}  # params are write-once
             if new:
-                c.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()], synchronous=True)
+                c.log_batch(run_id, params=[Param(k, v) for k, v in new.items()], synchronous=True)
         elif op == "tags":
-            c.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()], synchronous=True)
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in entry["tags"].items()], synchronous=True)
+        elif op == "untag":
+            existing = c.get_run(run_id).data.tags
+            for key in entry["keys"]:
+                if key in existing:
+                    c.delete_tag(run_id, key)
         elif op == "artifact":
             if Path(entry["path"]).exists():
-                c.log_artifact(self.run_id, entry["path"], entry["artifact_path"])
+                c.log_artifact(run_id, entry["path"], entry["artifact_path"])
         elif op == "status":
             if entry["status"] == "RUNNING":
-                c.update_run(self.run_id, status="RUNNING")
+                c.update_run(run_id, status="RUNNING")
             else:
-                c.set_terminated(self.run_id, status=entry["status"])
+                c.set_terminated(run_id, status=entry["status"])
 
-    def _try(self, entry: dict) -> bool:
-        if time.time() < self._down_until:
+    def _send(self, entry: dict) -> bool:
+        """True when the store took the entry or refused it for good; False when it did not answer."""
+        if OUTAGES.down(self.uri):
             return False
-        for attempt in range(self.retries):
-            try:
-                self._apply(entry)
-                return True
-            except Exception as err:  # any store failure: retry, then buffer
-                if attempt == self.retries - 1:
-                    self._down_until = time.time() + self.backoff_s
-                    log.warning("MLflow unavailable (%s: %s); buffering to %s", type(err).__name__, err, self.buffer)
-                else:
-                    time.sleep(self.wait_s * (attempt + 1))
-        return False
+        try:
+            self._apply(entry)
+        except Exception as err:  # any store failure: buffer, or drop what the store refuses
+            if not refused(err):
+                OUTAGES.failed(self.uri)
+                log.warning("MLflow unavailable (%s: %s); buffering to %s", type(err).__name__, err, self.buffer)
+                return False
+            log.warning("MLflow refused a %r entry for %s (%s); dropped", entry["op"], self.folder, err)
+        OUTAGES.answered(self.uri)
+        return True
 
     def _do(self, entry: dict) -> None:
-        with self._locked() as f:
-            if not self._replay(f) or not self._try(entry):
-                f.seek(0, os.SEEK_END)
-                f.write(json.dumps(entry) + "\n")
+        with file_lock(self.buffer) as f:
+            if not (self._replay(f) and self._send(entry)):
+                f.write(json.dumps(entry).encode() + b"\n")  # append mode: always at the end
                 f.flush()
+                os.fsync(f.fileno())
 
     def _replay(self, f) -> bool:
-        f.seek(0)
-        pending = [json.loads(line) for line in f.read().splitlines() if line.strip()]
-        if not pending:
-            return True
-        done = 0
-        for entry in pending:
-            if not self._try(entry):
-                break
-            done += 1
-        f.seek(0)
-        f.truncate()
-        f.write("".join(json.dumps(e) + "\n" for e in pending[done:]))
-        f.flush()
-        return done == len(pending)
+        """Send the buffer's entries past the acknowledged offset, in order, acknowledging each; True when none is
+        left."""
+        offset = self._acked_offset(f)
+        f.seek(offset)
+        for line in f.read().splitlines(keepends=True):
+            try:
+                entry = json.loads(line)
+            except ValueError:  # torn by a killed writer (terminated by _acked_offset)
+                log.warning("%s: skipping a torn entry at byte %d: %r", self.buffer, offset, line[:80])
+            else:
+                if not self._send(entry):
+                    return False
+            offset += len(line)
+            atomic_write_json(self.acked, {"offset": offset})
+        return True
 
-    class _Lock:
-        def __init__(self, path: Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "a+")
+    def _acked_offset(self, f) -> int:
+        """Where the unsent entries start; a torn last line (a writer killed mid-line) is terminated first, so it
+        is skipped as one bad line and nothing appended after it joins it."""
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+                f.flush()
+                size += 1
+        offset = json.loads(self.acked.read_text())["offset"] if self.acked.exists() else 0
+        return offset if offset <= size else 0  # a buffer replaced by hand starts over
 
-        def __enter__(self):
-            fcntl.flock(self.f, fcntl.LOCK_EX)  # several processes of one cell may log at once (DDP is rank 0 only)
-            return self.f
 
-        def __exit__(self, *exc):
-            fcntl.flock(self.f, fcntl.LOCK_UN)
-            self.f.close()
-
-    def _locked(self):
-        return self._Lock(self.buffer)
+def pending(folder: str | os.PathLike) -> bool:
+    """Whether the buffer in `folder` holds entries the store has not taken."""
+    buffer, acked = Path(folder) / BUFFER_FILE, Path(folder) / ACKED_FILE
+    size = buffer.stat().st_size if buffer.exists() else 0
+    return size > (json.loads(acked.read_text())["offset"] if acked.exists() else 0)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

@@ -5,22 +5,34 @@ same way, or a raw state_dict `.bin`. One key-mapping layer (`to_official` / `fr
 between the official key names and ours; the architecture comes from the official config where there is
 one and from the tensor shapes otherwise.
 
-The project's own checkpoints are safetensors files whose metadata holds the model config, so a file
-rebuilds its model alone: `save(model, path)` / `load(path)`.
+The project's own checkpoints are safetensors files whose metadata holds the model config and a sha256 of the
+tensor data, so a file rebuilds its model alone and a damaged one is refused: `save(model, path)` / `load(path)`.
+
+Every file the project writes goes through `atomic_path` (bench/core/io.py builds its writers on it): a temporary
+file beside the target, named after the target, host and PID, created with ordinary permissions (0666 & ~umask, not
+mkstemp's 0600), fsynced and renamed over the target. A writer that is killed (SIGKILL, preemption) leaves its
+temporary file behind; the next write of the same target removes it once its writer is gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
 import os
 import re
-import tempfile
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .generators import GeneratorConfig
@@ -31,11 +43,17 @@ from .titok import TiTokConfig
 from .variants import VARIANTS, Variant, build_from_config, resolve
 
 FORMAT = "titok-bench/1"
+DIGEST_KEY = "tensors_sha256"  # in our checkpoints' metadata (files written before it have none and still load)
 _CONFIG_TYPES = {"TiTokConfig": TiTokConfig, "GeneratorConfig": GeneratorConfig, "VQGANConfig": VQGANConfig}
 _NESTED = {"vqgan": VQGANConfig, "sampler": SamplerSettings}
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (unreadable, corrupt, not the requested variant); the message names
+    the file and what to do."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint that does not fit the model: names the missing and unexpected keys and shape conflicts."""
 
     def __init__(self, what: str, missing: list[str], unexpected: list[str],
@@ -285,9 +303,19 @@ def load_official_state(state: dict[str, torch.Tensor], official_config: dict | 
     return model.eval()
 
 
+def read_config(path: Path) -> dict | None:
+    """An official config.json (None when there is none)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}): repair it, download it again, or delete it to "
+                              "infer the architecture from the weights") from None
+
+
 def read_official_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else None
+    config = read_config(folder / "config.json")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).exists():
             return read_state_file(folder / name), config
@@ -300,11 +328,12 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or not a checkpoint at all
-        raise ValueError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err})") from None
+        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}): it is "
+                              "truncated or corrupt (an interrupted copy or download?); copy it again") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state_dict of tensors")
+        raise CheckpointError(f"{path} is not a state_dict of tensors")
     return state
 
 
@@ -327,47 +356,142 @@ def config_from_json(text: str):
     return cls(**fields)
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """safetensors write to a temporary file in the same folder, fsync, rename: never a torn checkpoint."""
+STALE_TEMP_AGE_S = 3600  # a temporary file untouched this long has no live writer, wherever it ran
+_HOST = socket.gethostname()
+
+
+def _temp_owner_gone(tmp: Path, prefix: str) -> bool:
+    """Whether the writer of temporary file `tmp` (named <prefix><host>.<pid>.<token>.tmp) is gone: a dead PID on
+    this host; a writer on another host (a requeued job lands elsewhere), or a name of another pattern, when the
+    file has not been written to for STALE_TEMP_AGE_S."""
+    host, _, pid = tmp.name[len(prefix):-len(".tmp")].rpartition(".")[0].rpartition(".")
+    if host == _HOST and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            pass
+    try:
+        return time.time() - tmp.stat().st_mtime > STALE_TEMP_AGE_S
+    except FileNotFoundError:  # its writer just finished
+        return False
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary files that killed writers of `path` left beside it; returns them."""
+    prefix = f".{path.name}."
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if _temp_owner_gone(tmp, prefix):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary file beside `path` for the block to write (by name, keeping the file: a writer that
+    replaces it brings its own permissions); when the block ends without an exception it is fsynced and renamed
+    over `path`, and the folder fsynced; otherwise it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    remove_stale_temporaries(path)  # before this write needs the space
+    tmp = path.parent / f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as to any file
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: name, dtype, shape and raw bytes (what bit rot changes)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Save weights + config (+ optional string metadata) as one self-describing safetensors file."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "kind": model.kind, "config": config_to_json(model.config), **(metadata or {})}
-    atomic_save_file(tensors, path, meta)
+    meta = {"format": FORMAT, "kind": model.kind, "config": config_to_json(model.config),
+            DIGEST_KEY: tensor_digest(tensors), **(metadata or {})}
+    with atomic_path(path) as tmp:
+        # bytes through our own file: save_file would write a temporary file of its own (.tmpXXXXXX, mode 0600)
+        # beside it, which a killed writer leaves behind under a name nobody can attribute
+        tmp.write_bytes(safetensors_bytes(tensors, metadata=meta))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # zero bytes, a truncated header or data, not safetensors at all
+        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}): it is "
+                              "truncated or corrupt (an interrupted copy or download?); copy it again") from None
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a model from one of the project's own checkpoint files."""
+def _describe(v: Variant) -> str:
+    return f"a {v.kind} with " + ", ".join(f"{k} {val}" for k, val in v.sizes().items())
+
+
+def load(path: str | os.PathLike, variant: str | None = None) -> nn.Module:
+    """Rebuild a model from one of the project's own checkpoint files; `variant`: it must hold that architecture."""
+    path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a titok-bench checkpoint (no '{FORMAT}' metadata); "
-                         "for released weights use models.from_pretrained")
+        raise CheckpointError(f"{path} is not a titok-bench checkpoint (no '{FORMAT}' metadata); "
+                              "for released weights use models.from_pretrained")
     config = config_from_json(meta["config"])
+    if variant is not None:
+        held, want = Variant(path.name, meta.get("kind", "?"), config), resolve(variant)
+        if (held.kind, held.sizes()) != (want.kind, want.sizes()):
+            raise CheckpointError(f"{path} holds {_describe(held)}, not the requested {variant} ({_describe(want)}): "
+                                  "pass the checkpoint of that variant, or no variant to load what the file holds")
+    state = read_state_file(path)
+    if DIGEST_KEY in meta and tensor_digest(state) != meta[DIGEST_KEY]:
+        raise CheckpointError(f"{path}: the tensor data does not match the sha256 written with it (bit rot or a "
+                              "damaged copy): restore the file from a good copy, or retrain it")
     with torch.device("meta"):
         model = build_from_config(config)
-    return load_state_into(model, load_file(str(path)), f"its own config ({type(config).__name__})").eval()
+    return load_state_into(model, state, f"its own config ({type(config).__name__})").eval()
 
 
 # ---- the front door ----------------------------------------------------------------------------------------
+_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a string that names nothing here was meant as a local path rather than a hub repo id ("owner/name")
+    or a variant name: it starts with '.', '~' or a separator, has more than one separator or a checkpoint file's
+    suffix, or its first folder exists here."""
+    parts = re.split(r"[/\\]", text)
+    return (text.startswith((".", "~", "/", "\\")) or len(parts) > 2 or Path(text).suffix in _FILE_SUFFIXES
+            or (len(parts) > 1 and Path(parts[0]).is_dir()))
+
+
 def _hub_download(repo: str, cache_dir: str | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -395,10 +519,8 @@ def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
         return load_official_state(state, config, variant)
     if path.is_file():
         if path.suffix == ".safetensors" and read_metadata(path).get("format") == FORMAT:
-            return load(path)
-        sibling = path.parent / "config.json"
-        config = json.loads(sibling.read_text()) if sibling.exists() else None
-        return load_official_state(read_state_file(path), config, variant)
+            return load(path, variant)
+        return load_official_state(read_state_file(path), read_config(path.parent / "config.json"), variant)
     if text in VARIANTS:
         v = VARIANTS[text]
         if not v.hub_repo:
@@ -407,6 +529,8 @@ def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
                              + f"; build it untrained with models.build({text!r})")
         state, config = read_official_folder(_hub_download(v.hub_repo, cache_dir))
         return load_official_state(state, config, variant or text)
+    if looks_like_path(text):
+        raise FileNotFoundError(f"no such file or folder: {path.absolute()}")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
         state, config = read_official_folder(_hub_download(text, cache_dir))
         return load_official_state(state, config, variant)

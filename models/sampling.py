@@ -7,6 +7,8 @@ Sampler, step s = 0..T-1 with r = (s+1)/T:
 - Gumbel-max choice with noise scaled by the annealed temperature tau = randomize_temperature*(1 - r);
 - the floor(K*arccos(r)/(pi/2)) least confident new tokens (confidence = chosen logit + tau*Gumbel,
   +inf for fixed tokens) are masked again, at least one and leaving one new token; the last step keeps all.
+  As the reference, the count is the first row's for the whole batch (rows can differ only after ties), and
+  logits keep their dtype unless half precision (float64 logits are not rounded to float32).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int
                 cond, uncond = logits_fn(ids, False), logits_fn(ids, True)
             base = uncond if settings.guidance_decay == "power-cosine" else cond
             logits = base + (cond - uncond) * weight
-        logits = logits.float()
+        if logits.dtype in (torch.float16, torch.bfloat16):  # upcast half precisions only: float64 stays (parity)
+            logits = logits.float()
         if settings.softmax_temperature_annealing:
             logits = logits / (0.5 + 0.8 * (1.0 - ratio))
         noisy = logits + tau * _gumbel(logits.shape, logits, generator) if tau > 0 else logits
@@ -109,7 +112,8 @@ def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int
         if tau > 0:
             confidence = confidence + tau * _gumbel(confidence.shape, confidence, generator)
         target = math.floor(num_tokens * math.acos(ratio) / (math.pi / 2))
-        mask_len = (is_mask.sum(-1, keepdim=True) - 1).clamp(max=target).clamp(min=1)
+        # one count for the whole batch, from the first row, as the reference: rows differ only after ties
+        mask_len = (is_mask[:1].sum(-1, keepdim=True) - 1).clamp(max=target).clamp(min=1).expand(batch, 1)
         cut_off = confidence.sort(dim=-1).values.gather(-1, mask_len - 1)
         ids = torch.where(confidence <= cut_off, torch.full_like(sampled, mask_id), sampled)
     return ids

@@ -262,7 +262,7 @@ _PROVENANCE = {
     "preset": lambda r: r.preset,
     "gFID/IS samples (gfid_num_samples)": lambda r: _count(r.metrics.get("gfid_num_samples")),
     "rFID images (rfid_num_images)": lambda r: _count(r.metrics.get("rfid_num_images")),
-    "FID backend": lambda r: r.tags.get(T.TAG_FID_BACKEND),
+    "FID distance": lambda r: r.tags.get(T.eval_tag("gfid", "distance")),
     "FID reference": lambda r: r.tags.get(T.TAG_REFERENCE),
     "stand-in (random) weights": lambda r: "yes" if r.weights_random else "no",
     "device": lambda r: r.tags.get(T.TAG_DEVICE),

@@ -1,5 +1,5 @@
 """One self-contained HTML page per report: figures embedded as base64 PNG, the tables, the sweep's settings,
-what the numbers are (preset, sample counts, FID backend and reference), and what is missing or was ignored.
+what the numbers are (preset, sample counts, FID distance and reference), and what is missing or was ignored.
 
 No network: no external CSS, fonts or scripts. A few lines of inline JavaScript record each image's
 natural size in data attributes once the page has loaded (the browser test reads them from the DOM).

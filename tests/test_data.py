@@ -341,3 +341,29 @@ def test_eval_shards_cover_every_index_once_in_order(world_size):
     outputs = [torch.cat(list(make_eval_loader(Keys(n), batch_size=4, rank=r, world_size=world_size)))
                for r in range(world_size)]
     assert torch.cat(outputs)[:, 0].tolist() == list(range(n))
+
+
+def test_folder_subset_prefixes_are_class_balanced(tmp_path):
+    """An evaluation reads the first N images of its subset: every prefix must cover the classes evenly, not the
+    first classes in folder order."""
+    for c in range(4):
+        (tmp_path / f"train/c{c}").mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(_noise(8, 8, seed=10 * c + i)).save(tmp_path / f"train/c{c}/{i}.png")
+    sub = folder(tmp_path, num_images=12, seed=1)
+    assert sorted(y for _, y in sub.samples[:4]) == [0, 1, 2, 3]
+    assert sorted(y for _, y in sub.samples[:8]) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_folder_empty_class_folders_and_too_many_classes_are_errors(tmp_path):
+    """An empty class folder would take a label (shifting every later class); asking for more classes than the
+    folder has fails at once with the count to set."""
+    for c in ("a", "b", "c"):
+        (tmp_path / f"train/{c}").mkdir(parents=True)
+    for c in ("a", "c"):
+        Image.fromarray(_noise(8, 8)).save(tmp_path / f"train/{c}/x.png")
+    with pytest.raises(DatasetError, match=r"\['b'\].*hold no image files"):
+        folder(tmp_path)
+    Image.fromarray(_noise(8, 8)).save(tmp_path / "train/b/x.png")
+    with pytest.raises(DatasetError, match="data.num_classes=3"):
+        folder(tmp_path, num_classes=1000)

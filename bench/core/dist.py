@@ -6,6 +6,7 @@ One process per GPU with NCCL, or CPU processes with gloo. Single-process runs n
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -28,13 +29,28 @@ class DistInfo:
         return self.world_size > 1
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(device: str) -> str:
+    """A device setting of a supported form; anything else (gpu, tpu, mps) is an error rather than a CPU run."""
+    if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
+        return device
+    raise ValueError(f"device {device!r} is not supported: use one of {DEVICES}")
+
+
 def setup(device: str = "auto") -> DistInfo:
-    """Initialise the process group when WORLD_SIZE > 1 (idempotent) and pick this rank's device."""
+    """Initialise the process group when WORLD_SIZE > 1 (idempotent) and pick this rank's device: cuda:N in a
+    single process, cuda:LOCAL_RANK under torchrun/submitit."""
+    check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device != "cpu"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}, but torch sees no CUDA device here: use device cpu (or auto)")
+    index = int(device.partition(":")[2]) if ":" in device and world == 1 else local_rank
+    dev = torch.device("cuda", index) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -1,65 +1,35 @@
 """The one way bench/ writes a file that others read (checkpoints, npz files, features, results, records):
-atomically. The content goes to a temporary file beside the target (a unique name, so concurrent writers never
-share one), is flushed and fsynced, gets ordinary file permissions (group- and world-readable under the umask,
-not mkstemp's 0600: results on a shared cluster folder stay readable to the group) and is renamed over the
-target; the folder is fsynced so the rename survives a crash. A reader never sees a torn file under the real
-name, and a writer that fails or is interrupted removes its temporary file.
+atomically, through models.checkpoints.atomic_path (the one implementation, which the model zoo's checkpoint
+writer shares: models/ imports nothing from bench/). The content goes to a temporary file beside the target (named
+after the target, host and PID, so concurrent writers never share one), is flushed and fsynced, has ordinary file
+permissions (group- and world-readable under the umask, not mkstemp's 0600: results on a shared cluster folder stay
+readable to the group) and is renamed over the target; the folder is fsynced so the rename survives a crash. A
+reader never sees a torn file under the real name; a writer that fails removes its temporary file, and one that is
+killed (SIGKILL, preemption) has its temporary file removed by the next write of the same target.
 
     with atomic_file(path) as f: np.savez(f, **arrays)      # any writer that takes a binary file object
     atomic_write_json(path, {"metrics": ...})
     atomic_write_text(path, text)
-
-(models/checkpoints.py keeps its own safetensors writer with the same guarantees: models/ imports nothing from
-bench/.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file object whose content replaces `path` when the block ends without an exception."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    from models.checkpoints import atomic_path  # here: the model zoo brings torch, which bench.tracking's readers
+    # (reports/) never need
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -64,6 +64,8 @@ def load_model(source: str, kind: str, allow_random: bool, standin_overrides: di
     (bench.weights: MissingWeightsError says where to put them); with allow_random, a missing file or a name
     without released weights gives a seeded stand-in built with `standin_overrides`."""
     path = Path(source).expanduser()
+    if not path.exists() and models.checkpoints.looks_like_path(source):
+        raise SetupError(f"no such file or folder: {path.absolute()}")
     if path.exists():
         model, random, label = models.from_pretrained(path), _trained_with_standin(path), _checkpoint_label(path)
     else:

@@ -10,9 +10,11 @@
   transparency) is composited onto white, because transparent pixels often hold arbitrary colours
   (dropping alpha exposes them) and most transparent images are drawn for a white page. 16-bit
   greyscale ('I;16', 'I') is scaled by 255/65535 (Pillow's own 'RGB' conversion would clip it).
-- Unreadable files (truncated, corrupt, not an image) are replaced by the next readable index, so a batch
-  keeps its size, and reported: each process appends one JSON line per skipped file to its own file in
-  the `skipped_log` folder (safe with DataLoader workers and DDP ranks), and `skipped()` merges them.
+- Unreadable files (truncated, corrupt, not an image) are reported: each process appends one JSON line per
+  skipped file to its own file in the `skipped_log` folder (safe with DataLoader workers and DDP ranks), and
+  `skipped()` merges them. Indexing (training) replaces one by the next readable index, so a batch keeps its
+  size; `read(index)` (evaluation: bench.eval.run.eval_batches) gives None instead, so an evaluation counts
+  each image once and under its own label.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ def _scan_images(folder: str) -> list[str]:
     return found
 
 
+def _has_images(folder: str) -> bool:
+    """Whether `folder` holds an image file (stops at the first: cheap on a million-file split)."""
+    for _, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS) for f in filenames):
+            return True
+    return False
+
+
 def _class_folders(folder: str) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
@@ -98,16 +109,24 @@ class ImageFolderDataset(Dataset):
                     f"val: one folder per synset, as in the train split)" if loose else "it is empty")
             raise DatasetError(f"split folder {self.split_dir} has no class folders: {what}; {layout}")
         train_dir = os.path.join(self.root, "train")
-        self.classes = _class_folders(train_dir) if os.path.isdir(train_dir) else split_classes
+        label_dir = train_dir if os.path.isdir(train_dir) else self.split_dir  # its sorted class folders: the labels
+        self.classes = _class_folders(label_dir)
         unknown = sorted(set(split_classes) - set(self.classes))
         if unknown:
             raise DatasetError(f"class folders {unknown[:5]} of {self.split_dir} are not in {train_dir}, which "
                                f"defines the labels; the splits must use the same class folder names")
         if num_classes is not None:
             if not 1 <= num_classes <= len(self.classes):
-                raise DatasetError(f"num_classes={num_classes}, but {self.root} has {len(self.classes)} classes")
+                raise DatasetError(f"num_classes={num_classes}, but {label_dir} has {len(self.classes)} class "
+                                   f"folders: set data.num_classes={len(self.classes)} (or fewer: the first in "
+                                   "sorted order), or point the root at the full dataset")
             self.classes = self.classes[:num_classes]  # a subset: the first classes in sorted order
         self.num_classes = len(self.classes)
+        empty = [name for name in self.classes if not _has_images(os.path.join(label_dir, name))]
+        if empty:  # it would still take a label, shifting every later class's
+            raise DatasetError(f"class folders {empty[:5]} of {label_dir} hold no image files, yet each class "
+                               f"folder is a label ({len(empty)} empty of {len(self.classes)}): restore their "
+                               f"images or remove the folders that are not classes; {layout}")
 
         samples = []
         for label, name in enumerate(self.classes):
@@ -149,16 +168,21 @@ class ImageFolderDataset(Dataset):
         if not 0 <= index < n:
             raise IndexError(f"index {index} out of range for {n} images in {self.split_dir}")
         for attempt in range(n):  # the next readable index replaces an unreadable one
-            i = (index + attempt) % n
-            if i in self._bad:
-                continue
-            try:
-                image = load_rgb(self.path(i))
-            except Exception as e:  # any decoder failure (Pillow raises many types) means "skip this file"
-                self._record_skip(i, f"{type(e).__name__}: {e}")
-                continue
-            return self.transform(image, sample_seed), int(self._labels[i])
+            sample = self.read((index + attempt) % n, sample_seed)
+            if sample is not None:
+                return sample
         raise DatasetError(f"none of the {n} image files in {self.split_dir} could be read; see skipped()")
+
+    def read(self, index: int, sample_seed: int | None = None) -> tuple[torch.Tensor, int] | None:
+        """The sample of exactly `index`, or None (reported) when its file cannot be read."""
+        if index in self._bad:
+            return None
+        try:
+            image = load_rgb(self.path(index))
+        except Exception as e:  # any decoder failure (Pillow raises many types) means "skip this file"
+            self._record_skip(index, f"{type(e).__name__}: {e}")
+            return None
+        return self.transform(image, sample_seed), int(self._labels[index])
 
     def transform(self, image: Image.Image, sample_seed: int | None = None) -> torch.Tensor:
         size = self.image_size
@@ -215,8 +239,8 @@ class ImageFolderDataset(Dataset):
 
 def _balanced_subset(samples: list[tuple[str, int]], max_images: int, seed: int) -> list[tuple[str, int]]:
     """At most `max_images` samples, classes as balanced as possible (counts differ by at most one where
-    classes have enough images): round-robin over classes, each class in a seeded random order. The
-    result keeps the original (class, path) order."""
+    classes have enough images): round-robin over classes, each class in a seeded random order, and kept in
+    that round-robin order, so that any prefix (an evaluation reading the first N) is class-balanced too."""
     if max_images < 1:
         raise DatasetError(f"max_images must be positive, got {max_images}")
     by_class: dict[int, list[int]] = {}
@@ -229,4 +253,4 @@ def _balanced_subset(samples: list[tuple[str, int]], max_images: int, seed: int)
     while len(chosen) < max_images and any(depth < len(q) for q in queues):
         chosen.extend(q[depth] for q in queues if depth < len(q))
         depth += 1
-    return [samples[i] for i in sorted(chosen[:max_images])]
+    return [samples[i] for i in chosen[:max_images]]

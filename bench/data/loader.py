@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -124,6 +124,13 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
 
 def make_eval_loader(dataset: Dataset, *, batch_size: int, rank: int = 0, world_size: int = 1,
                      num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Evaluation loader of one rank: its `eval_shard` in dataset order, the last batch possibly short."""
+    """Evaluation loader of one rank: its `eval_shard` in dataset order, the last batch possibly short. A sample
+    that is None (a file that cannot be read) is left out of its batch; a batch left empty is None."""
     return DataLoader(dataset, batch_size=batch_size, sampler=eval_shard(len(dataset), rank, world_size),
-                      shuffle=False, drop_last=False, num_workers=num_workers, pin_memory=pin_memory)
+                      shuffle=False, drop_last=False, num_workers=num_workers, pin_memory=pin_memory,
+                      collate_fn=_collate_present)
+
+
+def _collate_present(samples: list):
+    present = [s for s in samples if s is not None]
+    return default_collate(present) if present else None

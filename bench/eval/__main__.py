@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="for rFID and gFID alike (default: the protocol's, float64 for rFID, float32 for gFID)")
     g.add_argument("--allow-random-weights", action="store_true",
                    help="seeded random stand-ins for missing pretrained weights; results are tagged random")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--device", default="auto", help=f"{D.DEVICES} (under torchrun: cuda:LOCAL_RANK)")
     g.add_argument("--out", help="write the result as JSON here")
     return ap.parse_args(argv)
 
@@ -232,10 +232,14 @@ def write_json(report: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info = D.setup(args.device)
+    try:
+        info = D.setup(args.device)
+    except ValueError as err:  # a device this machine or the harness does not have
+        print(f"error: --device: {err}", file=sys.stderr)
+        return 2
     try:
         report = evaluate(args, info)
-    except (weights.MissingWeightsError, DatasetError, SetupError, models.CheckpointMismatchError,
+    except (weights.MissingWeightsError, DatasetError, SetupError, models.checkpoints.CheckpointError,
             FileNotFoundError) as err:
         if info.is_main:
             print(f"error: {err}", file=sys.stderr)

@@ -6,7 +6,8 @@
 Against a reference batch (bench.eval.npz: mu, sigma, mu_s, sigma_s, arr_0 images):
 - gfid: Frechet distance of the samples' pool features to (mu, sigma) (scipy sqrtm with ADM's eps fallback, or
   fid_method="eigh"); gfid_clean: clean-fid's own Frechet distance on the same statistics (second backend);
-- gfid_is: Inception Score, softmax of the unbiased logits, 10 consecutive splits in sample order, mean;
+- gfid_is: Inception Score, softmax of the unbiased logits, ADM's splits (consecutive chunks of 5,000 in sample
+  order, the last one shorter), mean;
 - sfid: the same distance on the sFID spatial features vs (mu_s, sigma_s) (absent when the batch has none);
 - precision, recall: k=3 improved precision/recall of the samples' pool features vs those of the batch's
   images (absent when the batch stores no images);
@@ -31,13 +32,12 @@ from bench.core.io import atomic_file
 from bench.data import eval_shard
 from bench.eval import backends, npz
 from bench.eval.inception import SPATIAL_DIM, InceptionFeatures
-from bench.eval.metrics import FeatureStats, frechet_distance, inception_score, precision_recall
+from bench.eval.metrics import ADM_IS_SPLIT_SIZE, FeatureStats, frechet_distance, inception_score, precision_recall
 from bench.eval.npz import ReferenceBatch, load_reference_batch, save_reference_batch
 
 from .reconstruction import LOGITS_DIM, POOL_DIM
 from .run import SINGLE_PROCESS, SetupError, empty_rows, eval_batches, on_main, progress, to_uint8
 
-IS_SPLITS = 10
 PR_NEIGHBOURS = 3
 
 
@@ -142,8 +142,6 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
     images, sample_meta = _open_samples(samples)
     ref, ref_images = _open_reference(reference_batch)
     n = len(images)
-    if n < IS_SPLITS:
-        raise SetupError(f"{n} samples cannot make the Inception Score's {IS_SPLITS} splits")
     pool, logits, spatial = _sharded_features(images, inception, info, batch_size, "sample features",
                                               logits=True, spatial=ref.mu_s is not None)
     ref_pool = None
@@ -155,7 +153,7 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
         out = {"gfid": frechet_distance(mu, sigma, ref.mu, ref.sigma, method=fid_method)}
         if clean_fid:
             out["gfid_clean"] = backends.cleanfid_fid(mu, sigma, ref.mu, ref.sigma)
-        out["gfid_is"] = inception_score(logits, splits=IS_SPLITS)[0]
+        out["gfid_is"] = inception_score(logits, split_size=ADM_IS_SPLIT_SIZE)[0]
         if spatial is not None:
             out["sfid"] = frechet_distance(*spatial.mean_cov(), ref.mu_s, ref.sigma_s, method=fid_method)
         if ref_pool is not None:
@@ -192,8 +190,8 @@ def make_reference_batch(dataset: Dataset, num_images: int, inception: Inception
     path = Path(path)
     if info.is_main:
         describe = getattr(dataset, "describe", dict)()
-        meta = {"dataset": describe, "num_images": num_images, "inception_random": inception.random,
-                **(metadata or {})}
+        meta = {"dataset": describe, "num_images": len(labels), "eval_skipped_images": num_images - len(labels),
+                "inception_random": inception.random, **(metadata or {})}
         mu, sigma = FeatureStats.of(pools).mean_cov()
         mu_s, sigma_s = spatial.mean_cov()
         save_reference_batch(path, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, images=images.numpy(),

@@ -8,7 +8,8 @@
   rewrite, tr (S1 S2)^(1/2) = sum sqrt(eig(S1^(1/2) S2 S1^(1/2))), ~10x faster at 2048 dims (2.6 s vs 17-25 s on
   2 CPU cores) and agrees to ~1e-6 relative.
 - inception_score: the ADM formula: softmax of the unbiased logits, consecutive splits (no shuffle),
-  exp(mean KL(p(y|x) || p(y))) per split; returns (mean, std) over splits.
+  exp(mean KL(p(y|x) || p(y))) per split; returns (mean, std) over splits: `splits` equal ones, or ADM's rule
+  (chunks of ADM_IS_SPLIT_SIZE samples, the last one shorter).
 - precision_recall: improved precision/recall (Kynkaanniemi et al. 2019): k-NN radii within each set (k=3),
   precision = share of fakes inside some real ball, recall = share of reals inside some fake ball.
 - psnr, ssim (Gaussian window 11, sigma 1.5, valid filtering), per image, on [0, 1] images.
@@ -123,17 +124,26 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, **kwargs) -> float:
 
 
 # ---- Inception Score -----------------------------------------------------------------------------------------
-def inception_score(logits, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over `splits` consecutive chunks; with 50,000 samples these are ADM's 10 x 5,000."""
+ADM_IS_SPLIT_SIZE = 5000  # ADM's evaluator scores consecutive chunks of 5,000 samples
+
+
+def inception_score(logits, splits: int = 10, split_size: int | None = None) -> tuple[float, float]:
+    """(mean, std) over consecutive chunks of the samples: `splits` equal ones (torch-fidelity's rule), or with
+    `split_size` chunks of that many and a shorter last one (ADM's evaluator: ADM_IS_SPLIT_SIZE). The two agree
+    at 50,000 samples and differ by ~12% at 3,000."""
     lg = torch.as_tensor(logits).double().cpu()
     n = lg.shape[0]
-    if n < splits:
+    if split_size is not None:
+        bounds = list(range(0, n, split_size)) + [n]
+    elif n < splits:
         raise ValueError(f"{n} samples cannot make {splits} splits")
+    else:
+        bounds = [i * n // splits for i in range(splits + 1)]
     log_p = lg.log_softmax(1)
     scores = []
-    for i in range(splits):
-        part = log_p[i * n // splits:(i + 1) * n // splits]
-        log_q = torch.logsumexp(part, 0) - math.log(part.shape[0])  # log of the split's marginal p(y)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = log_p[lo:hi]
+        log_q = torch.logsumexp(part, 0) - math.log(part.shape[0])  # log of the chunk's marginal p(y)
         kl = (part.exp() * (part - log_q)).sum(1).mean()
         scores.append(kl.exp().item())
     return float(np.mean(scores)), float(np.std(scores))

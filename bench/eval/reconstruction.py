@@ -13,7 +13,7 @@ Returned keys (bench.tracking.METRICS): rfid (Frechet distance of the pool featu
 reference, or fid_method="eigh"), rfid_is (Inception Score of the reconstructions over all images as one split,
 as the reference's evaluator accumulates it), psnr and ssim (means over images of the uint8 pair, back in
 [0, 1]; psnr is inf when every reconstruction is exact), lpips (only with an LPIPS network), codebook_usage and
-codebook_entropy (VQ tokenizers only), rfid_num_images.
+codebook_entropy (VQ tokenizers only), rfid_num_images (the images read), eval_skipped_images (unreadable ones).
 
 Sharding: every rank takes a contiguous slice of the images; feature sums, metric sums and code histograms are
 all-reduced, logits gathered in image order; the distance is computed on the main rank and broadcast. The
@@ -97,9 +97,6 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     """rFID and friends of `tokenizer` on the first `num_images` images of `dataset` (see the module docstring).
     Models are moved to info.device. Every rank returns the same dict."""
     check_image_size(dataset, tokenizer.config.image_size, "the tokenizer")
-    if real_stats is not None and real_stats.count != num_images:
-        raise SetupError(f"real_stats hold {real_stats.count} images, the evaluation uses {num_images}: "
-                             "compute them with the same num_images")
     dev = info.device
     tokenizer = tokenizer.to(dev).eval()
     if teacher is not None:
@@ -128,6 +125,9 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
             codes += code_histogram(tokens, codes.numel())
     fake.all_reduce()
     real = real_stats if real is None else real.all_reduce()
+    if real.count != fake.count:  # after the pass: unreadable images are skipped in both
+        raise SetupError(f"real_stats hold {real.count} images, the evaluation read {fake.count}: "
+                         "compute them from the same images (the same num_images)")
     all_reduce_sum(sums)
     all_reduce_sum(codes)
     all_logits = gather_tensors(torch.cat(logits))
@@ -141,7 +141,7 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
             out["lpips"] = sums[2].item() / n
         if tokenizer.is_vq:
             out["codebook_usage"], out["codebook_entropy"] = usage_and_entropy(codes.cpu())
-        out["rfid_num_images"] = n
+        out["rfid_num_images"], out["eval_skipped_images"] = n, num_images - n
         return out
 
     return on_main(compute, info)

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 import models
@@ -57,17 +57,36 @@ def progress(iterable, info: DistInfo, desc: str):
     return tqdm(iterable, desc=desc, disable=None if info.is_main else True, leave=False)
 
 
+class _Exact(Dataset):
+    """The first `n` samples of a dataset, each its own: an unreadable file is None (left out of its batch), never
+    another image in its place (the folder dataset's `read`; a dataset without files has no unreadable ones)."""
+
+    def __init__(self, dataset: Dataset, n: int):
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        read = getattr(self.dataset, "read", None)
+        return self.dataset[index] if read is None else read(index)
+
+
 def eval_batches(dataset: Dataset, num_images: int, batch_size: int, info: DistInfo, num_workers: int = 0,
                  desc: str = "eval") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's (images, labels) batches, on its device, of the first `num_images` images: every image is
-    seen by exactly one rank (bench.data.eval_shard: contiguous slices in rank order)."""
+    seen by exactly one rank (bench.data.eval_shard: contiguous slices in rank order). Unreadable images are
+    skipped (and reported by the dataset), so what a run counts is the images it read: num_images minus the
+    skipped, which the results report as eval_skipped_images."""
     if not 1 <= num_images <= len(dataset):
         raise SetupError(f"num_images={num_images}, but the dataset holds {len(dataset)} images")
-    loader = make_eval_loader(Subset(dataset, range(num_images)), batch_size=batch_size, rank=info.rank,
+    loader = make_eval_loader(_Exact(dataset, num_images), batch_size=batch_size, rank=info.rank,
                               world_size=info.world_size, num_workers=num_workers,
                               pin_memory=info.device.type == "cuda")
-    for images, labels in progress(loader, info, desc):
-        yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+    for batch in progress(loader, info, desc):
+        if batch is not None:
+            images, labels = batch
+            yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
 
 
 def check_image_size(dataset: Dataset, image_size: int, what: str) -> None:

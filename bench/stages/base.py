@@ -153,6 +153,22 @@ def inception(spec, ctx: Context):
                       str(located) if located else None)
 
 
+def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]:
+    """What an evaluation's numbers were made with, as tags `titok.<metric>_*` (metric: rfid | gfid): the feature
+    network and its weights file's sha256, its dtype, the Frechet distance's implementation, the reference."""
+    from bench.eval.inception import TF_EXTRACTOR_NAME
+    from bench.tracking import eval_tag
+
+    path = Path(extractor.weights_path)
+    weights = "a random stand-in" if extractor.random else "released weights"
+    tags = {"features": f"torch-fidelity InceptionV3 ({TF_EXTRACTOR_NAME}, {weights})",
+            "features_sha256": _file_hash(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
+            "inception_dtype": spec.inception_dtype,
+            "distance": f"titok-bench bench.eval.metrics.frechet_distance ({spec.fid_method})",
+            "reference": reference}
+    return {eval_tag(metric, kind): value for kind, value in tags.items()}
+
+
 def eval_dataset(data: DataConfig, split: str, num_images: int):
     """The `num_images` evaluation images of `split` (centre crops; ImageNet: a class-balanced subset of that many,
     chosen with data.seed), the same for every stage and entry point that reads them."""

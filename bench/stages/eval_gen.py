@@ -25,7 +25,6 @@ NAME = "eval_gen"
 RESOURCES = "eval"
 PRODUCT = None
 SAMPLE_GRID = "samples.png"
-TAG_INCEPTION_DTYPE = "titok.gfid_inception_dtype"
 RULE = base.IdentityRule(NAME, base.WHERE_AND_HOW + ("batch_size", "sample_batch_size", "png", "model_name"),
                          {"generator": "generator", "tokenizer": "tokenizer", "teacher": "teacher",
                           "reference_batch": "reference_batch"})
@@ -80,7 +79,8 @@ def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
         save_sample_grid(npz, grid)
     return {"metrics": metrics, "samples": samples, "npz": str(npz), "random_weights": random,
             "tokenizer": tok.label, "generator": gen.label, "inception_dtype": spec.inception_dtype,
-            "tags": {TAG_INCEPTION_DTYPE: spec.inception_dtype}, "artifacts": [str(grid)]}
+            "tags": base.feature_tags("gfid", spec, inception, f"reference batch {Path(spec.reference_batch).name}"),
+            "artifacts": [str(grid)]}
 
 
 def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, columns: int = 8) -> None:

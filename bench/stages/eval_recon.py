@@ -13,6 +13,7 @@ the batch size, device, data root and workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.core.loading import SetupError
 from bench.stages import base, real_stats
@@ -21,7 +22,6 @@ from bench.train.recipes import DataConfig
 NAME = "eval_recon"
 RESOURCES = "eval"
 PRODUCT = None
-TAG_INCEPTION_DTYPE = "titok.rfid_inception_dtype"
 RULE = base.IdentityRule(NAME, base.EVAL_IGNORED,
                          {"tokenizer": "tokenizer", "teacher": "teacher", "real_stats": "real_stats"})
 
@@ -67,4 +67,6 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     if lpips is not None:
         random["lpips"] = lpips.random
     return {"metrics": metrics, "random_weights": random, "tokenizer": tok.label, "data": images.describe(),
-            "inception_dtype": spec.inception_dtype, "tags": {TAG_INCEPTION_DTYPE: spec.inception_dtype}}
+            "inception_dtype": spec.inception_dtype,
+            "tags": base.feature_tags("rfid", spec, inception, f"{meta.get('num_images')} real images' statistics "
+                                      f"({images.describe()['name']} {spec.split}, {Path(spec.real_stats).name})")}

@@ -2,15 +2,17 @@
 `new_task` (its identity through the stage module) and `run_task`.
 
 `run_task` is idempotent: a task whose `result.json` exists is skipped; an interrupted training stage resumes from
-the checkpoint in its folder. Metrics and tags go to the cell's MLflow run through `bench.tracking.RunLogger`
-(which never fails the job).
+the checkpoint in its folder; one process at a time runs a stage (a lock in its folder). Metrics and tags go to the
+cell's MLflow run through `bench.tracking.RunLogger` (which never fails the job).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,12 @@ import torch
 from bench import tracking as T
 from bench.core import dist as D
 from bench.core.io import atomic_write_json
+from bench.core.lock import owner_lock
 from bench.stages.base import Context
 
 RESULT = "result.json"
 SPEC = "spec.json"
+LOCK = ".owner.lock"  # held by the process running the stage (bench.core.lock.owner_lock)
 
 
 def stage_module(name: str):
@@ -80,19 +84,26 @@ def new_task(grid: str, cell: str, stage: str, spec, folder: Path,
 
 @dataclass(frozen=True)
 class Tracking:
-    """Where a cell logs: the store, its run (for the shared stages: the sweep's run) and the buffer file for
-    outages."""
+    """Where a cell logs: the store and the folder of its run record and buffer (for the shared stages: the
+    sweep's run)."""
 
     uri: str
-    run_id: str
-    buffer: str
+    run_dir: str
+
+    @property
+    def buffer(self) -> Path:
+        return Path(self.run_dir) / T.BUFFER_FILE
 
     def logger(self) -> T.RunLogger:
-        return T.RunLogger(self.uri, self.run_id, self.buffer)
+        return T.RunLogger(self.uri, self.run_dir)
 
 
 def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
-    """Run one stage (all ranks), record its result (rank 0) and log it. Returns the result dict."""
+    """Run one stage (all ranks), record its result (rank 0) and log it. Returns the result dict.
+
+    A stage folder has one owner at a time: rank 0 holds its lock (`LOCK`) for the whole stage, and a job that finds
+    another process holding it (a second sweep, a job left running by a killed driver) waits, then skips the stage
+    if that process finished it and resumes it as usual if not (the kernel drops a dead holder's lock)."""
     if task.done:
         return task.result()
     if task.threads:
@@ -103,9 +114,23 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
     out = Path(task.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = D.setup(getattr(task.spec, "device", "auto"))
+    with owner_lock(out / LOCK, lambda pid: _waiting(task, pid)) if info.is_main else nullcontext():
+        # the other ranks wait here for rank 0 to own the stage, and take its word on whether it is done
+        if D.any_rank(info.is_main and task.done, info.device):
+            return task.result()
+        return _run_owned(task, tracking, info, out)
+
+
+def _waiting(task: StageTask, pid: int | None) -> None:
+    print(f"{task.uid}: another process (PID {pid or 'unknown'}) owns this stage; waiting for it to end",
+          file=sys.stderr, flush=True)
+
+
+def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out: Path) -> dict:
     logger = tracking.logger() if tracking and info.is_main else None
     if logger:
         logger.set_tags({T.TAG_STATUS: "running"})
+        logger.delete_tags(T.ERROR_TAGS)  # an earlier job's failure is no longer the run's state
         logger.set_status("RUNNING")
 
     def log(metrics: dict, step: int) -> None:
@@ -121,7 +146,8 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
                   wall_s=result.get("wall_s", time.time() - t0), device=_device_name(info),
                   devices=_device_count(info, task.threads))
     if info.is_main:
-        atomic_write_json(out / RESULT, result)
+        # logged (or fsynced into the buffer) before the result marks the stage done: a job killed in between
+        # runs the stage again instead of leaving its metrics out of MLflow
         if logger:
             logger.log_metrics(numeric(result["metrics"]))
             tags = {T.TAG_DEVICE: result["device"], **result.get("tags", {})}
@@ -131,7 +157,8 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
             for artifact in result.get("artifacts", []):
                 logger.log_artifact(artifact, task.stage)
             logger.log_artifact(str(out / SPEC), f"specs/{task.stage}")
-    D.barrier()
+        atomic_write_json(out / RESULT, result)
+    D.barrier()  # rank 0 releases the stage once every rank is through it
     return result
 
 

@@ -305,3 +305,15 @@ def test_on_cuda_matches_cpu(cache, image_sets, features):
     assert precision_recall(out.pool, out.pool) == (1.0, 1.0)
     res = backends.torch_fidelity_metrics(*image_sets, ext, isc=False)
     assert res["frechet_inception_distance"] == pytest.approx(fid_low_rank(*(f.pool for f in features)), rel=1e-2)
+
+
+def test_inception_score_follows_adms_split_rule():
+    """ADM's evaluator scores consecutive chunks of 5,000 samples (the last one shorter): at 7,000 samples that is
+    [0, 5000) and [5000, 7000), not ten equal splits."""
+    from bench.eval.metrics import ADM_IS_SPLIT_SIZE
+
+    logits = torch.randn(7000, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    chunks = [inception_score(logits[:5000], splits=1)[0], inception_score(logits[5000:], splits=1)[0]]
+    assert inception_score(logits, split_size=ADM_IS_SPLIT_SIZE) == pytest.approx(
+        (np.mean(chunks), np.std(chunks)), rel=1e-12)
+    assert inception_score(logits, split_size=ADM_IS_SPLIT_SIZE) != pytest.approx(inception_score(logits, splits=10))

@@ -31,7 +31,8 @@ from tests.distributed import join, spawn
 N = 10  # images per set: the stand-in Inception costs ~0.1-0.3 s per image here; IS needs >= 10 (10 splits)
 TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
            codebook_size=64, token_size=8)
-RECON_KEYS = {"rfid", "rfid_is", "psnr", "ssim", "lpips", "codebook_usage", "codebook_entropy", "rfid_num_images"}
+RECON_KEYS = {"rfid", "rfid_is", "psnr", "ssim", "lpips", "codebook_usage", "codebook_entropy", "rfid_num_images",
+              "eval_skipped_images"}
 
 
 def val_images():

@@ -178,3 +178,39 @@ def test_sampler_noise_is_finite_and_per_row():
     alone = torch.cat([gen.generate(labels[i:i + 1], generator=[torch.Generator().manual_seed(i)]) for i in range(3)])
     assert torch.equal(batched, alone)
     assert not torch.equal(batched, gen.generate(labels, generator=torch.Generator().manual_seed(7)))
+
+
+def test_sampler_keeps_float64_logits():
+    """Logits that differ only beyond float32's precision pick the float64 winner (the reference keeps the dtype;
+    rounding to float32 made them tie and picked the first)."""
+    from models.sampling import SamplerSettings, sample_tokens
+
+    def logits_fn(ids, drop_labels):
+        logits = torch.ones(*ids.shape, 3, dtype=torch.float64)
+        logits[..., 1] += 1e-12  # 1 + 1e-12 rounds to 1 in float32
+        return logits
+
+    settings = SamplerSettings(num_steps=1, guidance_scale=0.0, randomize_temperature=0.0)
+    assert (sample_tokens(logits_fn, 2, 4, mask_id=3, settings=settings) == 1).all()
+
+
+def test_sampler_remask_count_is_the_first_rows():
+    """After a tie in row 1's confidences masks more of it than of row 0, the next re-mask count is still row 0's
+    (as the reference's mask_len[0]), not row 1's own."""
+    from models.sampling import SamplerSettings, sample_tokens
+
+    masked_per_call = []
+
+    def logits_fn(ids, drop_labels):
+        masked_per_call.append((ids == 5).sum(-1).tolist())
+        logits = torch.zeros(*ids.shape, 5)
+        logits[0, :, 0] = torch.arange(ids.shape[1], dtype=torch.float32)  # row 0: distinct confidences
+        if len(masked_per_call) > 1:  # row 1: all equal at step 0 (a tie), distinct later
+            logits[1, :, 0] = torch.arange(ids.shape[1], dtype=torch.float32)
+        return logits
+
+    # K=4, 8 steps: re-mask targets floor(4 acos(r) / (pi/2)) = 3, 3, ...
+    sample_tokens(logits_fn, 2, 4, mask_id=5, settings=SamplerSettings(num_steps=8, guidance_scale=0.0,
+                                                                         randomize_temperature=0.0))
+    assert masked_per_call[1] == [3, 4]  # the tie masked all of row 1 again
+    assert masked_per_call[2] == [2, 2]  # per-row counts would have left row 1 with 3

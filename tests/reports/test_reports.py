@@ -59,7 +59,8 @@ class Store:
         tags = {T.TAG_ROLE: "cell", T.TAG_GRID: grid, T.TAG_CELL: cell, T.TAG_MODEL_SIZE: size,
                 T.TAG_NUM_TOKENS: str(k), T.TAG_PRESET: preset, T.TAG_STATUS: titok_status,
                 T.TAG_WEIGHTS_RANDOM: str(weights_random).lower(), T.TAG_SMOKE: str(preset == "tiny").lower(),
-                T.TAG_FID_BACKEND: "torch-fidelity", T.TAG_REFERENCE: "imagenet-val-50k", T.TAG_DEVICE: "cpu",
+                T.eval_tag("gfid", "distance"): "titok-bench frechet_distance (eigh)",
+                T.TAG_REFERENCE: "imagenet-val-50k", T.TAG_DEVICE: "cpu",
                 "mlflow.parentRunId": parent}
         run_id = self.client.create_run(exp, start_time=self._tick(), tags=tags).info.run_id
         self.client.log_batch(run_id, metrics=[Metric(m, float(v), self.clock, 0) for m, v in metrics.items()]
@@ -177,8 +178,8 @@ def test_all_panels_and_files_are_written(paper_store, paper_report):
     assert not (out / "tables" / "released.csv").exists()  # only for grid released
     page = paper_report.html.read_text()
     assert page.count("data:image/png;base64,") == len(PANELS) + 1 and "http" not in page.split("<body")[0]
-    for text in ("preset</b>: paper (19 cells)", "50,000 (19 cells)", "torch-fidelity", "imagenet-val-50k",
-                 "launcher"):  # what the numbers are, and the sweep's settings
+    for text in ("preset</b>: paper (19 cells)", "50,000 (19 cells)", "titok-bench frechet_distance (eigh)",
+                 "imagenet-val-50k", "launcher"):  # what the numbers are, and the sweep's settings
         assert text in page
     cost = pd.read_csv(out / "tables" / "cost.csv").set_index("cell")
     assert cost.at["TiTok-L-128", "cost_gpu_hours"] == pytest.approx(5.0)

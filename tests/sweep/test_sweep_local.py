@@ -43,6 +43,15 @@ def test_local_sweep_runs_and_reruns_nothing(tmp_path):
         assert run.data.tags[T.TAG_MODEL_SIZE] in "SB" and run.data.tags[T.TAG_NUM_TOKENS] == "16"
         assert run.data.tags[T.TAG_SMOKE] == "true" and run.data.tags[T.TAG_WEIGHTS_RANDOM] == "true"
         assert run.data.params["model"] == run.data.tags[T.TAG_CELL]
+        # what each FID was made with (the network's weights file by hash, dtype, distance, reference)
+        tags = run.data.tags
+        for metric, dtype in (("rfid", "float64"), ("gfid", "float32")):
+            assert "InceptionV3" in tags[T.eval_tag(metric, "features")], tags
+            assert len(tags[T.eval_tag(metric, "features_sha256")]) == 64
+            assert tags[T.eval_tag(metric, "inception_dtype")] == dtype
+            assert "frechet_distance (eigh)" in tags[T.eval_tag(metric, "distance")]
+        assert "real images' statistics" in tags[T.eval_tag("rfid", "reference")]
+        assert "reference batch" in tags[T.eval_tag("gfid", "reference")]
         assert len(client.get_metric_history(run.info.run_id, "stage1/ce")) >= 1
         assert "eval_gen/samples.png" in [a.path for a in client.list_artifacts(run.info.run_id, "eval_gen")]
     ids = {r.info.run_id for r in runs}

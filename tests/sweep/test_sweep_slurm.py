@@ -1,7 +1,8 @@
 """The default tiny sweep on a real single-node SLURM cluster, logging to a real `mlflow server`:
 every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint into the same
-MLflow run; the tracking server is stopped and restarted mid-sweep and no metric is lost; a second invocation
-submits nothing. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
+MLflow run, which ends FINISHED without an error tag; the tracking server is down when the sweep starts and comes
+back mid-sweep, and no metric is lost; a second sweep started beside the first submits nothing and duplicates no
+run or metric. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
 
 import json
 import subprocess
@@ -62,8 +63,11 @@ def preempt(jid: str, wait_s: float = 60) -> bool:
 def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     outputs = tmp_path / "outputs"
     uri = mlflow_server.uri
+    mlflow_server.stop()  # down when the sweep starts: it must still run, buffering everything
     out = sweep(outputs=outputs, uri=uri)
     assert "submitted" in out and "aftercorr" in out
+    # a second sweep beside the first (its jobs queued or running) submits nothing
+    assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
     grid_dir = outputs / "latent_vs_size"
     keys = jobs_of(outputs)
 
@@ -82,9 +86,7 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
         time.sleep(0.3)
     assert preempted, "no stage-1 job was caught running after a checkpoint"
 
-    # 2. a tracking outage in the middle of the sweep
-    mlflow_server.stop()
-    time.sleep(20)
+    # 2. the tracking server comes back in the middle of the sweep
     mlflow_server.start()
 
     # 3. wait for the grid's jobs to end
@@ -120,17 +122,20 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
         (run_dir,) = cell_dir.glob("run-*")  # the cell's run record
         assert json.loads((run_dir / T.RUN_ID_FILE).read_text())["run_id"] == run.info.run_id
         assert run.info.status == "FINISHED" and run.data.tags[T.TAG_STATUS] == "finished"
+        assert not set(T.ERROR_TAGS) & set(run.data.tags), (run.data.tags[T.TAG_CELL], run.data.tags)  # preempted too
         assert run.data.tags[T.TAG_WEIGHTS_RANDOM] == "true" and run.data.tags[T.TAG_SMOKE] == "true"
         for stage in ("eval_recon", "eval_gen", "probe", "speed"):
             for name, value in results[f"{cell_dir.name}/{stage}"]["metrics"].items():
                 if isinstance(value, (int, float)):
                     assert run.data.metrics[name] == pytest.approx(value), (run.data.tags[T.TAG_CELL], name)
-        steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "stage1/ce")})
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "stage1/ce"))
         (stage1_dir,) = cell_dir.glob("stage1-*")
         loop = json.loads((stage1_dir / "spec.json").read_text())["spec"]["loop"]
         expected = list(range(loop["log_every"], loop["steps"] + 1, loop["log_every"]))
-        assert steps == expected, f"{run.data.tags[T.TAG_CELL]}: stage1/ce logged at {steps}"
-        assert not (run_dir / T.BUFFER_FILE).exists() or not (run_dir / T.BUFFER_FILE).read_text().strip()
+        if stage1_dir == preempted[2]:  # the steps between its last checkpoint and the preemption ran twice
+            steps = sorted(set(steps))
+        assert steps == expected, f"{run.data.tags[T.TAG_CELL]}: stage1/ce logged at {steps}"  # each step once
+        assert not T.pending(run_dir)  # the buffer is append-only: what counts is what the store has not taken
 
     # 5. a second invocation submits nothing
     assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
