@@ -120,7 +120,9 @@ def source_identity(source: str | None) -> str | None:
         located = weights.locate(name)
         if located is not None and located.resolve() == path.resolve():
             return name
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # hidden files (a stage's owner lock, a writer's temporary file) are not content
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() \
+        else [path]
     return short_hash([(str(p.relative_to(path)) if path.is_dir() else p.name, _file_hash(str(p.resolve()),
                         p.stat().st_size, p.stat().st_mtime_ns)) for p in files])
 

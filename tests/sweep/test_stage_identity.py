@@ -96,3 +96,18 @@ def test_the_eval_cli_gives_the_sweeps_metrics(swept, tmp_path):
     # one protocol for both doors, recorded on both sides
     assert report["inception_dtype"] == {"rfid": "float64", "gfid": "float32"}
     assert (results["eval_recon"]["inception_dtype"], results["eval_gen"]["inception_dtype"]) == ("float64", "float32")
+
+
+def test_a_folder_input_is_identified_by_its_content_not_its_hidden_files(tmp_path):
+    """A folder from outside the plan (a hub-style checkpoint folder, a stage folder) is hashed by its files; a
+    stage's owner lock (its holder's PID) or a writer's temporary file must not change that identity."""
+    from bench.stages.base import source_identity
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    before = source_identity(str(tmp_path))
+    (tmp_path / ".owner.lock").write_text("12345\n")
+    (tmp_path / ".model.safetensors.host.99.abc.tmp").write_bytes(b"half")
+    assert source_identity(str(tmp_path)) == before
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert source_identity(str(tmp_path)) != before

@@ -32,6 +32,8 @@ def test_local_sweep_runs_and_reruns_nothing(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     assert "2 cells: 2 finished, 0 stages unfinished, 0 jobs failed" in first.stdout
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the printed report command works as printed, whatever outputs= was
+    assert f"report: python -m reports grid=latent_vs_size tracking_uri={uri}\n" in first.stdout
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
     runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
