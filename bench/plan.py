@@ -116,15 +116,22 @@ _SETTINGS = {**{f"{stage}.{part}": cls for stage in ("teacher", "stage1", "stage
              "generator.overrides": models.GeneratorConfig, "sampler": models.SamplerSettings}
 
 
+def unknown_key(parent: str, key: str, known: list[str]) -> str:
+    """The message for a config key `parent.key` that is not one of `known`, with the closest known name."""
+    prefix = f"{parent}." if parent else ""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {prefix}{close[0]}? " if close else ""
+    where = f"known under {parent or 'the top level'}: {', '.join(known)}" if known else "check the spelling"
+    return f"{prefix}{key}: the config has no such key; {hint}{where}"
+
+
 def _check_keys(p: DictConfig) -> None:
     for path, cls in _SETTINGS.items():
         node = OmegaConf.select(p, path)
         known = [f.name for f in dataclasses.fields(cls)]
         for key in node.keys() if isinstance(node, DictConfig) else ():
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f"did you mean preset.{path}.{close[0]}? " if close else ""
-                raise PlanError(f"preset.{path}.{key}: unknown setting; {hint}known: {', '.join(known)}")
+                raise PlanError(unknown_key(f"preset.{path}", key, known))
 
 
 def validate(cfg: DictConfig) -> None:

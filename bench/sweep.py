@@ -12,7 +12,6 @@ Reruns are idempotent: finished stages are skipped, interrupted ones resume, a c
 
 from __future__ import annotations
 
-import difflib
 import shlex
 import shutil
 import sys
@@ -57,10 +56,9 @@ def check_composed(argv: list[str]) -> None:
             parent, _, name = key.rpartition(".")
             node = OmegaConf.select(compose("sweep", overrides=groups), parent) if parent else None
             known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {parent}.{close[0]}? " if close else ""
-            where = f"known under {parent}: {', '.join(known)}" if known else "check the spelling"
-            raise SweepError(f"{key}: the config has no such key; {hint}{where}") from None
+            from bench.plan import unknown_key
+
+            raise SweepError(unknown_key(parent, name, known)) from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SweepError(f"{missing[0]} is required and not set: add {missing[0]}=<value> to the command line")
