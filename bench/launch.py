@@ -10,17 +10,27 @@ of submitted jobs (for idempotent reruns, status and cancellation), and cell boo
   returns after submitting unless `wait=true`.
 Job records name tasks by `StageTask.uid` (`cell/stage-identity`, their folders), so a task whose settings changed
 is never taken for the queued job of its old settings.
+Jobs import the code as it was at submission, not as the working tree holds it when they (re)start: the driver
+copies the checkout into `<grid folder>/code/<code version>-<content hash>/` (`snapshot_code`) and every job runs
+with that copy first on its import path (`code_env`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,15 +62,17 @@ class CellContext:
 class StageJob:
     """A submitit callable running `tasks` in order. On preemption or timeout submitit calls `checkpoint`, which
     requeues the same callable: every stage resumes from its own folder (finished stages are skipped). `driver`:
-    the local driver's (PID, `process_identity`), which the job does not outlive (`end_with_driver`)."""
+    the local driver's (PID, `process_identity`), which the job does not outlive (`end_with_driver`). `code`: the
+    snapshot the job was submitted to import (`snapshot_code`); the job's log says where it imported from."""
 
     def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None,
-                 driver: tuple[int, str | None] | None = None):
-        self.tasks, self.contexts, self.threads, self.driver = tasks, contexts, threads, driver
+                 driver: tuple[int, str | None] | None = None, code: str | None = None):
+        self.tasks, self.contexts, self.threads, self.driver, self.code = tasks, contexts, threads, driver, code
 
     def __call__(self) -> list[str]:
         if self.driver:
             end_with_driver(*self.driver)
+        report_code(getattr(self, "code", None))  # a job pickled before `code` existed has none
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one process per GPU: torch.distributed from SLURM
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         done = []
@@ -135,9 +147,115 @@ def finish_cell(ctx: CellContext) -> bool:
     return True
 
 
+# ---- the code the jobs import ------------------------------------------------------------------------------------
+CODE_DIR = "code"  # <grid folder>/code/<code version>-<content hash>/
+SNAPSHOT_SKIP = ("tests/",)  # the test suite and its reference data (~50 MB of parity weights): no job imports them
+
+
+def snapshot_code(dest: str | os.PathLike, root: str | os.PathLike | None = None) -> Path | None:
+    """Copy the checkout's git-tracked files (but `SNAPSHOT_SKIP`) as the working tree holds them, a dirty tree's
+    edits included, into `dest/<code version>-<content hash>/`, and return that folder: the code the sweep's jobs
+    import, whenever they start or are requeued. Untracked files are not copied (`git add` a new module first);
+    neither are .git, .venv or outputs. The same content gives the same folder, copied once: an existing one is
+    reused; a new one is written into a temporary folder beside it and renamed, so a folder under its final name is
+    complete. None where `root` is no git checkout (the jobs then import what the working tree holds)."""
+    root = Path(root).resolve() if root else Path(__file__).resolve().parents[1]
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=root, capture_output=True, timeout=60,
+                                check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    files: dict[str, tuple[bytes | str, int]] = {}  # name -> (contents, mode), or (link target, 0) for a symlink
+    digest = hashlib.sha256()
+    for name in sorted(set(filter(None, os.fsdecode(listed).split("\0")))):
+        path = root / name
+        if name.startswith(SNAPSHOT_SKIP):
+            continue
+        if path.is_symlink():
+            files[name] = (os.readlink(path), 0)
+            digest.update(f"{name}\0link\0{files[name][0]}\0".encode())
+        elif path.is_file():  # not a file deleted in the working tree, nor a submodule
+            data, mode = path.read_bytes(), 0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644
+            files[name] = (data, mode)
+            digest.update(f"{name}\0{mode:o}\0{len(data)}\0".encode() + data)
+    if not files:
+        return None  # a repository with nothing tracked yet
+    final = Path(dest).resolve() / f"{code_version(root)}-{digest.hexdigest()[:12]}"
+    if final.is_dir():
+        return final  # this code, copied by an earlier sweep
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        for name, (data, mode) in files.items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                os.symlink(data, target)
+            else:
+                target.write_bytes(data)
+                target.chmod(mode)
+        tmp.chmod(0o755)  # mkdtemp's folder is 0700
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise  # else another driver renamed the same snapshot into place first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def code_env(code: str | os.PathLike | None) -> dict[str, str]:
+    """The environment that makes a job import `code`: first on PYTHONPATH, so ahead of the editable install (whose
+    finder Python asks after sys.path), and the job's current folder off sys.path (PYTHONSAFEPATH, Python >= 3.11):
+    `python -m submitit...` puts that folder first, and a driver started in the checkout would otherwise have its
+    jobs import the working tree. A local job inherits it from the driver (`job_environment`)."""
+    if not code:
+        return {}
+    return {"PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "PYTHONSAFEPATH": "1"}
+
+
+def code_setup(code: str | os.PathLike | None) -> list[str]:
+    """`code_env` as lines of a SLURM job's batch script, which a requeued job runs again."""
+    if not code:
+        return []
+    return [f"export PYTHONPATH={shlex.quote(str(code))}${{PYTHONPATH:+:$PYTHONPATH}}", "export PYTHONSAFEPATH=1"]
+
+
+@contextmanager
+def job_environment(env: dict[str, str]) -> Iterator[None]:
+    """`env` in os.environ meanwhile (the local executor starts a job with the driver's environment)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def report_code(code: str | None) -> set[Path]:
+    """Say in the job's log where this process imports `bench` and `models` from (returned), with a warning when
+    that is not the snapshot `code` it was submitted to import."""
+    import models
+
+    roots = {Path(__file__).resolve().parents[1], Path(models.__file__).resolve().parents[1]}
+    names = ", ".join(map(str, sorted(roots)))
+    print(f"code: bench and models imported from {names}" + (f" (snapshot {code})" if code else ""), flush=True)
+    if code and roots != {Path(code).resolve()}:
+        print(f"warning: this job was submitted to import the code snapshot {code}, not {names}: it runs whatever "
+              f"code is there now, which titok.code_version may not name (on Python < 3.11 a job's current folder "
+              f"comes first on sys.path: start the sweep outside the checkout)", file=sys.stderr, flush=True)
+    return roots
+
+
 # ---- tracking set-up by the driver ------------------------------------------------------------------------------
-def code_version() -> str:
-    root = Path(__file__).resolve().parents[1]
+def code_version(root: str | os.PathLike | None = None) -> str:
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
@@ -148,12 +266,14 @@ def code_version() -> str:
         return "unknown"
 
 
-def prepare_tracking(plan: Plan, uri: str) -> dict[str, CellContext]:
+def prepare_tracking(plan: Plan, uri: str, code: str | os.PathLike | None = None) -> dict[str, CellContext]:
     """The parent run and one run per cell, recorded in their folders and created here when the store answers
-    (else by the first job that reaches it); params logged once."""
+    (else by the first job that reaches it); params logged once. `code`: the snapshot the jobs import."""
     artifacts = plan.root.parent / "mlartifacts"
     common = {T.TAG_GRID: plan.grid, T.TAG_PRESET: plan.preset, T.TAG_CODE_VERSION: code_version(),
               T.TAG_SMOKE: str(plan.smoke).lower()}
+    if code:
+        common[T.TAG_CODE_SNAPSHOT] = str(code)
     reference = plan.config["preset"]["eval"].get("reference_batch") or f"{plan.config['data']['name']} val split"
     common[T.TAG_REFERENCE] = f"rFID: {plan.config['data']['name']} val; gFID: {reference}"
     T.declare_run(uri, plan.root, plan.grid, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}),
@@ -251,8 +371,9 @@ def active_tasks(plan: Plan) -> dict[str, str]:
 
 # ---- local ----------------------------------------------------------------------------------------------------
 def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, threads: int | None,
-              poll_s: float = 1.0) -> int:
-    """Run every unfinished task on this machine; returns the number of failed jobs."""
+              poll_s: float = 1.0, code: str | os.PathLike | None = None) -> int:
+    """Run every unfinished task on this machine, the jobs importing the snapshot `code` (`snapshot_code`) when
+    given; returns the number of failed jobs."""
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
     executor = submitit.AutoExecutor(folder=folder, cluster="local")
     executor.update_parameters(timeout_min=60 * 24 * 7)
@@ -274,8 +395,9 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
             # the shared stages (teacher, reference statistics) run alone, before any cell
             while queue and len(running) < max_parallel and not (shared_pending and running):
                 tasks = queue.pop(0)
-                job = executor.submit(StageJob(tasks, contexts, shared_threads if tasks[0].cell == SHARED else threads,
-                                               driver))
+                job_threads = shared_threads if tasks[0].cell == SHARED else threads
+                with job_environment(code_env(code)):
+                    job = executor.submit(StageJob(tasks, contexts, job_threads, driver, str(code) if code else None))
                 record_jobs(plan, "local", [(job.job_id, [t.uid for t in tasks])])
                 running.append((job, tasks))
                 if tasks[0].cell == SHARED:
@@ -325,7 +447,7 @@ STAGE_ORDER = tuple(STAGES)  # a stage after every stage it can read
 
 
 def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, name: str,
-                   dependency: str | None = None) -> submitit.AutoExecutor:
+                   dependency: str | None = None, code: str | os.PathLike | None = None) -> submitit.AutoExecutor:
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # a fresh folder per invocation
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=launcher["max_timeouts"])
     extra = {"kill-on-invalid-dep": "yes"}
@@ -342,12 +464,16 @@ def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, na
             params[f"slurm_{key}"] = cluster[key]
     if dependency:
         params["slurm_dependency"] = dependency
+    if code:
+        params["slurm_setup"] = code_setup(code)
     ex.update_parameters(**params)
     return ex
 
 
-def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict) -> list[str]:
-    """Submit every unfinished task that has no queued/running job; returns the new job ids."""
+def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict,
+                 code: str | os.PathLike | None = None) -> list[str]:
+    """Submit every unfinished task that has no queued/running job, the jobs importing the snapshot `code` when given
+    (also once requeued); returns the new job ids."""
     active = active_tasks(plan)
     todo = [t for t in plan.tasks() if not t.done and t.uid not in active]
     # task key -> job id (this invocation's and still-active ones)
@@ -369,9 +495,10 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
                     if n.endswith("/" + need_stage) and n in submitted:
                         deps.add(f"afterok:{submitted[n]}")
         ex = slurm_executor(plan, cluster, launcher, tasks[0].resources, f"{plan.grid}-{stage}",
-                            ",".join(sorted(deps)) or None)
+                            ",".join(sorted(deps)) or None, code)
         with ex.batch():
-            jobs = [ex.submit(StageJob([t], {t.cell: contexts[t.cell]}, cluster["cpus_per_task"])) for t in tasks]
+            jobs = [ex.submit(StageJob([t], {t.cell: contexts[t.cell]}, cluster["cpus_per_task"],
+                                       code=str(code) if code else None)) for t in tasks]
         array_id = jobs[0].job_id.split("_")[0]
         arrays[stage] = (array_id, cells)
         for t, job in zip(tasks, jobs):

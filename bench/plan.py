@@ -150,6 +150,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("rfid_images", "gfid_samples", "gfid_reference_images", "probe_train_images", "probe_val_images",
                 "batch_size"):
         _positive(cfg, f"preset.eval.{key}")
+    from bench.eval.probe import check_features
+
+    try:
+        check_features(p.eval.probe_features)
+    except ValueError as err:
+        raise PlanError(f"preset.eval.probe_features: {err}") from None
     for letter, size in p.sizes.items():
         try:
             models.sizes.vit_size(size)
@@ -301,8 +307,8 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
     if "probe" in stages:
         add("probe", ProbeSpec(
             tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images, num_val=ev.probe_val_images,
-            epochs=ev.probe_epochs, allow_random_weights=allow_random, batch_size=ev.batch_size, device=device),
-            tokenizer=tok_task)
+            epochs=ev.probe_epochs, features=ev.probe_features, allow_random_weights=allow_random,
+            batch_size=ev.batch_size, device=device), tokenizer=tok_task)
     if generator and "speed" in stages:
         sp = ev.speed
         add("speed", SpeedSpec(

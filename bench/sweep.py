@@ -95,14 +95,17 @@ def sweep(cfg: DictConfig) -> int:
     uri = tracking.resolve_uri(cfg.tracking_uri, cfg.outputs)
     write_plan(plan)
     print(describe(plan))
-    contexts = launch.prepare_tracking(plan, uri)
+    code = launch.snapshot_code(plan.root / launch.CODE_DIR)  # what the jobs import, also once requeued
+    print(f"code: the jobs import {code}" if code else "code: no git checkout, the jobs import the working tree")
+    contexts = launch.prepare_tracking(plan, uri, code)
     launch.flush_buffers(contexts)  # what earlier jobs could not send (a tracking outage)
     print(f"tracking: {uri} (experiment {tracking.experiment_name(plan.grid)})")
     if tracking.OUTAGES.down(uri):
         print(f"warning: {uri} does not answer; every run's metrics are buffered next to it and sent once it "
               f"answers (a rerun sends what is left)", file=sys.stderr)
     if cfg.launcher.name == "local":
-        failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job)
+        failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job,
+                                  code=code)
         for ctx in contexts.values():  # cells finished by an earlier invocation, and the shared run
             launch.finish_cell(ctx)
         left = launch.flush_buffers(contexts)
@@ -112,7 +115,7 @@ def sweep(cfg: DictConfig) -> int:
         print(f"report: python -m reports grid={plan.grid} tracking_uri={shlex.quote(uri)}")  # whatever outputs= was
         return 1 if failed or todo else 0
     ids = launch.submit_slurm(plan, contexts, OmegaConf.to_container(cfg.cluster, resolve=True),
-                              OmegaConf.to_container(cfg.launcher, resolve=True))
+                              OmegaConf.to_container(cfg.launcher, resolve=True), code)
     print(f"submitted {len(ids)} jobs" + (f": {ids[0]} ... {ids[-1]}" if ids else " (everything is done or queued)"))
     print(f"follow: squeue -u $USER; python -m bench.sweep grid={plan.grid} action=status; outputs in {plan.root}")
     if cfg.wait:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -45,6 +46,8 @@ TAG_SMOKE = "titok.smoke"  # "true": tiny preset, stand-in weights or < 50,000 s
 TAG_STATUS = "titok.status"  # "running" | "finished" | "failed": all of the cell's stages
 TAG_STAGES_DONE = "titok.stages_done"  # comma-separated stage names
 TAG_CODE_VERSION = "titok.code_version"  # git commit (+ "-dirty")
+TAG_CODE_SNAPSHOT = "titok.code_snapshot"  # the copy of the code the jobs import (bench.launch.snapshot_code)
+TAG_SPEED_PATH = "titok.speed_path"  # the speed stage's mode and the inference options it ran, e.g. "auto: fp32+..."
 TAG_DEVICE = "titok.device"  # e.g. "cpu", "NVIDIA H100 80GB HBM3 x8"
 # what an evaluation (rfid | gfid) used, as eval_tag(metric, kind) (bench.stages.base.feature_tags); clean-fid's
 # distance is logged as the metric gfid_clean
@@ -55,6 +58,24 @@ def eval_tag(metric: str, kind: str) -> str:
     if kind not in EVAL_TAG_KINDS:
         raise ValueError(f"unknown evaluation tag kind {kind!r}; known: {EVAL_TAG_KINDS}")
     return f"titok.{metric}_{kind}"
+
+
+def precision_tag(stage: str) -> str:
+    """The precision a training stage ran at (bench.core.dist.runnable_precision), e.g. titok.stage1_precision."""
+    return f"titok.{stage}_precision"
+
+
+# which registry files (bench.weights) a stage used, as weights_tag(name, kind): "revision" (the hub commit it was
+# fetched at, or its URL) and "sha256", or that it was a random stand-in (bench.stages.task)
+WEIGHTS_TAG_KINDS = ("revision", "sha256")
+
+
+def weights_tag(name: str, kind: str) -> str:
+    if kind not in WEIGHTS_TAG_KINDS:
+        raise ValueError(f"unknown weights tag kind {kind!r}; known: {WEIGHTS_TAG_KINDS}")
+    safe = re.sub(r"[^\w.\-]", "_", name)  # MLflow keys: no ':' (Windows) nor '@'
+    return f"titok.weights.{safe}.{kind}"
+
 
 TAG_REFERENCE = "titok.reference"  # what the FIDs compare against (dataset split / reference batch)
 TAG_TOKENIZER = "titok.tokenizer"  # tokenizer variant name

@@ -3,10 +3,19 @@
     python -m bench.weights list                   # every entry: present / missing, cache path
     python -m bench.weights fetch inception-fid    # download into the cache (needs internet)
     python -m bench.weights verify                 # check the files that are present
+    python -m bench.weights pin                    # write the commits of the hub files present into the pin file
 
-Cache folder: $TITOK_BENCH_WEIGHTS, default ~/.cache/titok-bench/weights. Nothing is downloaded implicitly:
-`require`/`resolve` only look in the cache and say exactly which file to place where; `fetch` is the only
-network access (short timeout, never hangs) and TITOK_BENCH_OFFLINE=1 turns it off.
+Cache folder: $TITOK_BENCH_WEIGHTS, default ~/.cache/titok-bench/weights, the one cache of the project
+(models.checkpoints owns its location and the hub fetch; models.from_pretrained(name) reads the same hub/ folders).
+The benchmark never downloads: `require`/`resolve` only look in the cache and say exactly which file to place
+where. Two explicit front doors download: `fetch` here and models.from_pretrained(name or hub repo id), the zoo's
+(short timeouts, never hang); TITOK_BENCH_OFFLINE=1 turns both off.
+
+Provenance. Hub files are fetched at the commit models/hub_revisions.json pins for their repo (`Entry.revision`;
+empty as shipped: written offline, so fetches take main and record what they got); other files come from fixed URLs.
+Every fetch writes a source record beside what it fetched (repo, revision, resolved commit, URL, sha256 per file),
+`resolve`/`require`/`verify` check the files against it, and a stage that used an entry logs its resolved
+revision (or URL) and sha256 (`recording`, `provenance`; tags titok.weights.<name>.*, bench.stages.task).
 
 Checks. No full sha256 of any of these files was available when the registry was written (no internet), so:
 - torchvision files carry the first 8 hex digits of their sha256 in the name (torch.hub convention, enforced
@@ -19,15 +28,18 @@ A full sha256 put in `sha256` with hash_kind "sha256" is checked exactly.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.core.io import atomic_file
+from bench.core.io import atomic_file, atomic_write_json
+from models import checkpoints as ckpt
+from models import variants
 
 INCEPTION = "inception-fid"
 LPIPS_VGG = "lpips-vgg"
@@ -35,10 +47,11 @@ VGG16 = "vgg16"
 CONVNEXT_SMALL = "convnext-small"
 TEACHER = "MaskGIT-VQGAN"
 ADM_REFERENCE_256 = "VIRTUAL_imagenet256_labeled"
+TITOK_REPO = "fun-research/TiTok"  # the hub repo holding the teacher's raw file
 
-ENV_CACHE = "TITOK_BENCH_WEIGHTS"
-ENV_OFFLINE = "TITOK_BENCH_OFFLINE"
-FETCH_TIMEOUT_S = 15.0
+ENV_CACHE = ckpt.ENV_CACHE
+ENV_OFFLINE = ckpt.ENV_OFFLINE
+FETCH_TIMEOUT_S = ckpt.HUB_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -50,19 +63,24 @@ class Entry:
     sha256: str | None = None
     hash_kind: str = "none"  # "sha256" (full), "sha256-prefix" or "none"
     hash_note: str = ""  # where the hash comes from, or why there is none, and what verify() checks instead
-    hub_repo: str | None = None
+    hub_repo: str | None = None  # the hub repo it comes from (a folder's repo, or the repo of a hub file)
     hub_files: tuple[str, ...] = ()  # the files of a hub-style folder
     structure: str | None = None  # "inception" | "lpips": verify() compares tensor names and shapes
+    revision: str | None = None  # hub files: the commit models/hub_revisions.json pins (None: not pinned yet)
 
     @property
     def is_folder(self) -> bool:
         return bool(self.hub_files)
 
-    def downloads(self) -> list[tuple[str, str]]:
-        """(relative path under cache_dir, URL) for every file of the entry."""
+    def downloads(self, commit: str | None = None) -> list[tuple[str, str]]:
+        """(relative path under cache_dir, URL) for every file of the entry; hub files at `commit` (default: the
+        pinned revision, else main)."""
+        at = commit or self.revision or "main"
         if self.is_folder:
-            return [(f"{self.filename}/{f}", f"https://huggingface.co/{self.hub_repo}/resolve/main/{f}")
+            return [(f"{self.filename}/{f}", f"https://huggingface.co/{self.hub_repo}/resolve/{at}/{f}")
                     for f in self.hub_files]
+        if self.hub_repo:
+            return [(self.filename, f"https://huggingface.co/{self.hub_repo}/resolve/{at}/{self.filename}")]
         return [(self.filename, self.url)]
 
 
@@ -71,6 +89,7 @@ _HUB_NOTE = "no published sha256 known here; verify() checks that every file is 
 
 
 def _fixed_entries() -> list[Entry]:
+    teacher_rev = variants.pinned_revision(TITOK_REPO)
     return [
         Entry(INCEPTION, "weights-inception-2015-12-05-6726825d.pth",
               "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -93,9 +112,10 @@ def _fixed_entries() -> list[Entry]:
               "torchvision ConvNeXt-Small IMAGENET1K_V1: the stage-2 'perceptual' loss (MSE between logits)",
               sha256="0c510722", hash_kind="sha256-prefix", hash_note=_TV_NOTE),
         Entry(TEACHER, "maskgit-vqgan-imagenet-f16-256.bin",
-              "https://huggingface.co/fun-research/TiTok/resolve/main/maskgit-vqgan-imagenet-f16-256.bin",
+              f"https://huggingface.co/{TITOK_REPO}/resolve/{teacher_rev or 'main'}/maskgit-vqgan-imagenet-f16-256.bin",
               "MaskGIT-VQGAN f16 256px (raw state_dict): proxy-code teacher and pixel decoder",
-              hash_note="no published sha256 known here; verify() checks that the state_dict loads"),
+              hash_note="no published sha256 known here; verify() checks that the state_dict loads",
+              hub_repo=TITOK_REPO, revision=teacher_rev),
         Entry(ADM_REFERENCE_256, "VIRTUAL_imagenet256_labeled.npz",
               "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
               "VIRTUAL_imagenet256_labeled.npz",
@@ -107,16 +127,14 @@ def _fixed_entries() -> list[Entry]:
 
 def _hub_entries() -> list[Entry]:
     # The released TiTok tokenizers and generators, one hub-style folder each (config.json + model.safetensors),
-    # the layout models.from_pretrained reads. Imported here, not at module level, to keep the CLI light.
-    from models.variants import VARIANTS
-
+    # the folders models.from_pretrained reads (models.checkpoints.hub_folder).
     out = []
-    for v in VARIANTS.values():
+    for v in variants.VARIANTS.values():
         if v.hub_repo:
-            out.append(Entry(v.name, f"hub/{v.hub_repo.replace('/', '--')}", f"https://huggingface.co/{v.hub_repo}",
+            out.append(Entry(v.name, ckpt.hub_folder_name(v.hub_repo), f"https://huggingface.co/{v.hub_repo}",
                              f"released {v.kind} {v.name} (hub repo {v.hub_repo})" + (f"; {v.note}" if v.note else ""),
-                             hash_note=_HUB_NOTE, hub_repo=v.hub_repo,
-                             hub_files=("config.json", "model.safetensors")))
+                             hash_note=_HUB_NOTE, hub_repo=v.hub_repo, hub_files=ckpt.HUB_FILES,
+                             revision=v.revision))
     return out
 
 
@@ -145,8 +163,7 @@ def entry(name: str) -> Entry:
 # ---- where files live --------------------------------------------------------------------------------------
 def cache_dir() -> Path:
     """$TITOK_BENCH_WEIGHTS or ~/.cache/titok-bench/weights (read at every call: tests may change it)."""
-    env = os.environ.get(ENV_CACHE)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "titok-bench" / "weights"
+    return ckpt.weights_cache_dir()
 
 
 def path_of(name: str) -> Path:
@@ -197,9 +214,13 @@ class MissingWeightsError(RuntimeError):
 
 
 def require(name: str) -> Path:
+    """The entry's file in the cache, checked against its source record (models.checkpoints.CheckpointError when
+    it changed since it was fetched, or holds another commit than the pinned one); the use is recorded."""
     p = locate(name)
     if p is None:
         raise MissingWeightsError.for_entry(name)
+    ckpt.check_source(p, entry(name).revision)
+    _note_use(name, p)
     return p
 
 
@@ -210,12 +231,65 @@ class Resolved:
 
 
 def resolve(name: str, allow_random: bool) -> Resolved:
-    p = locate(name)
-    if p is not None:
-        return Resolved(p, False)
-    if allow_random:
-        return Resolved(None, True)
-    raise MissingWeightsError.for_entry(name)
+    """`require`, or with allow_random a missing file gives Resolved(None, True): a stand-in (recorded as one)."""
+    if locate(name) is not None or not allow_random:
+        return Resolved(require(name), False)
+    _note_use(name, None)
+    return Resolved(None, True)
+
+
+def name_of(path: str | Path) -> str | None:
+    """The entry whose file (or folder) in the cache `path` is, if any."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return None
+    for name in registry():
+        located = locate(name)
+        if located is not None and located.resolve() == p.resolve():
+            return name
+    return None
+
+
+# ---- what a stage used ----------------------------------------------------------------------------------------
+_RECORDINGS: list[dict[str, Path | None]] = []
+
+
+@contextmanager
+def recording() -> Iterator[dict[str, Path | None]]:
+    """Collect the entries the block resolves (`require`/`resolve`): name -> file, None for a random stand-in."""
+    used: dict[str, Path | None] = {}
+    _RECORDINGS.append(used)
+    try:
+        yield used
+    finally:
+        _RECORDINGS.remove(used)
+
+
+def _note_use(name: str, path: Path | None) -> None:
+    for used in _RECORDINGS:
+        if path is not None or name not in used:  # a file that was used outranks a stand-in of it
+            used[name] = path
+
+
+def provenance(name: str, path: Path | None) -> dict[str, str]:
+    """What a run that used the entry logs of it: "revision" (the hub commit it was fetched at, from its source
+    record; a fixed-URL file: its URL) and "sha256" (a folder: file=sha256 per file), or that it was a stand-in."""
+    if path is None:
+        return {"revision": "random stand-in (no file: seeded random weights)", "sha256": "none (random stand-in)"}
+    e = entry(name)
+    record = ckpt.read_source_record(path) or {}
+    if record.get("commit"):
+        revision = record["commit"]
+    elif e.hub_repo:
+        revision = (f"unknown: no source record (placed by hand, not fetched); {e.hub_repo} is "
+                    + (f"pinned to {e.revision}" if e.revision else "not pinned"))
+    else:
+        revision = record.get("url") or e.url
+    if e.is_folder:
+        digest = ";".join(f"{f}={ckpt.file_sha256(Path(path) / f)}" for f in e.hub_files)
+    else:
+        digest = ckpt.file_sha256(path)
+    return {"revision": revision, "sha256": digest}
 
 
 # ---- download ----------------------------------------------------------------------------------------------
@@ -233,18 +307,32 @@ def _download(url: str, dest: Path, timeout: float) -> None:
 
 
 def fetch(name: str, timeout: float = FETCH_TIMEOUT_S) -> Path:
-    """Download the entry into the cache (no-op when present and verified); MissingWeightsError when offline."""
+    """Download the entry into the cache (no-op when present and verified), hub files at the pinned revision, and
+    write its source record; MissingWeightsError when offline."""
     e = entry(name)
     if locate(name) is not None and verify(name):
         return locate(name)
-    if os.environ.get(ENV_OFFLINE, "") not in ("", "0"):
+    if ckpt.offline():
         raise MissingWeightsError.for_entry(name, f"offline mode: {ENV_OFFLINE} is set")
-    for rel, url in e.downloads():
+    if e.is_folder:
         try:
-            _download(url, cache_dir() / rel, timeout)
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            reason = f"download of {url} failed: {type(err).__name__}: {err}; offline?"
+            ckpt.hub_fetch(e.hub_repo, e.revision, cache_dir(), e.hub_files)
+        except FileNotFoundError as err:
+            raise MissingWeightsError.for_entry(name, str(err)) from None
+    else:
+        try:
+            commit = ckpt.hub_commit(e.hub_repo, e.revision) if e.hub_repo else None
+        except Exception as err:  # offline, unknown repo, auth
+            reason = f"could not resolve {e.hub_repo}@{e.revision or 'main'}: {type(err).__name__}: {err}; offline?"
             raise MissingWeightsError.for_entry(name, reason) from None
+        for rel, url in e.downloads(commit):
+            try:
+                _download(url, cache_dir() / rel, timeout)
+            except (urllib.error.URLError, OSError, TimeoutError) as err:
+                reason = f"download of {url} failed: {type(err).__name__}: {err}; offline?"
+                raise MissingWeightsError.for_entry(name, reason) from None
+        source = dict(repo=e.hub_repo, revision=e.revision, commit=commit) if e.hub_repo else {}
+        ckpt.write_source_record(path_of(name), url=url, **source)
     if not verify(name):
         raise RuntimeError(f"downloaded {name!r} to {path_of(name)} but it fails verification "
                            f"({e.hash_kind}: {e.hash_note}); delete it and retry, or check the source {e.url}")
@@ -253,11 +341,8 @@ def fetch(name: str, timeout: float = FETCH_TIMEOUT_S) -> Path:
 
 # ---- checks ------------------------------------------------------------------------------------------------
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a file (once per process for each version of it)."""
+    return ckpt.file_sha256(path)
 
 
 def expected_shapes(kind: str) -> dict[str, tuple[int, ...]]:
@@ -293,10 +378,15 @@ def _load_tensors(path: Path) -> dict:
 
 
 def verify(name: str) -> bool:
-    """True when the file is present and passes its check (see hash_kind / hash_note); False otherwise."""
+    """True when the file is present, matches its source record if it has one (and the pinned commit) and passes
+    its check (see hash_kind / hash_note); False otherwise."""
     e = entry(name)
     p = locate(name)
     if p is None:
+        return False
+    try:
+        ckpt.check_source(p, e.revision)  # not the file that was fetched, or not the pinned commit
+    except ckpt.CheckpointError:
         return False
     if e.hash_kind == "sha256":
         return sha256_of(p) == e.sha256
@@ -363,15 +453,50 @@ def _cli_verify(names: list[str]) -> int:
         ok = verify(n)
         bad += not ok
         digest = "" if e.is_folder else f"  sha256={sha256_of(p)}"
-        print(f"{n}: {'OK' if ok else 'FAILED'} ({e.hash_kind}; {e.hash_note or 'full sha256'}){digest}")
+        commit = (ckpt.read_source_record(p) or {}).get("commit")
+        fetched = f"  commit={commit}" if commit else ""
+        print(f"{n}: {'OK' if ok else 'FAILED'} ({e.hash_kind}; {e.hash_note or 'full sha256'}){digest}{fetched}")
     return 1 if bad else 0
+
+
+def pin(names: list[str]) -> dict[str, str]:
+    """Write into the pin file (models/hub_revisions.json) the commits the present, verified hub files of `names`
+    were fetched at (their source records); returns repo -> commit of what it pinned."""
+    global _REGISTRY
+    pins_file = variants.PINS_FILE
+    data = json.loads(pins_file.read_text()) if pins_file.is_file() else {}
+    pinned = {}
+    for n in names:
+        e = entry(n)
+        p = locate(n)
+        commit = (ckpt.read_source_record(p) or {}).get("commit") if p is not None else None
+        if e.hub_repo and commit and verify(n):
+            pinned[e.hub_repo] = commit
+    if pinned:
+        atomic_write_json(pins_file, {**data, **pinned}, indent=2)
+        _REGISTRY = None  # its entries carry the revisions
+    return pinned
+
+
+def _cli_pin(names: list[str]) -> int:
+    pinned = pin(names)
+    for n in names:
+        e = entry(n)
+        if e.hub_repo and e.hub_repo not in pinned:
+            why = "missing" if locate(n) is None else "no verified source record (placed by hand? fetch it)"
+            print(f"{n}: not pinned ({why})")
+    for repo, commit in pinned.items():
+        print(f"{repo}: {commit}")
+    if pinned:
+        print(f"\nwrote {variants.PINS_FILE}: commit it so that every checkout fetches these commits")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m bench.weights", description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["list", "fetch", "verify"])
+    ap.add_argument("command", choices=["list", "fetch", "verify", "pin"])
     ap.add_argument("names", nargs="*", help="entries (default: all; fetch needs at least one)")
     args = ap.parse_args(argv)
     try:
@@ -384,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         print("name the entries to fetch (python -m bench.weights list shows them)", file=sys.stderr)
         return 2
     names = args.names or list(registry())
-    return {"list": _cli_list, "fetch": _cli_fetch, "verify": _cli_verify}[args.command](names)
+    return {"list": _cli_list, "fetch": _cli_fetch, "verify": _cli_verify, "pin": _cli_pin}[args.command](names)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,19 @@ Every file the project writes goes through `atomic_path` (bench/core/io.py build
 file beside the target, named after the target, host and PID, created with ordinary permissions (0666 & ~umask, not
 mkstemp's 0600), fsynced and renamed over the target. A writer that is killed (SIGKILL, preemption) leaves its
 temporary file behind; the next write of the same target removes it once its writer is gone.
+
+The weights cache. Released weights live in one cache, $TITOK_BENCH_WEIGHTS (default ~/.cache/titok-bench/weights),
+a hub repo in `hub/<owner>--<name>/` (bench.weights' registry uses the same folders). `from_pretrained(name or repo
+id)` is the zoo's explicit front door: it fetches a missing repo there, at the commit models/hub_revisions.json pins
+(`hub_fetch`; TITOK_BENCH_OFFLINE=1 or HF_HUB_OFFLINE=1 forbid it). Every fetch writes a source record beside what
+it fetched (`.source.json` in a folder, `.<file>.source.json` beside a file): repo, revision asked for, commit
+resolved, URL, sha256 of each file; every later load checks the files against it (`check_source`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -40,7 +48,7 @@ from .maskgit_vqgan import VQGANConfig
 from .sampling import SamplerSettings
 from .sizes import VIT_SIZES
 from .titok import TiTokConfig
-from .variants import VARIANTS, Variant, build_from_config, resolve
+from .variants import VARIANTS, Variant, build_from_config, pinned_revision, resolve
 
 FORMAT = "titok-bench/1"
 DIGEST_KEY = "tensors_sha256"  # in our checkpoints' metadata (files written before it have none and still load)
@@ -479,6 +487,139 @@ def load(path: str | os.PathLike, variant: str | None = None) -> nn.Module:
     return load_state_into(model, state, f"its own config ({type(config).__name__})").eval()
 
 
+# ---- the weights cache, hub fetches and source records ----------------------------------------------------
+ENV_CACHE = "TITOK_BENCH_WEIGHTS"
+ENV_OFFLINE = "TITOK_BENCH_OFFLINE"
+HUB_FILES = ("config.json", "model.safetensors")  # what the hub-style folder of a released repo holds
+HUB_TIMEOUT_S = 15.0  # connect and each read: an offline machine fails in seconds
+SOURCE_RECORD = ".source.json"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def weights_cache_dir() -> Path:
+    """$TITOK_BENCH_WEIGHTS or ~/.cache/titok-bench/weights (read at every call: tests may change it)."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "titok-bench" / "weights"
+
+
+def hub_folder_name(repo: str) -> str:
+    """A hub repo's folder in the weights cache: hub/<owner>--<name>."""
+    return f"hub/{repo.replace('/', '--')}"
+
+
+def hub_folder(repo: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a hub repo's files live in the weights cache (or under `cache_dir`)."""
+    return Path(cache_dir or weights_cache_dir()).expanduser() / hub_folder_name(repo)
+
+
+def offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "") not in ("", "0")
+
+
+def is_commit(revision: str | None) -> bool:
+    return bool(revision) and _COMMIT.fullmatch(revision) is not None
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime in the key: a file rewritten in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, computed once per process for each version (size, mtime) of the file."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+def source_record_path(path: str | os.PathLike) -> Path:
+    """The source record of a fetched folder (inside it) or file (a hidden file beside it)."""
+    p = Path(path)
+    return p / SOURCE_RECORD if p.is_dir() else p.with_name(f".{p.name}{SOURCE_RECORD}")
+
+
+def read_source_record(path: str | os.PathLike) -> dict | None:
+    record = source_record_path(path)
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{record} is not valid JSON ({err}): delete it and fetch {path} again") from None
+
+
+def write_source_record(path: str | os.PathLike, files: list[str] | None = None, **source) -> dict:
+    """Record where `path` (a file, or a folder holding `files`) came from (`source`: repo, revision, commit, url)
+    and the sha256 of each of its files."""
+    p = Path(path)
+    named = {f: p / f for f in files} if p.is_dir() else {p.name: p}
+    record = {**source, "files": {name: file_sha256(f) for name, f in named.items()}}
+    with atomic_path(source_record_path(p)) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def check_source(path: str | os.PathLike, pinned: str | None = None) -> dict | None:
+    """The source record of `path` once its files are checked against it (None: there is none, as for files
+    placed by hand). CheckpointError when a file is not the one that was fetched, or when the record's commit is
+    not the commit `pinned`."""
+    p = Path(path)
+    record = read_source_record(p)
+    if record is None:
+        return None
+    if is_commit(pinned) and record.get("commit") and record["commit"] != pinned:
+        raise CheckpointError(f"{p} holds commit {record['commit']} of {record.get('repo')}, but the pin file "
+                              f"models/hub_revisions.json pins {pinned}: fetch it again (python -m bench.weights "
+                              "fetch <name>, or models.from_pretrained)")
+    for name, want in record.get("files", {}).items():
+        f = p / name if p.is_dir() else p
+        got = file_sha256(f) if f.is_file() else "missing"
+        if got != want:
+            raise CheckpointError(f"{f} is not the file that was fetched (sha256 {got[:16]}..., its source record "
+                                  f"{source_record_path(p)} says {want[:16]}...): delete {p} and fetch it again, or "
+                                  "delete the record if the new file is the one you mean")
+    return record
+
+
+def hub_commit(repo: str, revision: str | None = None) -> str:
+    """The commit a revision of a hub repo (None: main) resolves to; a full commit sha needs no network."""
+    if is_commit(revision):
+        return revision
+    import huggingface_hub
+
+    return huggingface_hub.model_info(repo, revision=revision, timeout=HUB_TIMEOUT_S).sha
+
+
+def hub_fetch(repo: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+              files: tuple[str, ...] = HUB_FILES) -> Path:
+    """Download `files` of a hub repo at `revision` (None: the pinned one, else main) into its hub folder and write
+    its source record; FileNotFoundError saying what to do when it cannot (offline, unknown repo, no access)."""
+    revision = revision or pinned_revision(repo)
+    folder = hub_folder(repo, cache_dir)
+    at = f" at revision {revision}" if revision else ""
+    todo = (f"Download {' and '.join(files)} of https://huggingface.co/{repo}{at} into {folder}/ (or any folder, and "
+            "pass the folder to models.from_pretrained)")
+    if offline():
+        raise FileNotFoundError(f"not fetching {repo!r}: offline mode ({ENV_OFFLINE} is set). {todo}")
+    try:
+        import huggingface_hub
+
+        commit = hub_commit(repo, revision)
+        for f in files:
+            huggingface_hub.hf_hub_download(repo, f, revision=commit, local_dir=folder, etag_timeout=HUB_TIMEOUT_S)
+    except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
+        raise FileNotFoundError(f"could not fetch {repo!r}{at} from the Hugging Face hub ({type(err).__name__}: "
+                                f"{err}). Offline? {todo}") from None
+    write_source_record(folder, list(files), repo=repo, revision=revision, commit=commit,
+                        url=f"https://huggingface.co/{repo}/tree/{commit}")
+    return folder
+
+
 # ---- the front door ----------------------------------------------------------------------------------------
 _FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 
@@ -493,27 +634,34 @@ def looks_like_path(text: str) -> bool:
 
 
 def _hub_download(repo: str, cache_dir: str | None) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors"], cache_dir=cache_dir))
-    except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
-        raise FileNotFoundError(
-            f"could not fetch {repo!r} from the Hugging Face hub ({type(err).__name__}: {err}). Offline? Download "
-            f"config.json and model.safetensors of https://huggingface.co/{repo} into a folder and pass the folder "
-            "to models.from_pretrained") from None
+    """The repo's folder in the weights cache, its files checked against their source record; fetched (hub_fetch)
+    when a file is missing or the record holds another commit than the pinned one."""
+    folder = hub_folder(repo, cache_dir)
+    pinned = pinned_revision(repo)
+    if all((folder / f).is_file() for f in HUB_FILES):
+        record = read_source_record(folder)
+        if not (record and is_commit(pinned) and record.get("commit") != pinned):
+            check_source(folder)
+            return folder
+    return hub_fetch(repo, pinned, cache_dir)
 
 
 def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
-                    cache_dir: str | None = None) -> nn.Module:
+                    cache_dir: str | os.PathLike | None = None) -> nn.Module:
     """Load released or own weights, in eval mode.
 
-    name_or_path: a registered variant name with released weights (fetched from its hub repo), a hub repo id
-    ("owner/name"), a hub-style folder (config.json + model.safetensors), an official raw state_dict file
-    (.bin/.pt/.pth/.safetensors), or one of the project's own checkpoint files.
+    name_or_path: a registered variant name with released weights or a hub repo id ("owner/name"): read from the
+    weights cache (hub_folder), fetched there first, at the pinned commit, when missing (the zoo's explicit front
+    door; the benchmark's stages never fetch: they resolve files through bench.weights); a hub-style folder
+    (config.json + model.safetensors), an official raw state_dict file (.bin/.pt/.pth/.safetensors), or one of the
+    project's own checkpoint files. A folder or file with a source record is checked against it (check_source).
     variant: check the weights against this registered architecture instead of inferring it.
+    cache_dir: the weights cache to use instead of $TITOK_BENCH_WEIGHTS.
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if path.exists():
+        check_source(path)
     if path.is_dir():
         state, config = read_official_folder(path)
         return load_official_state(state, config, variant)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -33,6 +35,22 @@ GRID_TOKENS = (16, 32, 64, 96, 128, 192, 256)
 
 ModelConfig = TiTokConfig | GeneratorConfig | VQGANConfig
 
+# The hub commit each repo's files are fetched at: hub repo id -> commit sha; "" or absent: not pinned yet (the
+# shipped file has no commits: it was written offline). `python -m bench.weights pin` fills it in from the cache.
+PINS_FILE = Path(__file__).with_name("hub_revisions.json")
+
+
+def hub_pins() -> dict[str, str]:
+    """The pinned revisions in PINS_FILE (read at every call: a `pin` or a test may change it); unpinned repos and
+    the file's "_about" note are left out."""
+    if not PINS_FILE.is_file():
+        return {}
+    return {repo: rev for repo, rev in json.loads(PINS_FILE.read_text()).items() if rev and not repo.startswith("_")}
+
+
+def pinned_revision(repo: str) -> str | None:
+    return hub_pins().get(repo)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -44,6 +62,11 @@ class Variant:
     official_key: str | None = None  # entry in tests/data/reference/official_checkpoints.json
     generator: str | None = None  # the released generator paired with this tokenizer
     note: str = ""
+
+    @property
+    def revision(self) -> str | None:
+        """The hub commit its released weights are pinned to (PINS_FILE); None: not pinned yet, or no hub repo."""
+        return pinned_revision(self.hub_repo) if self.hub_repo else None
 
     @property
     def released(self) -> bool:

@@ -143,6 +143,17 @@ def test_modes():
         mode_options("turbo")
     with pytest.raises(ValueError, match="precision"):
         InferenceOptions(precision="int8")
+
+
+@pytest.mark.parametrize("bf16_rate, expected", [(1.0, "parity"), (150.0, "fast")])
+def test_auto_mode_takes_fast_only_where_bf16_matmuls_are_fast(monkeypatch, bf16_rate, expected):
+    """`auto` is `fast` on a CPU with bf16 units (and on CUDA), `parity` on one without (bf16 at ~1% of fp32)."""
+    from bench.core import dist as D
+
+    rates = {torch.float32: 100.0, torch.bfloat16: bf16_rate}
+    monkeypatch.setattr(D, "_matmul_rate", lambda device_type, dtype: rates[dtype])
+    assert mode_options("auto", "cpu") == mode_options(expected, "cpu")
+    assert mode_options("auto", "cuda") == mode_options("fast", "cuda")
     tok, gen = toy_pair()
     with pytest.raises(ValueError, match="CUDA"):
         InferencePipeline(tok, gen, options=InferenceOptions(cuda_graphs=True))

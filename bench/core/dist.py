@@ -5,8 +5,11 @@ One process per GPU with NCCL, or CPU processes with gloo. Single-process runs n
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 
 import torch
@@ -81,3 +84,35 @@ def gather_tensors(t: torch.Tensor) -> torch.Tensor:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, t.cpu())
     return torch.cat(parts).to(t.device)
+
+
+# ---- autocast on this device ------------------------------------------------------------------------------------
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SLOW_AUTOCAST_FACTOR = 0.5  # an autocast dtype whose matmuls run below half the fp32 rate is not used
+
+
+@functools.cache
+def _matmul_rate(device_type: str, dtype: torch.dtype, n: int = 256) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    a @ a
+    t0, runs = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 0.05 or runs < 2:
+        a @ a
+        runs += 1
+    return runs / (time.perf_counter() - t0)
+
+
+def runnable_precision(precision: str, device: torch.device) -> str:
+    """The precision a training loop (and bench.speed's `auto` inference mode) runs at on `device`: `precision`
+    itself, except on a CPU whose matmuls in that dtype run below half the fp32 rate (bf16/fp16 on a CPU without
+    bf16/fp16 units: ~1 GFLOP/s against ~100 in fp32, measured in a 0.1 s probe), where autocast would make the work
+    ~100x slower: fp32 then, with a warning; the caller records what ran. CUDA devices run what was asked."""
+    if precision not in AUTOCAST_DTYPES or device.type != "cpu":
+        return precision
+    ratio = _matmul_rate("cpu", AUTOCAST_DTYPES[precision]) / _matmul_rate("cpu", torch.float32)
+    if ratio >= SLOW_AUTOCAST_FACTOR:
+        return precision
+    logging.getLogger(__name__).warning(
+        "%s asked for, but %s matmuls run at %.2fx the fp32 rate on this CPU (%s): running fp32 instead",
+        precision, precision, ratio, torch.backends.cpu.get_cpu_capability())
+    return "fp32"

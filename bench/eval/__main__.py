@@ -41,6 +41,7 @@ from bench.core import dist as D
 from bench.core.io import atomic_write_json
 from bench.core.loading import SetupError, load_model
 from bench.data import DatasetError
+from bench.eval.probe import DEFAULT_FEATURES, FEATURES
 from bench.stages import (
     Context,
     DataConfig,
@@ -105,6 +106,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = ap.add_argument_group("probe")
     g.add_argument("--probe-num-train", type=int, default=50_000, help="training images of the linear probe")
     g.add_argument("--probe-epochs", type=int, default=100, help="full-batch L-BFGS iterations")
+    g.add_argument("--probe-features", default=DEFAULT_FEATURES, choices=list(FEATURES),
+                   help="where the pooled encoder features are read (the paper says only 'global pooling'): "
+                        + "; ".join(f"{k}: {v}" for k, v in FEATURES.items()))
     g = ap.add_argument_group("run")
     g.add_argument("--fid-method", default="sqrtm", choices=["sqrtm", "eigh"],
                    help="matrix square root of the Frechet distance (sqrtm: the reference's and ADM's)")
@@ -207,8 +211,9 @@ def evaluate(args: argparse.Namespace, info: D.DistInfo) -> dict:
             t0 = time.perf_counter()
             result = run(probe, ProbeSpec(tokenizer=args.tokenizer, data=data, num_train=args.probe_num_train,
                                           num_val=args.num_images, split=args.split, epochs=args.probe_epochs,
-                                          **common), scratch)
+                                          features=args.probe_features, **common), scratch)
             report.setdefault("data", result["data"])
+            report["probe_features"] = args.probe_features
             report["timings_s"]["probe"] = time.perf_counter() - t0
     report.update(weights_random=random, random=any(random.values()), device=str(info.device),
                   world_size=info.world_size, settings=vars(args))

@@ -2,9 +2,13 @@
 
     out = linear_probe(tok, train_ds, val_ds, num_train=50_000, num_val=10_000, info=info)   # {"probe_top1": ...}
 
-Features: the encoder's outputs at the K latent tokens after ln_post, before the output projection (conv_out) and
-the quantiser, averaged over the K tokens: one [width] vector per image. They are read with a forward hook on
-`encoder.ln_post`, which the encoder applies to the latent tokens only; the model is not changed.
+Features (`features`, one [width] vector per image; the paper says only "global pooling", so where is a setting):
+    latent_mean         (default) the encoder's outputs at the K latent tokens after ln_post, before the output
+                        projection (conv_out) and the quantiser, averaged over the K tokens
+    latent_mean_pre_ln  the same K tokens before ln_post (the last transformer block's output), averaged
+    patch_mean          the last transformer block's outputs at the g*g patch tokens (not the class token),
+                        averaged; the encoder applies ln_post to the latent tokens only, so these have no final norm
+They are read with forward hooks (on `encoder.ln_post`, or the last block for patch_mean); the model is not changed.
 Classifier: features standardised with the training features' mean and std (MAE's affine-free BatchNorm in
 front of its linear head), then multinomial logistic regression from zero weights with an L2 penalty, fitted
 full-batch with L-BFGS (strong-Wolfe line search) for `epochs` iterations: deterministic, no learning rate or
@@ -24,12 +28,40 @@ from bench.core.dist import DistInfo, gather_tensors
 
 from .run import SINGLE_PROCESS, check_image_size, eval_batches, on_main
 
+FEATURES = {
+    "latent_mean": "mean over the K latent tokens of the encoder's ln_post output",
+    "latent_mean_pre_ln": "mean over the K latent tokens of the encoder's last block output (before ln_post)",
+    "patch_mean": "mean over the patch tokens of the encoder's last block output (no final norm)",
+}
+DEFAULT_FEATURES = "latent_mean"
+
+
+def check_features(features: str) -> str:
+    """`features` if it is one of FEATURES, else a one-line ValueError naming the choices."""
+    if features not in FEATURES:
+        raise ValueError(f"probe features {features!r}: choose one of {', '.join(FEATURES)}")
+    return features
+
+
+def _feature_hook(tokenizer: models.TiTok, features: str, captured: list):
+    """Registers the forward hook that puts the [B, N, width] tokens `features` averages into `captured`; returns
+    its handle."""
+    enc = tokenizer.encoder
+    if features == "latent_mean":
+        return enc.ln_post.register_forward_hook(lambda m, i, o: captured.append(o))
+    if features == "latent_mean_pre_ln":  # ln_post's input is the K latent tokens' slice of the last block output
+        return enc.ln_post.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    # patch_mean: the sequence is [CLS, g*g patches, K latents]
+    k = tokenizer.config.num_latent_tokens
+    last = enc.transformer[-1] if len(enc.transformer) else enc.ln_pre
+    return last.register_forward_hook(lambda m, i, o: captured.append(o[:, 1:o.shape[1] - k]))
+
 
 @torch.no_grad()
-def encoder_features(tokenizer: models.TiTok, images: torch.Tensor) -> torch.Tensor:
-    """[B, width]: the mean over the K latent tokens of the encoder's ln_post output."""
-    captured = []
-    handle = tokenizer.encoder.ln_post.register_forward_hook(lambda m, i, o: captured.append(o))
+def encoder_features(tokenizer: models.TiTok, images: torch.Tensor, features: str = DEFAULT_FEATURES) -> torch.Tensor:
+    """[B, width] float32 probe features of `images` (`features`: one of FEATURES, see the module doc)."""
+    captured: list[torch.Tensor] = []
+    handle = _feature_hook(tokenizer, check_features(features), captured)
     try:
         tokenizer.forward_encoder(images)
     finally:
@@ -38,15 +70,17 @@ def encoder_features(tokenizer: models.TiTok, images: torch.Tensor) -> torch.Ten
 
 
 def extract_features(tokenizer: models.TiTok, dataset: Dataset, num_images: int, *, batch_size: int = 64,
-                     info: DistInfo = SINGLE_PROCESS, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                     info: DistInfo = SINGLE_PROCESS, num_workers: int = 0,
+                     features: str = DEFAULT_FEATURES) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, width] float32, labels [N]) of the first `num_images` images, in dataset order on every rank."""
+    check_features(features)
     check_image_size(dataset, tokenizer.config.image_size, "the tokenizer")
     tokenizer = tokenizer.to(info.device).eval()
     width = tokenizer.encoder.ln_post.normalized_shape[0]
     feats = [torch.zeros(0, width, device=info.device)]
     labels = [torch.zeros(0, dtype=torch.long, device=info.device)]
     for images, y in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="probe features"):
-        feats.append(encoder_features(tokenizer, images))
+        feats.append(encoder_features(tokenizer, images, features))
         labels.append(y.long())
     return gather_tensors(torch.cat(feats)), gather_tensors(torch.cat(labels))
 
@@ -73,10 +107,11 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
 
 def linear_probe(tokenizer: models.TiTok, train_dataset: Dataset, val_dataset: Dataset, *, num_train: int,
                  num_val: int, info: DistInfo = SINGLE_PROCESS, epochs: int = 100, weight_decay: float = 1e-4,
-                 batch_size: int = 64, num_workers: int = 0) -> dict:
-    """Top-1 of a linear classifier on frozen encoder features: {"probe_top1": accuracy in [0, 1]}.
-    Both datasets should be preprocessed for evaluation (centre crops, no augmentation)."""
-    kw = dict(batch_size=batch_size, info=info, num_workers=num_workers)
+                 batch_size: int = 64, num_workers: int = 0, features: str = DEFAULT_FEATURES) -> dict:
+    """Top-1 of a linear classifier on frozen encoder features (`features`: one of FEATURES):
+    {"probe_top1": accuracy in [0, 1]}. Both datasets should be preprocessed for evaluation (centre crops, no
+    augmentation)."""
+    kw = dict(batch_size=batch_size, info=info, num_workers=num_workers, features=check_features(features))
     train_x, train_y = extract_features(tokenizer, train_dataset, num_train, **kw)
     val_x, val_y = extract_features(tokenizer, val_dataset, num_val, **kw)
     num_classes = getattr(train_dataset, "num_classes", None) or int(train_y.max()) + 1

@@ -23,8 +23,11 @@ Switches (`InferenceOptions`), each independent:
 Modes: `naive` is the reference procedure written plainly (separate conditional and unconditional forwards,
 torch.no_grad, fp32, NCHW, eager); `parity` is the exact fp32 path (batched guidance and inference_mode change
 no value: tokens equal the reference sampler's); `fast` is bf16 with bf16 weight copies + channels-last (+ CUDA
-graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile. The pipeline never modifies the models it is
-given: paths that change weights or their layout work on copies.
+graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile; `auto` (the default of the sweep's speed stage) is
+`fast` where the device runs bf16 matmuls at least at half the fp32 rate (CUDA; CPUs with bf16 units) and `parity`
+elsewhere (an AVX2-only CPU runs bf16 at ~1% of fp32: `fast` would be ~100x slower there), from the loop's 0.1 s
+probe (bench.core.dist.runnable_precision); the row's `options` say which ran. The pipeline never modifies the
+models it is given: paths that change weights or their layout work on copies.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.core.dist import runnable_precision
 from bench.eval.metrics import psnr
 from models.generators import MaskGITGenerator
 from models.maskgit_vqgan import MaskGITVQGAN
@@ -83,12 +87,14 @@ def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOpti
         "fast": fast,
         "compiled": dataclasses.replace(fast, compile=True),
     }
+    if mode == "auto":
+        return fast if runnable_precision(fast.precision, torch.device(device)) == fast.precision else modes["parity"]
     if mode not in modes:
-        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(modes)}")
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
     return modes[mode]
 
 
-MODES = ("naive", "parity", "fast", "compiled")
+MODES = ("naive", "parity", "fast", "compiled", "auto")
 
 
 def resolve_options(mode: str | InferenceOptions, device: torch.device | str = "cpu") -> InferenceOptions:

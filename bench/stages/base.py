@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.core.dist import DistInfo
 from bench.train.recipes import DataConfig
+from models.checkpoints import file_sha256
 
 # fields of every spec that never change a result
 WHERE_AND_HOW = ("device", "data.root", "data.num_workers")
@@ -116,25 +117,13 @@ def source_identity(source: str | None) -> str | None:
         return str(source)
     from bench import weights
 
-    for name in weights.registry():
-        located = weights.locate(name)
-        if located is not None and located.resolve() == path.resolve():
-            return name
+    name = weights.name_of(path)
+    if name is not None:
+        return name
     # hidden files (a stage's owner lock, a writer's temporary file) are not content
     files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() \
         else [path]
-    return short_hash([(str(p.relative_to(path)) if path.is_dir() else p.name, _file_hash(str(p.resolve()),
-                        p.stat().st_size, p.stat().st_mtime_ns)) for p in files])
-
-
-@functools.cache
-def _file_hash(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime in the key: a file rewritten in place is hashed again
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return short_hash([(str(p.relative_to(path)) if path.is_dir() else p.name, file_sha256(p)) for p in files])
 
 
 # ---- what the evaluation stages share ----------------------------------------------------------------------------
@@ -150,9 +139,10 @@ def inception(spec, ctx: Context):
     process: a local job runs all of a cell's evaluations in one process, the CLI all of its metrics."""
     from bench import weights
 
-    located = weights.locate(weights.INCEPTION)
+    # resolved here, not only when the network is made: the stage's tags name the file each stage used
+    resolved = weights.resolve(weights.INCEPTION, spec.allow_random_weights)
     return _inception(str(ctx.info.device), spec.allow_random_weights, spec.inception_dtype,
-                      str(located) if located else None)
+                      str(resolved.path) if resolved.path else None)
 
 
 def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]:
@@ -164,7 +154,7 @@ def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]
     path = Path(extractor.weights_path)
     weights = "a random stand-in" if extractor.random else "released weights"
     tags = {"features": f"torch-fidelity InceptionV3 ({TF_EXTRACTOR_NAME}, {weights})",
-            "features_sha256": _file_hash(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns),
+            "features_sha256": file_sha256(path),
             "inception_dtype": spec.inception_dtype,
             "distance": f"titok-bench bench.eval.metrics.frechet_distance ({spec.fid_method})",
             "reference": reference}
@@ -184,4 +174,4 @@ def training_result(result) -> dict:
     """A training stage's result (bench.train's StageResult) as a stage result."""
     return {"metrics": {}, "final_logs": {k: float(v) for k, v in result.final_logs.items()},
             "checkpoint": result.checkpoint, "steps": result.steps, "wall_s": result.wall_s,
-            "random_weights": result.random_weights, "resumed_from": result.resumed_from}
+            "random_weights": result.random_weights, "resumed_from": result.resumed_from, "precision": result.precision}

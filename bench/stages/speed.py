@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench import tracking as T
 from bench.stages import base
 
 NAME = "speed"
@@ -28,7 +29,7 @@ class SpeedSpec:
     repeats: int = 3
     warmup: int = 1
     sampler: dict = field(default_factory=dict)
-    mode: str = "fast"
+    mode: str = "auto"
     allow_random_weights: bool = False
     device: str = "auto"
 
@@ -45,4 +46,4 @@ def run(spec: SpeedSpec, ctx: base.Context) -> dict:
                                 warmup=spec.warmup, repeats=spec.repeats, device=ctx.info.device)
     # timings do not depend on the weights, but the row is still the speed of stand-ins: say so
     return {"metrics": {"samples_per_s": float(result["samples_per_s"])}, "speed": result,
-            "random_weights": loaded.random}
+            "random_weights": loaded.random, "tags": {T.TAG_SPEED_PATH: f"{spec.mode}: {result['options']}"}}

@@ -3,7 +3,8 @@
 
 `run_task` is idempotent: a task whose `result.json` exists is skipped; an interrupted training stage resumes from
 the checkpoint in its folder; one process at a time runs a stage (a lock in its folder). Metrics and tags go to the
-cell's MLflow run through `bench.tracking.RunLogger` (which never fails the job).
+cell's MLflow run through `bench.tracking.RunLogger` (which never fails the job); the tags include the revision and
+sha256 of every registry file (bench.weights) the stage used, or that it was a random stand-in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench import tracking as T
+from bench import weights
 from bench.core import dist as D
 from bench.core.io import atomic_write_json
 from bench.core.lock import owner_lock
@@ -141,11 +143,16 @@ def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out
         atomic_write_json(out / SPEC, {"stage": task.stage, "cell": task.cell, "identity": task.identity,
                                        "spec": dataclasses.asdict(task.spec)})
     t0 = time.time()
-    result = stage_module(task.stage).run(task.spec, Context(out, info, log))
+    named = spec_weights(task.spec)  # checked before the work, not after
+    with weights.recording() as used:
+        result = stage_module(task.stage).run(task.spec, Context(out, info, log))
     result.update(stage=task.stage, cell=task.cell, identity=task.identity,
                   wall_s=result.get("wall_s", time.time() - t0), device=_device_name(info),
                   devices=_device_count(info, task.threads))
     if info.is_main:
+        result["tags"] = {**weights_tags({**used, **named}), **result.get("tags", {})}
+        if "precision" in result:  # a training stage: what ran, which may be fp32 where autocast is slow
+            result["tags"][T.precision_tag(task.stage)] = result["precision"]
         # logged (or fsynced into the buffer) before the result marks the stage done: a job killed in between
         # runs the stage again instead of leaving its metrics out of MLflow
         if logger:
@@ -160,6 +167,28 @@ def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out
         atomic_write_json(out / RESULT, result)
     D.barrier()  # rank 0 releases the stage once every rank is through it
     return result
+
+
+def spec_weights(spec) -> dict[str, Path]:
+    """The registry files a spec names by their path in the cache (the plan resolves some names to paths), each
+    checked against its source record (weights.require)."""
+    names = {weights.name_of(value) for value in _strings(dataclasses.asdict(spec))} - {None}
+    return {name: weights.require(name) for name in sorted(names)}
+
+
+def weights_tags(used: dict[str, Path | None]) -> dict[str, str]:
+    """Tags naming each registry file a stage used (name -> its file, None: a stand-in) with the revision it was
+    fetched at and its sha256, or that it was a stand-in (bench.weights.provenance)."""
+    return {T.weights_tag(name, kind): value for name, path in sorted(used.items())
+            for kind, value in weights.provenance(name, path).items()}
+
+
+def _strings(tree) -> list[str]:
+    if isinstance(tree, str):
+        return [tree] if tree else []
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    return [s for item in tree for s in _strings(item)] if isinstance(tree, (list, tuple)) else []
 
 
 def numeric(metrics: dict) -> dict[str, float]:

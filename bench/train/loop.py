@@ -132,6 +132,7 @@ class TrainResult:
     final_logs: dict[str, float]
     model: nn.Module  # the EMA (or raw) weights of objective.ema_of, on CPU
     resumed_from: int = 0  # the step of the checkpoint this run started from (0: from scratch)
+    precision: str = "fp32"  # what ran (D.runnable_precision): the asked-for autocast, or fp32 where it is slow
 
 
 def _rng_state() -> dict:
@@ -190,7 +191,8 @@ class Trainer:
         self.optimizers = {name: torch.optim.AdamW(param_groups(m, objective.optim[name].weight_decay),
                                                    lr=objective.optim[name].lr, betas=objective.optim[name].betas)
                            for name, m in objective.modules.items()}
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.precision = D.runnable_precision(cfg.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
             objective.ema_of and cfg.ema_max_decay > 0) else None
         if state is not None:
@@ -237,7 +239,7 @@ class Trainer:
                 sync = (i == len(micro) - 1) or not isinstance(self.wrapped[name], DistributedDataParallel)
                 ctx = nullcontext() if sync else self.wrapped[name].no_sync()
                 with ctx:
-                    with _autocast(self.device, cfg.precision):
+                    with _autocast(self.device, self.precision):
                         loss, mb_logs = objective.loss(name, self.wrapped, mb, step, cache[i])
                     nonfinite |= not torch.isfinite(loss.detach()).all().item()
                     self.scaler.scale(loss / len(micro)).backward()
@@ -309,7 +311,7 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
         final = _cpu_copy(final)
         if trainer.ema is not None:
             trainer.ema.copy_to(final)
-    return TrainResult(cfg.steps, prior_wall_s + time.time() - t0, logs, final, start)
+    return TrainResult(cfg.steps, prior_wall_s + time.time() - t0, logs, final, start, trainer.precision)
 
 
 def _split(batch, parts: int) -> list:

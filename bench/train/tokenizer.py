@@ -49,6 +49,7 @@ class StageResult:
     final_logs: dict[str, float]
     random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network -> was a stand-in
     resumed_from: int = 0
+    precision: str = "fp32"  # the precision that ran (TrainResult.precision)
 
     @property
     def any_random(self) -> bool:
@@ -92,7 +93,8 @@ def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, ra
                 **(metadata or {})}
         models.save(result.model, path, metadata=meta)
     D.barrier()
-    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights, result.resumed_from)
+    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights, result.resumed_from,
+                       result.precision)
 
 
 def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:

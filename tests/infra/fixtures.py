@@ -42,20 +42,16 @@ def slurm_cluster():
     submitit itself runs the job with this process's sys.executable, i.e. the venv's python.
     """
     _require_slurm_packages()
+    from bench.launch import job_environment
+
     cluster = SlurmCluster()
-    saved = {k: os.environ.get(k) for k in ("SLURM_CONF", "PYTHONPATH", "PATH")}
     try:
         cluster.start()
-        os.environ.update(cluster.env)
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
-        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved["PATH"] or ""])
-        yield cluster
+        with job_environment({**cluster.env,
+                              "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                              "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}):
+            yield cluster
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         cluster.stop()
     left = [p for p in cluster.started_pids if alive(p)]
     assert not left, f"SLURM daemons still alive after stop(): {left}"
@@ -72,3 +68,24 @@ def mlflow_server(tmp_path_factory):
         server.stop()
     left = [p for p in server.started_pids if alive(p)]
     assert not left, f"mlflow server processes still alive after stop(): {left}"
+
+
+@pytest.fixture(scope="session")
+def rehearsal_files(tmp_path_factory):
+    """What a paper-path user has, with random weights (tests/infra/rehearsal.py): `.imagenet` (an ImageNet-layout
+    tree of 4 classes with corrupt files), `.weights` (a cache with the shared networks, the teacher and the ADM
+    batch; `.add(names)` writes released checkpoints into it) and `.env` (TITOK_BENCH_WEIGHTS). Removed at the end
+    of the session: the released files take gigabytes."""
+    from types import SimpleNamespace
+
+    from tests.infra import rehearsal
+
+    root = tmp_path_factory.mktemp("rehearsal")
+    try:
+        rehearsal.write_imagenet_tree(root / "imagenet")
+        rehearsal.write_weights_cache(root / "weights", rehearsal.shared_names())
+        yield SimpleNamespace(imagenet=root / "imagenet", weights=root / "weights",
+                              add=lambda names: rehearsal.write_weights_cache(root / "weights", list(names)),
+                              env={**os.environ, "TITOK_BENCH_WEIGHTS": str(root / "weights")})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -25,10 +25,12 @@ COMBINATIONS = list(itertools.product(names("preset"), names("grid"), names("dat
 # (grid, data) pairs that must not make a plan, for any preset, and the message that says why
 INVALID = {("released", "synthetic"): "grid=released evaluates the released ImageNet models: use data=imagenet"}
 # sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
-# (titok-bench issue 9); a deliberate recipe change updates its hash here
+# (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
+# eval.speed.mode auto; the rehearsal preset)
 PRESET_SHA256 = {
-    "paper": "77f2ccbfc12c37446c581e05734060fc44a5dd6bc9e6c6e932dc4a5b5d61d4b8",
-    "tiny": "20e8f0bbfbca81310836eafdd6c3e59e3377af7b8776eae73e5a1066c1007701",
+    "paper": "c6791f2bdca2ba13b054da8b00fe5d63be410262369a756be3cf5a40a8133e69",
+    "tiny": "c740615da2bfa873c6d7df2bed807f898945fdef1f64f1d6e50f52506804529e",
+    "rehearsal": "6aa2dbac7ace484e85c02def00761d5e7ab6596017a3aeed9019f715f5d50562",
 }
 
 

@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
 
 
-def sweep(*args, outputs, uri, timeout=600):
+def sweep(*args, outputs, uri, timeout=600, env=None):
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "launcher=slurm", "cluster=local",
                         f"outputs={outputs}", f"tracking_uri={uri}", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -139,3 +139,22 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
 
     # 5. a second invocation submits nothing
     assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
+
+
+def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_path):
+    """The paper path's rehearsal (preset=rehearsal, an ImageNet-layout tree, the weights cache: test_rehearsal.py)
+    through the cluster: one cell, every stage, each in its SLURM job, logged to the server."""
+    from tests.sweep.test_rehearsal import ONE_CELL, stage_results
+
+    outputs = tmp_path / "outputs"
+    out = sweep("preset=rehearsal", "data=imagenet", f"data.root={rehearsal_files.imagenet}", "data.num_classes=4",
+                *ONE_CELL, "wait=true", outputs=outputs, uri=mlflow_server.uri, timeout=1800, env=rehearsal_files.env)
+    assert "all jobs ended; 0 stages unfinished" in out, out
+    results = stage_results(outputs, "latent_vs_size", "TiTok-S-32")
+    assert set(results) == {"stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"}
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
+    [run] = [r for r in client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+             if r.data.tags[T.TAG_PRESET] == "rehearsal"]
+    assert run.info.status == "FINISHED" and len(run.data.tags[T.weights_tag("MaskGIT-VQGAN", "sha256")]) == 64
+    assert {"rfid", "gfid", "probe_top1", "samples_per_s"} <= set(run.data.metrics)
