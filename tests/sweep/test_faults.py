@@ -424,6 +424,10 @@ def test_cancel_stops_a_recorded_local_job(tmp_path):
     job = executor.submit(time.sleep, 120)
     launch.record_jobs(plan, "local", [(job.job_id, ["x"])])
     (task,) = wait_for(lambda: children(int(job.job_id)), 30, "the job's task")
+    # the task runs the job once the controller holds it: an earlier SIGINT lands inside the controller's Popen,
+    # which then never learns of its task (a StageJob's own watchdog ends it then; this bare sleep has none)
+    wait_for(lambda: job.paths.stdout.is_file() and "Starting with" in job.paths.stdout.read_text(), 30,
+             "the job to start")
     assert launch.cancel(plan) == [job.job_id]
     wait_for(lambda: not Path(f"/proc/{task}").exists() and job.done(), 15, "the job to end")
 
