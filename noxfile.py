@@ -4,9 +4,11 @@
     .venv/bin/nox -s tests           # unit and integration tests on the CPU
     .venv/bin/nox -s slurm           # the sweep on a real single-node SLURM cluster + mlflow server
     .venv/bin/nox -s report          # figures and tables of the default grid into reports/out/
+    .venv/bin/nox -s gpu             # the GPU check on one CUDA device (not in CI's sessions: CI has no GPU)
     .venv/bin/nox -s mlflow_ui       # browse the default sqlite store
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -106,6 +108,23 @@ def browser(session):
     session.run(PY, "-m", "tests.infra.apt", "chromium")
     with isolated_checkout(session):
         run_promised(session, "browser")
+
+
+@nox.session
+def gpu(session):
+    """The GPU check (bench/speed/gpu_check.py, <= 8 minutes on one GPU): every inference path against fp32 parity,
+    bf16 and fp16 training steps of each stage, CUDA graphs and torch.compile of the sampling loop, a one-GPU NCCL
+    group, TiTok-L-32 generation at batch 256 against the measured bf16 peak and stage-1 training throughput, in one
+    table. Never a default session (CI has no GPU); without a CUDA device it ends "skipped", never a green pass.
+    Arguments after -- go to the script (e.g. `nox -s gpu -- --checks paths,nccl`)."""
+    report = Path(tempfile.mkdtemp(prefix="titok-bench-gpu-")) / "gpu_check.json"
+    try:
+        session.run(PY, "-m", "bench.speed.gpu_check", "--json", str(report), *session.posargs)
+        skipped = json.loads(report.read_text()).get("skipped") if report.exists() else None
+    finally:
+        shutil.rmtree(report.parent, ignore_errors=True)
+    if skipped:
+        session.skip(skipped)
 
 
 @nox.session

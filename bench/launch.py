@@ -281,6 +281,7 @@ def prepare_tracking(plan: Plan, uri: str, code: str | os.PathLike | None = None
     shared_tracking = Tracking(uri, str(plan.root))
     shared_tracking.logger().log_params(T.flatten(plan.config))
     contexts = {SHARED: CellContext(plan.shared, shared_tracking, {}, str(plan.root))}
+    estimates = cost_tags(plan)
     for cell in plan.cells:
         tags = dict(common, **{T.TAG_ROLE: "cell", T.TAG_CELL: cell.name, T.TAG_CELL_ID: cell.cell_id,
                                T.TAG_TOKENIZER: cell.tokenizer, T.TAG_GENERATOR: str(cell.generator or "")})
@@ -288,12 +289,28 @@ def prepare_tracking(plan: Plan, uri: str, code: str | os.PathLike | None = None
             tags.update({T.TAG_MODEL_SIZE: cell.size, T.TAG_NUM_TOKENS: str(cell.num_tokens)})
         else:
             tags.update(_size_tags(cell.name))
+        tags.update(estimates.get(cell.name, {}))
         cell.run_dir.mkdir(parents=True, exist_ok=True)
         T.declare_run(uri, cell.run_dir, plan.grid, cell.name, tags, parent=plan.root, artifact_root=artifacts)
         tracking = Tracking(uri, str(cell.run_dir))
         tracking.logger().log_params(T.flatten(cell.params))
         contexts[cell.name] = CellContext(cell.tasks, tracking, tags, str(cell.run_dir))
     return contexts
+
+
+def cost_tags(plan: Plan) -> dict[str, dict[str, str]]:
+    """Per cell, the estimate of its training stages on this invocation's cluster (bench.cost) as run tags, which
+    the report's cost table shows beside cost_gpu_hours; none where the cluster config states no device."""
+    from bench import cost as C
+
+    try:
+        device = C.device_from_cluster(plan.config["cluster"])
+    except C.CostError:
+        return {}
+    basis = device.describe()
+    return {cell: {C.TAG_EST_GPU_HOURS: f"{est['cost_est_gpu_hours']:.6g}",
+                   C.TAG_EST_WALL_HOURS: f"{est['cost_est_wall_hours']:.6g}", C.TAG_EST_BASIS: basis}
+            for cell, est in C.cell_estimates(plan, device).items()}
 
 
 def _size_tags(name: str) -> dict[str, str]:

@@ -55,7 +55,8 @@ from bench.train.recipes import (
 )
 
 SHARED = "_shared"
-KNOWN_STAGES = ("stage1", "stage2", "generator", "eval_recon", "eval_gen", "probe", "speed")  # what a grid may list
+# what a grid may list, in pipeline order
+KNOWN_STAGES = ("stage1", "stage2", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed")
 
 
 class PlanError(ValueError):
@@ -150,6 +151,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("rfid_images", "gfid_samples", "gfid_reference_images", "probe_train_images", "probe_val_images",
                 "batch_size"):
         _positive(cfg, f"preset.eval.{key}")
+    for key in ("bootstrap", "gallery_images"):  # 0 turns the intervals / the gallery off
+        value = OmegaConf.select(cfg, f"preset.eval.{key}")
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise PlanError(f"preset.eval.{key}={value!r}: must be 0 (off) or a positive integer")
     from bench.eval.probe import check_features
 
     try:
@@ -183,6 +188,17 @@ def validate(cfg: DictConfig) -> None:
         for split in ("train", "val"):  # a missing or empty root, or too few classes: a DatasetError naming the path
             build_dataset("imagenet", split=split, image_size=p.image_size, train=False, root=cfg.data.root,
                           num_classes=cfg.data.num_classes)
+    if cfg.data.name == "imagenet_wds":
+        from bench.data.shards import check_shards
+
+        if cfg.data.get("train_images") is not None:
+            raise PlanError(f"data.train_images={cfg.data.train_images}: shards are streamed whole, so training "
+                            "cannot take a subset; set data.train_images=null and name fewer shards in "
+                            "data.train_shards")
+        # no shard matches, an unreadable shard, a first sample without an image or a class: one line each
+        check_shards(cfg.data.train_shards, "data.train_shards", cfg.data.num_classes,
+                     local_only="probe" in cfg.grid.stages)  # the probe reads training images by random access
+        check_shards(cfg.data.val_shards, "data.val_shards", cfg.data.num_classes, local_only=True)
     if cfg.data.name == "synthetic" and cfg.grid.name == "released":
         raise PlanError("grid=released evaluates the released ImageNet models: use data=imagenet data.root=...")
 
@@ -190,7 +206,8 @@ def validate(cfg: DictConfig) -> None:
 def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
     d = cfg.data
     return DataConfig(name=d.name, root=d.root, image_size=cfg.preset.image_size, num_classes=d.num_classes,
-                      num_images=d.get(split_images), num_workers=d.num_workers, seed=cfg.seed)
+                      num_images=d.get(split_images), num_workers=d.num_workers, seed=cfg.seed,
+                      train_shards=d.get("train_shards"), val_shards=d.get("val_shards"))
 
 
 @dataclass(frozen=True)
@@ -278,15 +295,30 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
                 loop=loop_from(_container(s2.loop), cfg.seed), allow_random_weights=allow_random, device=device),
                 stage1=stage1, teacher=ctx.teacher)
             teacher_task, teacher = None, None
+        if "pretokenize" in stages and "generator" not in stages:
+            raise PlanError("grid.stages has pretokenize without generator: its tokens are the generator's input")
+        tokens_task = None
+        if "pretokenize" in stages:
+            from bench.train.recipes import PretokenizeConfig
+
+            # preset.pretokenize: crops, precision, batch_size, shard_size (PretokenizeConfig's defaults if absent)
+            settings = _container(p.pretokenize) if OmegaConf.select(p, "pretokenize") is not None else {}
+            known = [f.name for f in dataclasses.fields(PretokenizeConfig)
+                     if f.name not in ("tokenizer", "data", "device")]
+            for key in settings:
+                if key not in known:
+                    raise PlanError(unknown_key("preset.pretokenize", key, known))
+            tokens_task = add("pretokenize", PretokenizeConfig(
+                tokenizer=stage1.product, data=ctx.train_data, device=device, **settings), tokenizer=stage1)
         if "generator" in stages:
             g = p.generator
             # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
             gen_task = add("generator", GeneratorTrainConfig(
-                tokenizer=stage1.product, model=g.model, model_overrides=_container(g.overrides),
-                label_smoothing=g.label_smoothing, unmasked_weight=g.unmasked_weight, data=ctx.train_data,
-                optim=optim_from(_container(g.optim)), loop=loop_from(_container(g.loop), cfg.seed),
-                allow_random_weights=allow_random,
-                device=device), tokenizer=stage1)
+                tokenizer=stage1.product, tokens=tokens_task.product if tokens_task else None, model=g.model,
+                model_overrides=_container(g.overrides), label_smoothing=g.label_smoothing,
+                unmasked_weight=g.unmasked_weight, data=ctx.train_data, optim=optim_from(_container(g.optim)),
+                loop=loop_from(_container(g.loop), cfg.seed), allow_random_weights=allow_random,
+                device=device), tokenizer=stage1, tokens=tokens_task)
         tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
     else:
         tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
@@ -296,13 +328,14 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
         add("eval_recon", EvalReconSpec(
             tokenizer=tokenizer, real_stats=ctx.real_stats.product, data=ctx.val_data, num_images=ev.rfid_images,
             teacher=teacher, lpips=ev.lpips, fid_method=ev.fid_method, allow_random_weights=allow_random,
-            batch_size=ev.batch_size, device=device), **reads_tokens, real_stats=ctx.real_stats)
+            bootstrap=ev.bootstrap, gallery=ev.gallery_images, batch_size=ev.batch_size, device=device),
+            **reads_tokens, real_stats=ctx.real_stats)
     if generator and "eval_gen" in stages:
         add("eval_gen", EvalGenSpec(
             generator=generator, tokenizer=tokenizer, reference_batch=ctx.reference_batch.product,
             num_samples=ev.gfid_samples, num_classes=cfg.data.num_classes, teacher=teacher, sampler=sampler,
             seed=cfg.seed, fid_method=ev.fid_method, clean_fid=ev.clean_fid, allow_random_weights=allow_random,
-            batch_size=ev.batch_size, model_name=name, device=device),
+            bootstrap=ev.bootstrap, batch_size=ev.batch_size, model_name=name, device=device),
             generator=gen_task, **reads_tokens, reference_batch=ctx.reference_batch)
     if "probe" in stages:
         add("probe", ProbeSpec(
@@ -323,8 +356,9 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
                 dict(params, cell_id=cell_id))
 
 
-def describe(plan: Plan) -> str:
-    """The dry-run view: cells, stages, resources, and what is already done."""
+def describe(plan: Plan, cost: bool = False) -> str:
+    """The dry-run view: cells, stages, resources, and what is already done; with `cost`, the estimate on the
+    configured cluster beside the paper's hours (bench.cost)."""
     lines = [f"grid {plan.grid}  preset {plan.preset}{'  (smoke)' if plan.smoke else ''}  outputs {plan.root}"]
     for t in plan.shared:
         lines.append(f"  {t.uid:<36} {'done' if t.done else 'todo':<5} {t.resources:<5} {t.out_dir}")
@@ -336,6 +370,13 @@ def describe(plan: Plan) -> str:
         lines.append(f"  {c.name:<22}{c.cell_id:<10}{marks}")
     todo = [t for t in plan.tasks() if not t.done]
     lines.append(f"{len(plan.cells)} cells, {len(plan.tasks())} stages, {len(todo)} to run")
+    if cost:
+        from bench import cost as C
+
+        try:
+            lines.append(C.describe_cost(plan, C.device_from_cluster(plan.config["cluster"])))
+        except C.CostError as err:  # a dry run still shows the plan
+            lines.append(f"cost estimate: not available: {err}")
     return "\n".join(lines)
 
 

@@ -75,7 +75,7 @@ def sweep(cfg: DictConfig) -> int:
         raise SweepError(f"launcher.name={cfg.launcher.name!r}: expected local or slurm")
     plan = make_plan(cfg)
     if cfg.action == "plan":
-        print(describe(plan))
+        print(describe(plan, cost=True))
         print("dry run: nothing submitted")
         return 0
     if cfg.action == "status":

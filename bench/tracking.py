@@ -9,7 +9,8 @@ Layout
   does not answer at that moment, the record says what the run is and the first logger that reaches the store
   creates it, so a sweep starts and runs during an outage;
 - cell runs carry the tags below, the flattened resolved config as params, training curves as stepped
-  metrics `<stage>/<name>`, and the final metrics named in `METRICS`.
+  metrics `<stage>/<name>`, the final metrics named in `METRICS`, and, from rank 0 of each training stage, the
+  machine's CPU/GPU utilisation and memory as `system/*` metrics (`SystemMetrics`, through the same buffer).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ TAG_STATUS = "titok.status"  # "running" | "finished" | "failed": all of the cel
 TAG_STAGES_DONE = "titok.stages_done"  # comma-separated stage names
 TAG_CODE_VERSION = "titok.code_version"  # git commit (+ "-dirty")
 TAG_CODE_SNAPSHOT = "titok.code_snapshot"  # the copy of the code the jobs import (bench.launch.snapshot_code)
-TAG_SPEED_PATH = "titok.speed_path"  # the speed stage's mode and the inference options it ran, e.g. "auto: fp32+..."
+TAG_SPEED_PATH = "titok.speed_path"  # the speed stage's mode, the path it ran and why, e.g. "auto -> fast (bf16+...)"
+TAG_SAMPLE_PATH = "titok.sample_path"  # the inference path eval_gen's samples ran (exact fp32 for gFID parity)
 TAG_DEVICE = "titok.device"  # e.g. "cpu", "NVIDIA H100 80GB HBM3 x8"
 # what an evaluation (rfid | gfid) used, as eval_tag(metric, kind) (bench.stages.base.feature_tags); clean-fid's
 # distance is logged as the metric gfid_clean
-EVAL_TAG_KINDS = ("features", "features_sha256", "inception_dtype", "distance", "reference")
+EVAL_TAG_KINDS = ("features", "features_sha256", "inception_dtype", "distance", "reference", "interval")
 
 
 def eval_tag(metric: str, kind: str) -> str:
@@ -107,6 +109,16 @@ METRICS = {
     "cost_gpu_hours": "accelerator-hours of all training stages (CPU: core-hours)",
     "cost_wall_hours": "wall-clock hours of all training stages",
 }
+
+
+# the uncertainty of a final metric: `<metric>_lo` and `<metric>_hi` (a 95% interval), logged beside it; how an
+# evaluation made its intervals is the tag eval_tag(<rfid | gfid | probe>, "interval")
+INTERVAL_METRICS = ("rfid", "rfid_is", "psnr", "ssim", "lpips", "gfid", "gfid_is", "precision", "recall",
+                    "probe_top1")
+
+
+def interval_keys(metric: str) -> tuple[str, str]:
+    return f"{metric}_lo", f"{metric}_hi"
 
 
 # ---- where the runs go --------------------------------------------------------------------------------------
@@ -407,6 +419,105 @@ class RunLogger:
                 size += 1
         offset = json.loads(self.acked.read_text())["offset"] if self.acked.exists() else 0
         return offset if offset <= size else 0  # a buffer replaced by hand starts over
+
+
+# ---- system metrics: CPU/GPU utilisation and memory of a training stage, through the same buffer -----------------
+SYSTEM_PREFIX = "system/"  # MLflow's own system-metrics names, so its UI shows them in the run's system metrics
+SYSTEM_METRICS_ENV = "TITOK_SYSTEM_METRICS_S"  # seconds between samples; 0 turns them off
+SYSTEM_METRICS_INTERVAL_S = 10.0
+
+
+def system_metrics_interval() -> float:
+    """$TITOK_SYSTEM_METRICS_S, else SYSTEM_METRICS_INTERVAL_S."""
+    return float(os.environ.get(SYSTEM_METRICS_ENV, SYSTEM_METRICS_INTERVAL_S))
+
+
+class SystemMetrics:
+    """A daemon thread that samples this machine every `interval_s` seconds while the block runs, and once as it
+    ends, and logs each sample through `logger` (a RunLogger of its own: the store's client is not shared between
+    threads), so that samples taken while the store is down are buffered in the run folder like every other metric.
+    Step = the sample's number. Metrics (MLflow's names and units): system/cpu_utilization_percentage (all cores,
+    since the last sample), system/system_memory_usage_megabytes and _percentage, system/process_memory_rss_megabytes
+    (this process), and per GPU of the node that NVML sees, system/gpu_<i>_utilization_percentage,
+    _memory_usage_megabytes and _memory_usage_percentage (without NVML (nvidia-ml-py): memory only, from torch, for
+    the GPUs this process sees). Without psutil it logs nothing and says so once; it never fails the job."""
+
+    def __init__(self, logger: RunLogger, interval_s: float = SYSTEM_METRICS_INTERVAL_S):
+        import threading
+
+        self.logger, self.interval_s = logger, interval_s
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="system-metrics", daemon=True)
+        self._gpus: list = []
+
+    def __enter__(self) -> SystemMetrics:
+        try:
+            import psutil
+        except ImportError:
+            log.warning("psutil is not installed: no system metrics (pip install psutil)")
+            return self
+        psutil.cpu_percent(interval=None)  # the first call starts the interval the next one measures
+        self._gpus = _gpu_handles()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join(timeout=30)
+
+    def sample(self) -> dict[str, float]:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        out = {"cpu_utilization_percentage": psutil.cpu_percent(interval=None),
+               "system_memory_usage_megabytes": memory.used / 1e6,
+               "system_memory_usage_percentage": 100 * memory.used / memory.total,
+               "process_memory_rss_megabytes": psutil.Process().memory_info().rss / 1e6}
+        for i, handle in enumerate(self._gpus):
+            out.update(_gpu_sample(i, handle))
+        return {SYSTEM_PREFIX + k: float(v) for k, v in out.items()}
+
+    def _loop(self) -> None:
+        while True:
+            stopped = self._stop.wait(self.interval_s)
+            try:
+                self.logger.log_metrics(self.sample(), step=self.samples)
+                self.samples += 1
+            except Exception as err:  # a sampler must never take the training job down
+                log.warning("system metrics: %s: %s", type(err).__name__, err)
+            if stopped:
+                return
+
+
+def _gpu_handles() -> list:
+    """NVML handles of the node's GPUs, else ("torch", index) for the GPUs torch sees, else []."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no NVML library, no driver, or nvidia-ml-py not installed
+        pass
+    import torch
+
+    return [("torch", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _gpu_sample(i: int, handle) -> dict[str, float]:
+    if isinstance(handle, tuple):
+        import torch
+
+        free, total = torch.cuda.mem_get_info(handle[1])
+        return {f"gpu_{i}_memory_usage_megabytes": (total - free) / 1e6,
+                f"gpu_{i}_memory_usage_percentage": 100 * (total - free) / total}
+    import pynvml
+
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    return {f"gpu_{i}_utilization_percentage": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+            f"gpu_{i}_memory_usage_megabytes": memory.used / 1e6,
+            f"gpu_{i}_memory_usage_percentage": 100 * memory.used / memory.total}
 
 
 def pending(folder: str | os.PathLike) -> bool:

@@ -3,8 +3,10 @@
     python -m reports grid=latent_vs_size          # the command line (see reports/__main__.py)
     build_report(load_grid("released"), "sqlite:///outputs/mlflow.db", "reports/out/released")
 
-Output layout in out_dir: figures/<panel>.png|svg and figures/combined.png|svg, tables/<name>.csv|md
-(tidy, grid, cost, and released for grid `released`), index.html.
+Output layout in out_dir: figures/<panel>.png|svg and figures/combined.png|svg, figures/gallery_<size>.png and
+figures/token_usage.png (from the cells' eval_recon artifacts, where logged), tables/<name>.csv|md (summary for a
+sizes x K grid, tidy, grid, cost, and released for grid `released`), index.html; artifacts/<cell>/ holds the
+downloaded artifacts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from .collect import Grid, IgnoredRun, ReportError, collect, load_grid, paper_numbers
-from .figures import write_figures
+from .collect import Grid, IgnoredRun, ReportError, collect, fetch_artifacts, load_grid, paper_numbers
+from .figures import write_figures, write_gallery, write_token_usage
 from .html import write_html
+from .summary import summary_table
 from .tables import build_tables, write_tables
 
 __all__ = ["Grid", "IgnoredRun", "ReportError", "ReportResult", "build_report", "load_grid"]
@@ -60,9 +63,15 @@ def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str 
     tidy_csv = tab_dir / "tidy.csv"
     tidy.to_csv(tidy_csv, index=False)
     figures = write_figures(col, tidy, paper, out / "figures")
+    artifacts = fetch_artifacts(col, out / "artifacts")
+    gallery = write_gallery(col, artifacts, out / "figures")
+    token_usage = write_token_usage(col, artifacts, out / "figures")
+    figures += gallery + ([token_usage] if token_usage else [])
     tables = build_tables(col, tidy, paper)
+    if grid.scaling:
+        tables.insert(0, summary_table(col, tidy))
     table_files = [tidy_csv, *write_tables(tables, tab_dir)]
-    html = write_html(col, out / "figures", tables, out / "index.html")
+    html = write_html(col, out / "figures", tables, out / "index.html", gallery=gallery, token_usage=token_usage)
     return ReportResult(grid=grid.name, out_dir=out, tidy=tidy, html=html, figures=figures,
                         tables=table_files, missing_cells=dict(col.missing), fallback_cells=col.fallbacks,
                         ignored_runs=list(col.ignored), smoke=col.smoke)

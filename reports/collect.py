@@ -28,8 +28,8 @@ PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
 PAPER_SAMPLES = 50_000  # the paper's FIDs use 50k images; fewer makes a number incomparable with it
 
-TIDY_COLUMNS = ["grid", "cell", "model_size", "num_tokens", "metric", "value", "run_id", "smoke", "preset",
-                "weights_random", "smoke_reason"]
+TIDY_COLUMNS = ["grid", "cell", "model_size", "num_tokens", "metric", "value", "lo", "hi", "run_id", "smoke",
+                "preset", "weights_random", "smoke_reason"]  # lo, hi: the metric's 95% interval where logged
 # which rows of paper_numbers.csv (its `table` column) describe which grid; other grids have no paper values
 PAPER_TABLE_OF_GRID = {"latent_vs_size": "scaling", "released": "released"}
 # paper_numbers.csv column -> our metric name
@@ -165,6 +165,7 @@ class CellRun:
     params: dict[str, str]
     smoke_reasons: tuple[str, ...]
     fallback: str = ""  # why a run that is not titok.status=finished was kept ("" when it is)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (lo, hi), where logged
 
     @property
     def smoke(self) -> bool:
@@ -185,13 +186,16 @@ class CellRun:
     @classmethod
     def from_run(cls, run, fallback: str = "") -> CellRun:
         tags, metrics = dict(run.data.tags), {k: v for k, v in run.data.metrics.items() if k in T.METRICS}
+        logged = run.data.metrics
+        intervals = {m: (logged[lo], logged[hi]) for m in T.INTERVAL_METRICS
+                     for lo, hi in [T.interval_keys(m)] if m in metrics and lo in logged and hi in logged}
         cell = tags[T.TAG_CELL]
         size, k = cell_size_and_tokens(cell)
         k_tag = tags.get(T.TAG_NUM_TOKENS)
         return cls(cell=cell, run_id=run.info.run_id, model_size=tags.get(T.TAG_MODEL_SIZE) or size or "",
                    num_tokens=int(k_tag) if k_tag else k, metrics=metrics, tags=tags,
                    params=dict(run.data.params), smoke_reasons=tuple(smoke_reasons(tags, metrics)),
-                   fallback=fallback)
+                   fallback=fallback, intervals=intervals)
 
 
 @dataclass(frozen=True)
@@ -230,11 +234,13 @@ class Collection:
     def table(self) -> pd.DataFrame:
         """The tidy table: one row per kept cell and logged final metric (grid order, METRICS order)."""
         rows = [{"grid": self.grid.name, "cell": r.cell, "model_size": r.model_size,
-                 "num_tokens": r.num_tokens, "metric": m, "value": r.metrics[m], "run_id": r.run_id,
+                 "num_tokens": r.num_tokens, "metric": m, "value": r.metrics[m],
+                 "lo": r.intervals.get(m, (None, None))[0], "hi": r.intervals.get(m, (None, None))[1],
+                 "run_id": r.run_id,
                  "smoke": r.smoke, "preset": r.preset, "weights_random": r.weights_random,
                  "smoke_reason": r.smoke_reason}
                 for r in self.runs.values() for m in T.METRICS if m in r.metrics]
-        return pd.DataFrame(rows, columns=TIDY_COLUMNS).astype({"num_tokens": "Int64"})
+        return pd.DataFrame(rows, columns=TIDY_COLUMNS).astype({"num_tokens": "Int64", "lo": float, "hi": float})
 
     def common_params(self) -> dict[str, str]:
         """Params with one value across all kept cell runs (the settings the cells share)."""
@@ -331,6 +337,46 @@ def collect(grid: Grid, tracking_uri: str | None = None) -> Collection:
     return Collection(grid=grid, tracking_uri=uri, experiment=experiment, runs=kept, missing=missing,
                       ignored=ignored, sweep_run_id=sweeps[0].info.run_id if sweeps else None,
                       sweep_settings=settings)
+
+
+# ---- artifacts ---------------------------------------------------------------------------------------------
+# what the report shows beside the metrics: eval_recon's files (bench/stages/eval_recon.py), logged under the
+# stage's name in each cell run
+ARTIFACTS = {"gallery": "eval_recon/gallery.png", "token_usage": "eval_recon/token_usage.json"}
+
+
+def fetch_artifacts(col: Collection, dest: Path) -> dict[str, dict[str, Path]]:
+    """cell -> {kind: local file} for the ARTIFACTS each kept run logged, downloaded under `dest`; a run without
+    them (older code, a stage not in the grid, a store that lost them) has none."""
+    from mlflow import MlflowClient
+
+    client, found = MlflowClient(tracking_uri=col.tracking_uri), {}
+    quiet = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per file otherwise
+    try:
+        for cell, run in col.runs.items():
+            try:
+                logged = {f.path for folder in {p.rsplit("/", 1)[0] for p in ARTIFACTS.values()}
+                          for f in client.list_artifacts(run.run_id, folder)}
+            except Exception:  # no artifact store for this run, or not readable: the report says they are absent
+                continue
+            for kind, path in ARTIFACTS.items():
+                if path not in logged:
+                    continue
+                target = dest / cell
+                target.mkdir(parents=True, exist_ok=True)
+                try:
+                    local = Path(client.download_artifacts(run.run_id, path, str(target)))
+                except Exception:
+                    continue
+                if local.is_file():
+                    found.setdefault(cell, {})[kind] = local
+    finally:
+        if quiet is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = quiet
+    return found
 
 
 # ---- the paper -----------------------------------------------------------------------------------------

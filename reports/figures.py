@@ -1,5 +1,8 @@
 """Figures: the paper's Figure 4 panels (rFID, linear probing, gFID, IS, sampling speed against the number
-of latent tokens K, one line per model size), one PNG + SVG per panel and one combined figure.
+of latent tokens K, one line per model size) and two of ours beside them (PSNR, codebook usage: the paper gives no
+numbers for them), one PNG + SVG per panel and one combined figure; error bars wherever a cell logged the metric's
+interval (`<metric>_lo` / `_hi`). Also the reconstruction gallery (per size: the same validation images above their
+reconstructions at every K) and one cell's per-position token usage, from the cells' eval_recon artifacts.
 
 A sizes x K grid draws lines against a log-scale K axis (missing cells are gaps); a grid of named models
 (`released`) draws bars per model. The paper's values are drawn beside ours (dashed lines with hollow
@@ -29,6 +32,8 @@ PANELS = {
     "gfid": ("Generation FID", "gFID (lower is better)"),
     "gfid_is": ("Inception Score", "IS (higher is better)"),
     "samples_per_s": ("Sampling speed", "samples / s (higher is better)"),
+    "psnr": ("Reconstruction PSNR (ours only)", "PSNR dB (higher is better)"),
+    "codebook_usage": ("Codebook usage (ours only)", "share of codes used (higher is better)"),
 }
 # one colour and marker per model size, the same in every figure (the browser test looks for these colours)
 SIZE_STYLE = {"S": ("#1f77b4", "o"), "B": ("#ff7f0e", "s"), "L": ("#2ca02c", "^")}
@@ -54,10 +59,14 @@ def _line_panel(ax, col: Collection, ours: pd.DataFrame, paper: pd.DataFrame) ->
     ks = list(col.grid.num_tokens)
     for size in _sizes(col):
         color, marker = _style(size)
-        mine = ours[ours["model_size"] == size].set_index("num_tokens")["value"]
-        if not mine.empty:
+        rows = ours[ours["model_size"] == size].set_index("num_tokens")
+        if not rows.empty:
             # NaN at missing K values: matplotlib breaks the line there (a visible gap)
-            ax.plot(ks, [mine.get(k, np.nan) for k in ks], color=color, marker=marker, lw=2, ms=7)
+            values = np.array([rows["value"].get(k, np.nan) for k in ks], dtype=float)
+            ax.plot(ks, values, color=color, marker=marker, lw=2, ms=7)
+            yerr = _yerr(rows, ks, values)
+            if yerr is not None:
+                ax.errorbar(ks, values, yerr=yerr, fmt="none", ecolor=color, elinewidth=1.2, capsize=4)
         theirs = paper[paper["model_size"] == size].sort_values("num_tokens")
         if not theirs.empty:
             ax.plot(theirs["num_tokens"], theirs["value"], color=color, marker=marker, ls="--", lw=1.3, ms=7,
@@ -70,14 +79,26 @@ def _line_panel(ax, col: Collection, ours: pd.DataFrame, paper: pd.DataFrame) ->
     ax.grid(True, alpha=0.3)
 
 
+def _yerr(rows: pd.DataFrame, index: list, values: np.ndarray) -> np.ndarray | None:
+    """[2, n] distances from each value down to its interval's lo and up to its hi (0 where none was logged); None
+    when no point has an interval."""
+    if "lo" not in rows.columns or rows["lo"].isna().all():
+        return None
+    lo = np.array([rows["lo"].get(i, np.nan) for i in index], dtype=float)
+    hi = np.array([rows["hi"].get(i, np.nan) for i in index], dtype=float)
+    return np.nan_to_num(np.clip(np.stack([values - lo, hi - values]), 0, None))
+
+
 def _bar_panel(ax, col: Collection, ours: pd.DataFrame, paper: pd.DataFrame) -> None:
     cells = list(col.grid.cells)
     x = np.arange(len(cells))
     width = 0.4 if not paper.empty else 0.7
     colors = [_style(cell_size_and_tokens(c)[0] or "?")[0] for c in cells]
-    mine = ours.set_index("cell")["value"].reindex(cells)
+    rows = ours.set_index("cell").reindex(cells)
     offset = -width / 2 if not paper.empty else 0.0
-    ax.bar(x + offset, mine.to_numpy(dtype=float), width, color=colors)
+    values = rows["value"].to_numpy(dtype=float)
+    ax.bar(x + offset, values, width, color=colors, yerr=_yerr(rows, cells, values), capsize=4,
+           error_kw={"ecolor": "#333333"})
     if not paper.empty:
         theirs = paper.set_index("cell")["value"].reindex(cells)
         ax.bar(x + width / 2, theirs.to_numpy(dtype=float), width, color="white", edgecolor=colors,
@@ -164,7 +185,7 @@ def write_figures(col: Collection, ours: pd.DataFrame, paper: pd.DataFrame, fig_
             written += _save(fig, fig_dir / metric)
 
         ncols = 3
-        fig = Figure(figsize=(18, 10.5), layout="constrained")
+        fig = Figure(figsize=(18, 15), layout="constrained")
         axes = fig.subplots(math.ceil((len(PANELS) + 1) / ncols), ncols).ravel()
         for ax, metric in zip(axes, PANELS):
             draw_panel(ax, col, metric, ours[ours["metric"] == metric], paper[paper["metric"] == metric],
@@ -180,3 +201,84 @@ def write_figures(col: Collection, ours: pd.DataFrame, paper: pd.DataFrame, fig_
             _mark_smoke(fig, col)
         written += _save(fig, fig_dir / "combined")
     return written
+
+
+# ---- the reconstruction gallery and per-position token usage (eval_recon's artifacts) -----------------------------
+def _gallery_strips(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(originals, reconstructions) strips [H, n W, 3] of an eval_recon gallery.png, and its description."""
+    import json
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        meta = json.loads(im.text.get("titok.gallery", "{}"))
+        pixels = np.asarray(im.convert("RGB"))
+    h = meta.get("tile", [pixels.shape[0] // 2])[0]
+    return pixels[:h], pixels[h:2 * h], meta
+
+
+def write_gallery(col: Collection, artifacts: dict[str, dict[str, Path]], fig_dir: Path) -> list[Path]:
+    """figures/gallery_<size>.png per model size with galleries: the validation images (top row), then their
+    reconstruction at every K of the grid, one row per K (blank where a cell has no gallery)."""
+    written = []
+    for size in _sizes(col):
+        cells = [(k, f"TiTok-{size}-{k}") for k in col.grid.num_tokens] if col.grid.scaling else \
+            [(cell_size_and_tokens(c)[1], c) for c in col.grid.cells if cell_size_and_tokens(c)[0] == size]
+        strips = {k: _gallery_strips(artifacts[c]["gallery"]) for k, c in cells if "gallery" in artifacts.get(c, {})}
+        if not strips:
+            continue
+        originals = next(iter(strips.values()))[0]
+        rows = [("original", originals)] + [(f"K={k}", strips[k][1] if k in strips else np.full_like(originals, 255))
+                                            for k, _ in cells]
+        canvas = np.concatenate([r for _, r in rows], 0)
+        h = originals.shape[0]
+        fig = Figure(figsize=(min(14, 1.2 * canvas.shape[1] / h + 1.5), 1.2 * len(rows) + 0.8), layout="constrained")
+        ax = fig.add_subplot()
+        ax.imshow(canvas, interpolation="nearest")
+        ax.set_yticks([h * (i + 0.5) for i in range(len(rows))], [name for name, _ in rows])
+        ax.set_xticks([])
+        ax.set_title(f"TiTok-{size}: validation images (top) and their reconstructions at each K", fontsize=11)
+        if col.smoke:
+            _mark_smoke(fig, col)
+        path = fig_dir / f"gallery_{size}.png"
+        fig.savefig(path, dpi=120, metadata=_METADATA["png"])
+        written.append(path)
+    return written
+
+
+def token_usage_cell(col: Collection, artifacts: dict[str, dict[str, Path]]) -> str | None:
+    """The cell whose per-position token usage the report plots: the largest K of the largest size that has one."""
+    order = {s: i for i, s in enumerate(SIZE_STYLE)}
+    have = [c for c in col.runs if "token_usage" in artifacts.get(c, {})]
+    if not have:
+        return None
+    return max(have, key=lambda c: (order.get(cell_size_and_tokens(c)[0], -1), cell_size_and_tokens(c)[1] or 0))
+
+
+def write_token_usage(col: Collection, artifacts: dict[str, dict[str, Path]], fig_dir: Path) -> Path | None:
+    """figures/token_usage.png: per token position, the distinct codes used and their entropy over the evaluation
+    images, for token_usage_cell."""
+    import json
+
+    cell = token_usage_cell(col, artifacts)
+    if cell is None:
+        return None
+    usage = json.loads(artifacts[cell]["token_usage"].read_text())
+    pos = np.arange(usage["num_tokens"])
+    fig = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    color = _style(cell_size_and_tokens(cell)[0] or "?")[0]
+    ax.bar(pos, usage["distinct_codes"], color=color, alpha=0.7, label="distinct codes used")
+    ax.set_xlabel("token position")
+    ax.set_ylabel(f"distinct codes (of {usage['codebook_size']}; {usage['num_images']} images)")
+    ax2 = ax.twinx()
+    ax2.plot(pos, usage["entropy_bits"], color="#333333", marker=".", label="entropy (bits)")
+    ax2.set_ylabel("entropy of the position's codes (bits)")
+    ax.set_title(f"Per-position token usage: {cell}", fontsize=11)
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *ax2.get_legend_handles_labels()[0]], fontsize=8,
+              loc="lower right")
+    if col.smoke:
+        _mark_smoke(fig, col)
+    path = fig_dir / "token_usage.png"
+    fig.savefig(path, dpi=120, metadata=_METADATA["png"])
+    return path

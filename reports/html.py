@@ -24,6 +24,7 @@ h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #c
 img { max-width: 100%; box-sizing: border-box; border: 1px solid #ddd; }
 .panels { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 1em; }
 .scroll { overflow-x: auto; }
+.gallery img { max-width: 900px; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
@@ -67,9 +68,30 @@ def _list(items: list[str], empty: str) -> str:
     return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
 
 
-def render(col: Collection, fig_dir: Path, tables: list[Table]) -> str:
-    """The page as a string; `fig_dir` holds the PNGs that write_figures made."""
+def _gallery(gallery: list[Path], token_usage: Path | None) -> str:
+    if not gallery and token_usage is None:
+        return ""
+    parts = ["<h2>Reconstruction gallery</h2>"]
+    if gallery:
+        parts.append("<p>The same validation images (top row) and their reconstruction at every K, per model size "
+                     "(each cell's <code>eval_recon/gallery.png</code>).</p>")
+        parts += [f'<div class="gallery">{_img(p, f"reconstruction gallery {p.stem}")}</div>' for p in gallery]
+    else:
+        parts.append("<p>No cell logged a gallery.</p>")
+    if token_usage is not None:
+        parts.append("<h3>Per-position token usage</h3><p>Distinct codes used and their entropy at each token "
+                     "position over the evaluation images (<code>eval_recon/token_usage.json</code>).</p>")
+        parts.append(_img(token_usage, "per-position token usage"))
+    return "".join(parts)
+
+
+def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Path] = (),
+           token_usage: Path | None = None) -> str:
+    """The page as a string; `fig_dir` holds the PNGs that write_figures made; a table named "summary" goes at the
+    top; `gallery` and `token_usage` are write_gallery's and write_token_usage's PNGs."""
     grid = col.grid.name
+    summary = "".join(f'<div id="summary">{_table(t)}</div>' for t in tables if t.name == "summary")
+    tables = [t for t in tables if t.name != "summary"]
     smoke = ""
     if col.smoke:
         smoke = (f'<div class="smoke" id="smoke-banner">{escape(SMOKE_TITLE)}<br><small>'
@@ -94,6 +116,7 @@ def render(col: Collection, fig_dir: Path, tables: list[Table]) -> str:
 <code>{escape(col.experiment)}</code> at <code>{escape(col.tracking_uri)}</code>; sweep run
 <code>{escape(col.sweep_run_id or 'none found')}</code>. Generated {generated}.</p>
 {smoke}
+{summary}
 <h2>What these numbers are</h2>
 <ul>{statement}</ul>
 <p>{paper_note}</p>
@@ -101,6 +124,7 @@ def render(col: Collection, fig_dir: Path, tables: list[Table]) -> str:
 {_img(fig_dir / "combined.png", "all panels")}
 <details><summary>Single panels (also as SVG in <code>figures/</code>)</summary>
 <div class="panels">{panels}</div></details>
+{_gallery(list(gallery), token_usage)}
 <h2>Tables</h2>
 {''.join(_table(t) for t in tables)}
 <p>All numbers, one row per cell and metric: <code>tables/tidy.csv</code>.</p>
@@ -118,6 +142,7 @@ def render(col: Collection, fig_dir: Path, tables: list[Table]) -> str:
 """
 
 
-def write_html(col: Collection, fig_dir: Path, tables: list[Table], path: Path) -> Path:
-    path.write_text(render(col, fig_dir, tables), encoding="utf-8")
+def write_html(col: Collection, fig_dir: Path, tables: list[Table], path: Path, gallery: list[Path] = (),
+               token_usage: Path | None = None) -> Path:
+    path.write_text(render(col, fig_dir, tables, gallery, token_usage), encoding="utf-8")
     return path

@@ -20,6 +20,10 @@ from .figures import SMOKE_TITLE
 
 RELEASED_METRICS = ["rfid", "gfid", "gfid_is", "samples_per_s"]
 COST_METRICS = ["cost_gpu_hours", "cost_wall_hours"]
+# the sweep's estimate beside each measured cost metric: run tags that bench/cost.py names (TAG_EST_*) and
+# bench.launch sets from `action=plan`'s estimate on the cluster of the sweep's latest invocation
+COST_ESTIMATE_TAGS = {"cost_gpu_hours": "titok.cost_est_gpu_hours", "cost_wall_hours": "titok.cost_est_wall_hours"}
+COST_BASIS_TAG = "titok.cost_est_basis"
 
 
 @dataclass(frozen=True)
@@ -74,12 +78,29 @@ def cost_table(col: Collection, tidy: pd.DataFrame) -> Table:
     info = cell_info(col)[["model_size", "num_tokens", "status", "smoke"]]
     info = info.assign(device=[col.runs[c].tags.get(T.TAG_DEVICE, "") if c in col.runs else ""
                                for c in info.index])
-    cost = _wide(tidy, col.grid.cells).reindex(columns=COST_METRICS)
+    actual = _wide(tidy, col.grid.cells).reindex(columns=COST_METRICS)
+    cost = pd.DataFrame(index=actual.index)
+    for m in COST_METRICS:  # estimate beside actual
+        cost[f"{m}_est"] = [_number(col.runs[c].tags.get(COST_ESTIMATE_TAGS[m])) if c in col.runs else float("nan")
+                            for c in actual.index]
+        cost[m] = actual[m]
     frame = info.join(cost).reset_index()
-    total = {"cell": "total (logged cells)", **{m: cost[m].sum(min_count=1) for m in COST_METRICS}}
+    total = {"cell": "total (logged cells)", **{m: cost[m].sum(min_count=1) for m in cost.columns}}
     frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
-    notes = _notes(col) + ["cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours)."]
-    return Table("cost", f"Grid {col.grid.name}: training cost per cell", notes, frame)
+    notes = _notes(col) + ["cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours); "
+                           "cost_wall_hours: their wall-clock hours. `_est`: the sweep's estimate before it ran "
+                           "(analytic FLOPs / (device peak x assumed utilisation), bench/cost.py)."]
+    bases = sorted({r.tags[COST_BASIS_TAG] for r in col.runs.values() if COST_BASIS_TAG in r.tags})
+    if bases:
+        notes.append("Estimated on: " + " | ".join(bases) + ".")
+    return Table("cost", f"Grid {col.grid.name}: training cost per cell, estimate beside actual", notes, frame)
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else float("nan")
+    except ValueError:
+        return float("nan")
 
 
 def released_table(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> Table:

@@ -18,8 +18,18 @@ import models
 from bench.perceptual import LPIPS, ConvNeXtLogits
 from bench.speed import cli, factories, measure, training
 from bench.speed import flops as FL
-from bench.speed.paths import InferenceOptions, InferencePipeline, compare_with_parity, mode_options
+from bench.speed.paths import (
+    EXACT_GUARD,
+    InferenceOptions,
+    InferencePipeline,
+    QualityGuard,
+    compare_with_parity,
+    fallback_note,
+    fast_options,
+    mode_options,
+)
 from bench.speed.scaling import scaling, scaling_flops
+from bench.stages.speed import speed_path
 from bench.train.loop import train
 from bench.train.losses import NLayerDiscriminator
 from bench.train.recipes import SingleStageConfig
@@ -98,7 +108,7 @@ def test_stage1_form_decodes_through_the_teacher():
 def test_pipeline_leaves_the_models_untouched():
     tok, gen = toy_pair()
     before = {k: v.clone() for k, v in [*tok.state_dict().items(), *gen.state_dict().items()]}
-    pipe = InferencePipeline(tok, gen, options="fast")
+    pipe = InferencePipeline(tok, gen, options=fast_options())
     pipe.generate(torch.tensor([0, 1]), rng=rng())
     after = {**tok.state_dict(), **gen.state_dict()}
     for key, value in before.items():
@@ -107,11 +117,14 @@ def test_pipeline_leaves_the_models_untouched():
 
 
 # ---- fast path quality guard ---------------------------------------------------------------------------------------
+# the bf16 switches themselves (fast_options), whether or not this CPU runs bf16 quickly: their numerics are tested
+BF16 = fast_options("cpu")
+
 @pytest.mark.parametrize("generator,steps", [("MaskGIT-ViT:TiTok-L-32", None), ("MaskGIT-UViT:TiTok-S-128", 8)])
 def test_fast_path_generation_quality(generator, steps):
     tok, gen = toy_pair(generator=generator)
     settings = gen.config.sampler if steps is None else gen.config.sampler.updated(num_steps=steps)
-    q = compare_with_parity(tok, gen, options="fast", batch_size=8, seed=0, sampler_settings=settings)
+    q = compare_with_parity(tok, gen, options=BF16, batch_size=8, seed=0, sampler_settings=settings)
     assert q["token_agreement"] >= MIN_TOKEN_AGREEMENT
     assert q["image_psnr_db"] >= MIN_IMAGE_PSNR
     assert q["decode_psnr_db"] >= MIN_IMAGE_PSNR
@@ -120,9 +133,9 @@ def test_fast_path_generation_quality(generator, steps):
 
 def test_fast_path_single_stage_quality():
     torch.manual_seed(0)
-    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VQ", toy=True), options="fast", batch_size=8)
+    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VQ", toy=True), options=BF16, batch_size=8)
     assert q["decode_psnr_db"] >= MIN_SINGLE_STAGE_PSNR and q["encode_agreement"] >= MIN_ENCODE_AGREEMENT
-    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VAE", toy=True), options="fast", batch_size=8)
+    q = compare_with_parity(factories.build_tokenizer("TiTok-BL-64-VAE", toy=True), options=BF16, batch_size=8)
     assert q["decode_psnr_db"] >= MIN_SINGLE_STAGE_PSNR and q["encode_rel_error"] <= MAX_VAE_REL_ERROR
 
 
@@ -133,7 +146,16 @@ def test_parity_against_itself_is_perfect():
                  "encode_agreement": 1.0}
 
 
-def test_modes():
+def bf16_rate(monkeypatch, rate: float) -> None:
+    """This CPU's bf16 matmul rate as `rate`% of fp32 (the probe of bench.core.dist)."""
+    from bench.core import dist as D
+
+    rates = {torch.float32: 100.0, torch.bfloat16: rate}
+    monkeypatch.setattr(D, "_matmul_rate", lambda device_type, dtype: rates[dtype])
+
+
+def test_modes(monkeypatch):
+    bf16_rate(monkeypatch, 150.0)
     assert mode_options("parity").exact and mode_options("naive").exact
     assert not mode_options("naive").batch_guidance and not mode_options("naive").inference_mode
     fast_cpu, fast_gpu = mode_options("fast", "cpu"), mode_options("fast", "cuda")
@@ -145,15 +167,57 @@ def test_modes():
         InferenceOptions(precision="int8")
 
 
-@pytest.mark.parametrize("bf16_rate, expected", [(1.0, "parity"), (150.0, "fast")])
-def test_auto_mode_takes_fast_only_where_bf16_matmuls_are_fast(monkeypatch, bf16_rate, expected):
+@pytest.mark.parametrize("rate, expected", [(1.0, "parity"), (150.0, "fast")])
+def test_auto_mode_takes_fast_only_where_bf16_matmuls_are_fast(monkeypatch, rate, expected):
     """`auto` is `fast` on a CPU with bf16 units (and on CUDA), `parity` on one without (bf16 at ~1% of fp32)."""
-    from bench.core import dist as D
-
-    rates = {torch.float32: 100.0, torch.bfloat16: bf16_rate}
-    monkeypatch.setattr(D, "_matmul_rate", lambda device_type, dtype: rates[dtype])
+    bf16_rate(monkeypatch, rate)
     assert mode_options("auto", "cpu") == mode_options(expected, "cpu")
     assert mode_options("auto", "cuda") == mode_options("fast", "cuda")
+    tok, gen = toy_pair()
+    pipe = InferencePipeline(tok, gen, options="auto")
+    assert pipe.choice.mode == expected and pipe.options == (BF16 if expected == "fast" else InferenceOptions())
+    if expected == "fast":  # it passed the guard on its probe batch, and says so with the numbers
+        assert "passed the quality guard" in pipe.choice.reason and pipe.choice.quality["token_agreement"] >= 0.9
+    else:  # no probe: fast is parity's path here
+        assert "0.01x the fp32 rate" in pipe.choice.reason and not pipe.choice.quality
+
+
+def test_fast_is_never_slower_than_parity_where_bf16_is_slow(monkeypatch):
+    """On a CPU whose bf16 matmuls are slow, `fast` runs parity's own fp32 path (so it cannot be slower), and the
+    row says so; where bf16 is fast it keeps bf16."""
+    bf16_rate(monkeypatch, 1.3)
+    assert mode_options("fast", "cpu") == InferenceOptions() and mode_options("compiled", "cpu").exact
+    assert "fast runs parity's fp32 path" in fallback_note("fast", "cpu")
+    tok, gen = toy_pair()
+    row = measure.measure_generation(tok, gen, batch_size=1, sampler_settings={"num_steps": 2}, mode="fast",
+                                     warmup=0, repeats=1)
+    assert row["path"] == "fast" and row["precision"] == "fp32" and "parity's fp32 path" in row["note"]
+    assert mode_options("fast", "cuda").precision == "bf16"  # CUDA runs bf16 on tensor cores
+    bf16_rate(monkeypatch, 150.0)
+    assert mode_options("fast", "cpu") == BF16 and fallback_note("fast", "cpu") is None
+
+
+def test_auto_falls_back_to_parity_when_fast_fails_the_guard(monkeypatch):
+    bf16_rate(monkeypatch, 150.0)
+    tok, gen = toy_pair()
+    strict = QualityGuard(min_decode_psnr_db=1000.0, batch_size=2)
+    pipe = InferencePipeline(tok, gen, options="auto", guard=strict,
+                             probe_settings=gen.config.sampler.updated(num_steps=2))
+    assert pipe.choice.mode == "parity" and pipe.options.exact
+    assert "failed the quality guard: decode_psnr_db" in pipe.choice.reason and "needs >= 1000" in pipe.choice.reason
+    # the exact guard (evaluation sampling) admits exact paths only, without a probe
+    exact = InferencePipeline(tok, gen, options="auto", guard=EXACT_GUARD)
+    assert exact.choice.mode == "parity" and "exact fp32 paths only" in exact.choice.reason
+    assert exact.describe() == "parity (fp32+batch_guidance+inference_mode)"
+    # the speed stage's tag: asked-for mode, the path that ran, why
+    row = {"path": pipe.choice.mode, "options": pipe.options.describe(), "note": pipe.choice.reason}
+    assert speed_path("auto", row).startswith("auto -> parity (fp32+batch_guidance+inference_mode): fast failed")
+
+
+def test_guard_failures_name_each_check():
+    assert QualityGuard().failures({"token_agreement": 1.0, "image_psnr_db": 40.0, "encode_agreement": 0.95}) == []
+    failed = QualityGuard().failures({"token_agreement": 0.5, "encode_rel_error": 0.1, "decode_psnr_db": 31.0})
+    assert failed == ["token_agreement 0.5 (needs >= 0.9)", "encode_rel_error 0.1 (needs <= 0.02)"]
     tok, gen = toy_pair()
     with pytest.raises(ValueError, match="CUDA"):
         InferencePipeline(tok, gen, options=InferenceOptions(cuda_graphs=True))
@@ -276,6 +340,7 @@ def test_measure_training_stages():
     cases = {"train-stage1": ("stage1", cfg, None, FL.train_stage1(cfg)),
              "train-stage2": ("stage2", cfg, stage2, FL.train_stage2(cfg, stage2.perceptual, stage2.gan)),
              "train-generator": ("generator", cfg, None, FL.train_generator(cfg, gen_cfg)),
+             "train-generator_pretokenized": ("generator_pretokenized", cfg, None, 3 * FL.generator_forward(gen_cfg)),
              "train-single": ("stage2", single, single_recipe,
                               FL.train_single_stage(single, single_recipe.perceptual, single_recipe.gan))}
     for task, (stage, tok_cfg, recipe, flops) in cases.items():
@@ -284,7 +349,7 @@ def test_measure_training_stages():
         assert row["gflop_per_item"] * 1e9 == flops, task
 
 
-@pytest.mark.parametrize("stage", ["stage1", "generator"])
+@pytest.mark.parametrize("stage", ["stage1", "generator", "generator_pretokenized"])
 def test_timed_step_is_one_step_of_the_training_loop(stage, tmp_path):
     """From the same weights and batch, one timed step leaves the weights (and EMA) exactly where one step of
     bench.train.loop.train leaves them with the stage's objective."""
@@ -346,13 +411,15 @@ def test_cli_toy_end_to_end(tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "device: CPU" in out and "matmul peak bf16" in out
-    for mode in ("naive", "parity", "fast"):
+    for mode in ("naive", "parity", "auto"):  # the default modes
         assert f"# {mode}:" in out
     assert "tokens 100.0%" in out and "reference" in out
     data = json.loads((tmp_path / "out.json").read_text())
     tasks = {(r["task"], r["mode"]) for r in data["rows"]}
-    assert {("generate", "naive"), ("generate", "parity"), ("generate", "fast"), ("encode", "fast"),
+    assert {("generate", "naive"), ("generate", "parity"), ("generate", "auto"), ("encode", "auto"),
             ("decode", "parity")} <= tasks
+    auto = [r for r in data["rows"] if r["mode"] == "auto"]
+    assert all(r["path"] in ("fast", "parity") and r["note"] for r in auto)  # which path ran, and why
     assert (tmp_path / "out.csv").read_text().startswith("section,")
 
 
@@ -380,6 +447,7 @@ def test_cuda_graphs_fp32_equal_eager_and_fast_quality():
     assert torch.equal(ids, ids_g) and torch.equal(images, images_g)
     q = compare_with_parity(tok, gen, options="fast", batch_size=8)
     assert q["token_agreement"] >= MIN_TOKEN_AGREEMENT and q["image_psnr_db"] >= MIN_IMAGE_PSNR
+    assert InferencePipeline(tok, gen, options="auto").choice.mode == "fast"  # CUDA: fast passes the guard
 
 
 @pytest.mark.gpu

@@ -93,23 +93,46 @@ SLOW_AUTOCAST_FACTOR = 0.5  # an autocast dtype whose matmuls run below half the
 
 @functools.cache
 def _matmul_rate(device_type: str, dtype: torch.dtype, n: int = 256) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    a @ a
-    t0, runs = time.perf_counter(), 0
-    while time.perf_counter() - t0 < 0.05 or runs < 2:
+    """Matmuls per second of one n x n product on one thread, from the fastest of the runs in a 0.05 s window (at
+    least 3). One thread and the fastest run measure the hardware rather than the machine's load: on a busy machine a
+    multi-threaded fp32 matmul waits for its slowest thread at every barrier (measured: 2 threads on 2 shared cores
+    fell from ~70 to ~1.4 GFLOP/s, near the bf16 rate, while one thread kept ~44)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a = torch.randn(n, n, dtype=dtype)
         a @ a
-        runs += 1
-    return runs / (time.perf_counter() - t0)
+        start, best, runs = time.perf_counter(), float("inf"), 0
+        while time.perf_counter() - start < 0.05 or runs < 3:
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
+            runs += 1
+    finally:
+        torch.set_num_threads(threads)
+    return 1.0 / best
+
+
+def autocast_rate_ratio(precision: str, device: torch.device) -> float:
+    """The matmul rate in `precision` over the fp32 rate on `device`, from the 0.2 s one-thread probe on a CPU (cached
+    per process); 1.0 for fp32 and for CUDA devices (which run bf16/fp16 on tensor cores at or above the fp32 rate)."""
+    if precision not in AUTOCAST_DTYPES or device.type != "cpu":
+        return 1.0
+    return _matmul_rate("cpu", AUTOCAST_DTYPES[precision]) / _matmul_rate("cpu", torch.float32)
+
+
+def fast_autocast(precision: str, device: torch.device) -> bool:
+    """Whether autocast in `precision` runs its matmuls at least at SLOW_AUTOCAST_FACTOR of the fp32 rate here."""
+    return autocast_rate_ratio(precision, device) >= SLOW_AUTOCAST_FACTOR
 
 
 def runnable_precision(precision: str, device: torch.device) -> str:
     """The precision a training loop (and bench.speed's `auto` inference mode) runs at on `device`: `precision`
     itself, except on a CPU whose matmuls in that dtype run below half the fp32 rate (bf16/fp16 on a CPU without
-    bf16/fp16 units: ~1 GFLOP/s against ~100 in fp32, measured in a 0.1 s probe), where autocast would make the work
-    ~100x slower: fp32 then, with a warning; the caller records what ran. CUDA devices run what was asked."""
-    if precision not in AUTOCAST_DTYPES or device.type != "cpu":
-        return precision
-    ratio = _matmul_rate("cpu", AUTOCAST_DTYPES[precision]) / _matmul_rate("cpu", torch.float32)
+    bf16/fp16 units: ~1 GFLOP/s against ~50-100 in fp32, measured in a 0.2 s one-thread probe), where autocast would
+    make the work ~100x slower: fp32 then, with a warning; the caller records what ran. CUDA devices run what was
+    asked."""
+    ratio = autocast_rate_ratio(precision, device)
     if ratio >= SLOW_AUTOCAST_FACTOR:
         return precision
     logging.getLogger(__name__).warning(

@@ -19,3 +19,17 @@ def split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
         index, sample_seed = key
         return int(index), int(sample_seed)
     return int(key), None
+
+
+def first_readable(read, key: int | tuple[int, int], n: int, what: str):
+    """The sample at `key` (`index` or `(index, sample_seed)`) of a dataset of `n` items, or where `read(index,
+    sample_seed)` returns None (unreadable, reported by the dataset), the next readable one: training keeps its
+    batch sizes. `what` names the items in errors ("images in <folder>")."""
+    index, sample_seed = split_key(key)
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} out of range for {n} {what}")
+    for attempt in range(n):
+        sample = read((index + attempt) % n, sample_seed)
+        if sample is not None:
+            return sample
+    raise DatasetError(f"none of the {n} {what} could be read; see skipped()")

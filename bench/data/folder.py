@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from bench.data.base import DatasetError, split_key
+from bench.data.base import DatasetError, first_readable
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,22 @@ def load_rgb(path: str) -> Image.Image:
     with Image.open(path) as im:
         im.load()  # decode everything now, so truncation surfaces here and not in a later transform
         return to_rgb(im)
+
+
+def preprocess(image: Image.Image, size: int, train: bool, sample_seed: int | None = None) -> torch.Tensor:
+    """TiTok's preprocessing (see the module docstring): resize the shorter side to `size`, then a random crop +
+    flip (`train`; fixed by `sample_seed` when given) or a centre crop; float32 [3, size, size] in [0, 1]."""
+    image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    if train:
+        generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
+        top = int(torch.randint(image.height - size + 1, (), generator=generator))
+        left = int(torch.randint(image.width - size + 1, (), generator=generator))
+        image = TF.crop(image, top, left, size, size)
+        if torch.rand((), generator=generator) < 0.5:
+            image = TF.hflip(image)
+    else:
+        image = TF.center_crop(image, [size, size])
+    return TF.to_tensor(image)
 
 
 def _scan_images(folder: str) -> list[str]:
@@ -163,15 +179,7 @@ class ImageFolderDataset(Dataset):
         return [(self.path(i), int(y)) for i, y in enumerate(self._labels)]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, sample_seed = split_key(key)
-        n = len(self)
-        if not 0 <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images in {self.split_dir}")
-        for attempt in range(n):  # the next readable index replaces an unreadable one
-            sample = self.read((index + attempt) % n, sample_seed)
-            if sample is not None:
-                return sample
-        raise DatasetError(f"none of the {n} image files in {self.split_dir} could be read; see skipped()")
+        return first_readable(self.read, key, len(self), f"image files in {self.split_dir}")
 
     def read(self, index: int, sample_seed: int | None = None) -> tuple[torch.Tensor, int] | None:
         """The sample of exactly `index`, or None (reported) when its file cannot be read."""
@@ -185,18 +193,7 @@ class ImageFolderDataset(Dataset):
         return self.transform(image, sample_seed), int(self._labels[index])
 
     def transform(self, image: Image.Image, sample_seed: int | None = None) -> torch.Tensor:
-        size = self.image_size
-        image = TF.resize(image, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if self.train:
-            generator = None if sample_seed is None else torch.Generator().manual_seed(sample_seed)
-            top = int(torch.randint(image.height - size + 1, (), generator=generator))
-            left = int(torch.randint(image.width - size + 1, (), generator=generator))
-            image = TF.crop(image, top, left, size, size)
-            if torch.rand((), generator=generator) < 0.5:
-                image = TF.hflip(image)
-        else:
-            image = TF.center_crop(image, [size, size])
-        return TF.to_tensor(image)
+        return preprocess(image, self.image_size, self.train, sample_seed)
 
     def _record_skip(self, index: int, error: str) -> None:
         self._bad[index] = error

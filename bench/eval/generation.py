@@ -11,7 +11,11 @@ Against a reference batch (bench.eval.npz: mu, sigma, mu_s, sigma_s, arr_0 image
 - sfid: the same distance on the sFID spatial features vs (mu_s, sigma_s) (absent when the batch has none);
 - precision, recall: k=3 improved precision/recall of the samples' pool features vs those of the batch's
   images (absent when the batch stores no images);
-- gfid_num_samples; `samples`: the samples' metadata (sampler settings, seed, model, ...; see bench.eval.sample).
+- gfid_num_samples; `samples`: the samples' metadata (sampler settings, seed, model, ...; see bench.eval.sample);
+- with bootstrap > 0, `<metric>_lo` / `<metric>_hi` (95%) for gfid, gfid_is, precision, recall: gfid and gfid_is
+  over resamples of the samples against the fixed reference (exact Frechet distance per resample); precision and
+  recall over resamples of the per-point memberships (fakes in real balls, reals in fake balls), the k-NN radii
+  held fixed (BOOTSTRAP_DESCRIPTION).
 ADM computes these in float32 (InceptionFeatures(dtype="float32")). Sample and reference images are read from
 uncompressed .npz members through a memory map, so a rank reads only its slice of a 10 GB file.
 """
@@ -32,13 +36,30 @@ from bench.core.io import atomic_file
 from bench.data import eval_shard
 from bench.eval import backends, npz
 from bench.eval.inception import SPATIAL_DIM, InceptionFeatures
-from bench.eval.metrics import ADM_IS_SPLIT_SIZE, FeatureStats, frechet_distance, inception_score, precision_recall
+from bench.eval.metrics import (
+    ADM_IS_SPLIT_SIZE,
+    BOOTSTRAP_SEED,
+    FeatureStats,
+    bootstrap_fid,
+    bootstrap_inception_score,
+    bootstrap_interval,
+    bootstrap_mean,
+    frechet_distance,
+    inception_score,
+    precision_recall_indicators,
+)
 from bench.eval.npz import ReferenceBatch, load_reference_batch, save_reference_batch
+from bench.tracking import interval_keys
 
 from .reconstruction import LOGITS_DIM, POOL_DIM
 from .run import SINGLE_PROCESS, SetupError, empty_rows, eval_batches, on_main, progress, to_uint8
 
 PR_NEIGHBOURS = 3
+BOOTSTRAP_DESCRIPTION = (
+    "95% bootstrap interval, {resamples} resamples (seed " + str(BOOTSTRAP_SEED) + ") of the {n} samples: gfid "
+    "and gfid_is against the fixed reference batch (exact Frechet distance per resample, "
+    "bench.eval.metrics.bootstrap_fid); precision and recall from resampled per-point memberships with the k-NN "
+    "radii held fixed; the percentile interval moved by the resamples' bias and widened to hold the estimate")
 
 
 def npz_member(path: str | os.PathLike, key: str) -> np.ndarray:
@@ -135,7 +156,7 @@ def _save_pool_cache(cache: Path, pool: torch.Tensor) -> None:
 @torch.no_grad()
 def evaluate_generation(samples, reference_batch, *, inception: InceptionFeatures, info: DistInfo = SINGLE_PROCESS,
                         batch_size: int = 64, fid_method: str = "sqrtm", clean_fid: bool = True,
-                        metadata: dict | None = None) -> dict:
+                        metadata: dict | None = None, bootstrap: int = 0) -> dict:
     """ADM metrics of `samples` (an ADM .npz path, or uint8 images [N, H, W, 3] / [N, 3, H, W]) against
     `reference_batch` (a path or a ReferenceBatch); see the module docstring for the keys. `metadata` is added
     to the samples' own under the result's `samples` key. Every rank returns the same dict."""
@@ -157,7 +178,17 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
         if spatial is not None:
             out["sfid"] = frechet_distance(*spatial.mean_cov(), ref.mu_s, ref.sigma_s, method=fid_method)
         if ref_pool is not None:
-            out["precision"], out["recall"] = precision_recall(ref_pool, pool, k=PR_NEIGHBOURS, device=info.device)
+            inside_real, inside_fake = precision_recall_indicators(ref_pool, pool, k=PR_NEIGHBOURS,
+                                                                   device=info.device)
+            out["precision"], out["recall"] = inside_real.double().mean().item(), inside_fake.double().mean().item()
+        if bootstrap > 0:
+            reps = bootstrap_fid(pool, mu=ref.mu, sigma=ref.sigma, resamples=bootstrap)
+            out.update(zip(interval_keys("gfid"), bootstrap_interval(out["gfid"], reps)))
+            reps = bootstrap_inception_score(logits, bootstrap, split_size=ADM_IS_SPLIT_SIZE)
+            out.update(zip(interval_keys("gfid_is"), bootstrap_interval(out["gfid_is"], reps)))
+            if ref_pool is not None:
+                out.update(zip(interval_keys("precision"), bootstrap_mean(inside_real, bootstrap)))
+                out.update(zip(interval_keys("recall"), bootstrap_mean(inside_fake, bootstrap)))
         out["gfid_num_samples"] = n
         out["samples"] = {**sample_meta, **(metadata or {})}
         return out

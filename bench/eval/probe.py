@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 import models
 from bench.core.dist import DistInfo, gather_tensors
 
+from .metrics import wilson_interval
 from .run import SINGLE_PROCESS, check_image_size, eval_batches, on_main
 
 FEATURES = {
@@ -34,6 +35,8 @@ FEATURES = {
     "patch_mean": "mean over the patch tokens of the encoder's last block output (no final norm)",
 }
 DEFAULT_FEATURES = "latent_mean"
+PROBE_INTERVAL = ("95% Wilson score interval of top-1 over the {n} validation images (a binomial proportion; the "
+                  "fitted classifier held fixed)")
 
 
 def check_features(features: str) -> str:
@@ -109,8 +112,9 @@ def linear_probe(tokenizer: models.TiTok, train_dataset: Dataset, val_dataset: D
                  num_val: int, info: DistInfo = SINGLE_PROCESS, epochs: int = 100, weight_decay: float = 1e-4,
                  batch_size: int = 64, num_workers: int = 0, features: str = DEFAULT_FEATURES) -> dict:
     """Top-1 of a linear classifier on frozen encoder features (`features`: one of FEATURES):
-    {"probe_top1": accuracy in [0, 1]}. Both datasets should be preprocessed for evaluation (centre crops, no
-    augmentation)."""
+    {"probe_top1": accuracy in [0, 1], "probe_top1_lo" / "_hi": its 95% Wilson score interval over the validation
+    images, the classifier held fixed (PROBE_INTERVAL)}. Both datasets should be preprocessed for evaluation
+    (centre crops, no augmentation)."""
     kw = dict(batch_size=batch_size, info=info, num_workers=num_workers, features=check_features(features))
     train_x, train_y = extract_features(tokenizer, train_dataset, num_train, **kw)
     val_x, val_y = extract_features(tokenizer, val_dataset, num_val, **kw)
@@ -120,6 +124,8 @@ def linear_probe(tokenizer: models.TiTok, train_dataset: Dataset, val_dataset: D
         mean, std, weight, bias = fit_linear_probe(train_x, train_y, num_classes, epochs=epochs,
                                                    weight_decay=weight_decay)
         pred = (((val_x - mean) / std) @ weight.T + bias).argmax(1)
-        return {"probe_top1": (pred == val_y).float().mean().item()}
+        correct = int((pred == val_y).sum().item())
+        lo, hi = wilson_interval(correct, len(val_y))
+        return {"probe_top1": (pred == val_y).float().mean().item(), "probe_top1_lo": lo, "probe_top1_hi": hi}
 
     return on_main(compute, info)

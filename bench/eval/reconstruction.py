@@ -30,9 +30,14 @@ from torch.utils.data import Dataset
 
 import models
 from bench.core.dist import DistInfo, all_reduce_sum, gather_tensors
+from bench.core.io import atomic_file
 from bench.eval.inception import InceptionFeatures
 from bench.eval.metrics import (
     FeatureStats,
+    bootstrap_fid,
+    bootstrap_inception_score,
+    bootstrap_interval,
+    bootstrap_mean,
     code_histogram,
     fid_from_stats,
     inception_score,
@@ -42,6 +47,7 @@ from bench.eval.metrics import (
 )
 from bench.eval.npz import load_reference_batch, save_reference_batch
 from bench.perceptual import LPIPS
+from bench.tracking import interval_keys
 
 from .run import (
     SINGLE_PROCESS,
@@ -93,9 +99,19 @@ def load_feature_stats(path: str | os.PathLike) -> tuple[FeatureStats, dict]:
 def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_images: int,
                             inception: InceptionFeatures, batch_size: int = 64, info: DistInfo = SINGLE_PROCESS,
                             teacher: models.MaskGITVQGAN | None = None, real_stats: FeatureStats | None = None,
-                            lpips: LPIPS | None = None, fid_method: str = "sqrtm", num_workers: int = 0) -> dict:
+                            lpips: LPIPS | None = None, fid_method: str = "sqrtm", num_workers: int = 0,
+                            bootstrap: int = 0, real_pool_cache: str | os.PathLike | None = None, gallery: int = 0,
+                            token_positions: bool = False) -> dict:
     """rFID and friends of `tokenizer` on the first `num_images` images of `dataset` (see the module docstring).
-    Models are moved to info.device. Every rank returns the same dict."""
+    Models are moved to info.device. Every rank returns the same dict.
+
+    bootstrap > 0: `<metric>_lo` / `<metric>_hi` for rfid, rfid_is, psnr, ssim, lpips: the 95% interval over that
+    many resamples of the images (bench.eval.metrics.bootstrap_*; rFID resamples the real and reconstructed
+    features with the same indices, so it needs the real images' per-image pool features: read from
+    `real_pool_cache` when that file holds them, else computed in this pass and written there).
+    gallery > 0: `gallery` holds the first that many images and their reconstructions, uint8 [2, n, 3, H, W].
+    token_positions (VQ tokenizers): `token_positions` holds, per token position, the distinct codes used and the
+    entropy (bits) of its codes over the images."""
     check_image_size(dataset, tokenizer.config.image_size, "the tokenizer")
     dev = info.device
     tokenizer = tokenizer.to(dev).eval()
@@ -108,21 +124,41 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # psnr, ssim, lpips summed over images
     codes = torch.zeros(tokenizer.config.codebook_size if tokenizer.is_vq else 0, dtype=torch.long, device=dev)
     logits = [empty_rows(LOGITS_DIM, dev)]
+    per_image = [torch.zeros(0, 3, dtype=torch.float64, device=dev)]  # psnr, ssim, lpips of each image
+    pools, real_pools, shown = [empty_rows(POOL_DIM, dev)], [empty_rows(POOL_DIM, dev)], []
+    cached = _load_pool_cache(real_pool_cache, num_images) if bootstrap > 0 else None
+    need_real_pool = bootstrap > 0 and cached is None
+    positions = None
+    seen = 0  # images this rank has read: the first `gallery` of rank 0's slice are the first of the set
     for images, _ in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="reconstruction"):
         tokens = tokenizer.encode(images)
         real_u8, fake_u8 = to_uint8(images), to_uint8(decode_tokens(tokenizer, tokens, teacher))
         feats = inception(fake_u8)
         fake.update(feats.pool)
         logits.append(feats.logits.to(dev))
-        if real is not None:
-            real.update(inception(real_u8).pool)
+        if real is not None or need_real_pool:
+            real_pool = inception(real_u8).pool
+            if real is not None:
+                real.update(real_pool)
+            if need_real_pool:
+                real_pools.append(real_pool.to(dev, torch.float64))
+        if bootstrap > 0:
+            pools.append(feats.pool.to(dev, torch.float64))
         x, y = real_u8.double() / 255, fake_u8.double() / 255
-        sums[0] += psnr(x, y).sum()
-        sums[1] += ssim(x, y).sum()
+        rows = torch.zeros(len(x), 3, dtype=torch.float64, device=dev)
+        rows[:, 0], rows[:, 1] = psnr(x, y), ssim(x, y)
         if lpips is not None:
-            sums[2] += lpips(x.float(), y.float()).double().sum()
+            rows[:, 2] = lpips(x.float(), y.float()).double().flatten()
+        sums += rows.sum(0)
+        per_image.append(rows)
         if tokenizer.is_vq:
             codes += code_histogram(tokens, codes.numel())
+            if token_positions:
+                positions = _position_histograms(tokens, codes.numel(), positions)
+        if info.is_main and seen < gallery:
+            take = min(gallery - seen, len(x))
+            shown.append(torch.stack([real_u8[:take], fake_u8[:take]]).cpu())
+        seen += len(x)
     fake.all_reduce()
     real = real_stats if real is None else real.all_reduce()
     if real.count != fake.count:  # after the pass: unreadable images are skipped in both
@@ -130,7 +166,15 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
                          "compute them from the same images (the same num_images)")
     all_reduce_sum(sums)
     all_reduce_sum(codes)
+    if positions is not None:
+        all_reduce_sum(positions)
     all_logits = gather_tensors(torch.cat(logits))
+    if bootstrap > 0:
+        all_per_image = gather_tensors(torch.cat(per_image))
+        all_pool = gather_tensors(torch.cat(pools))
+        all_real_pool = cached if cached is not None else gather_tensors(torch.cat(real_pools))
+        if cached is None and real_pool_cache is not None and info.is_main:
+            _save_pool_cache(real_pool_cache, all_real_pool)
 
     def compute() -> dict:
         n = fake.count
@@ -142,6 +186,67 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
         if tokenizer.is_vq:
             out["codebook_usage"], out["codebook_entropy"] = usage_and_entropy(codes.cpu())
         out["rfid_num_images"], out["eval_skipped_images"] = n, num_images - n
+        if bootstrap > 0:
+            out.update(_intervals(out, all_real_pool, all_pool, all_logits, all_per_image, bootstrap,
+                                  lpips is not None))
+        if gallery > 0:
+            out["gallery"] = torch.cat(shown, 1) if shown else torch.zeros(2, 0, 3, 1, 1, dtype=torch.uint8)
+        if positions is not None:
+            out["token_positions"] = _position_summary(positions.cpu(), n)
         return out
 
     return on_main(compute, info)
+
+
+# ---- intervals, the gallery's images, per-position token usage -------------------------------------------------
+def _intervals(out: dict, real_pool: torch.Tensor, pool: torch.Tensor, logits: torch.Tensor,
+               per_image: torch.Tensor, resamples: int, with_lpips: bool) -> dict:
+    if len(real_pool) != len(pool):  # an unreadable image: the cache holds the images read then, not now
+        raise SetupError(f"the real images' per-image features hold {len(real_pool)} images, this evaluation "
+                         f"read {len(pool)}: delete the cache so that it is recomputed")
+    res = {}
+    fids = bootstrap_fid(pool, real=real_pool, resamples=resamples)
+    res.update(zip(interval_keys("rfid"), bootstrap_interval(out["rfid"], fids)))
+    res.update(zip(interval_keys("rfid_is"),
+                   bootstrap_interval(out["rfid_is"], bootstrap_inception_score(logits, resamples, splits=1))))
+    for col, metric in enumerate(("psnr", "ssim", "lpips")):
+        if metric in out and (metric != "lpips" or with_lpips):
+            values = per_image[:, col]
+            if torch.isfinite(values).all():  # an exact reconstruction has psnr inf: no interval
+                res.update(zip(interval_keys(metric), bootstrap_mean(values, resamples)))
+    return res
+
+
+def _load_pool_cache(path, num_images: int) -> torch.Tensor | None:
+    if path is None or not Path(path).is_file():
+        return None
+    import numpy as np
+
+    pool = torch.from_numpy(np.load(path)).double()
+    return pool if len(pool) <= num_images else None
+
+
+def _save_pool_cache(path, pool: torch.Tensor) -> None:
+    import numpy as np
+
+    try:
+        with atomic_file(Path(path)) as f:
+            np.save(f, pool.cpu().numpy())
+    except OSError:  # statistics in a read-only place: recomputed by the next evaluation
+        pass
+
+
+def _position_histograms(tokens: torch.Tensor, codebook_size: int, acc: torch.Tensor | None) -> torch.Tensor:
+    """Add [K, codebook_size] counts of each position's codes (tokens [B, K] or [B, 1, K]) to `acc`."""
+    ids = tokens.reshape(tokens.shape[0], -1).long()
+    k = ids.shape[1]
+    flat = (torch.arange(k, device=ids.device) * codebook_size + ids).flatten()
+    counts = torch.bincount(flat, minlength=k * codebook_size).view(k, codebook_size)
+    return counts if acc is None else acc + counts
+
+
+def _position_summary(counts: torch.Tensor, num_images: int) -> dict:
+    distinct = [int((row > 0).sum()) for row in counts]
+    entropy = [max(0.0, usage_and_entropy(row)[1]) for row in counts]  # no -0.0
+    return {"num_tokens": counts.shape[0], "codebook_size": counts.shape[1], "num_images": num_images,
+            "distinct_codes": distinct, "entropy_bits": entropy}

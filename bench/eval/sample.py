@@ -14,6 +14,10 @@ Rules (each recorded in the file's metadata):
   CPU generators give different streams). Samples are generated in batches, the sampler drawing each row's
   noise from that row's generator (cond and uncond in one batched forward);
 - sampler settings: the generator's own (`config.sampler`, the variant's released settings) with any overrides;
+- inference path: the reference procedure (fp32, cond and uncond in one batched forward, torch.no_grad), or a
+  `pipeline` handed in from above (bench.speed.paths.InferencePipeline: the eval_gen stage passes `auto` under the
+  exact guard, which admits exact fp32 paths only, so the samples equal the reference sampler's); the metadata's
+  `inference` names the path that ran;
 - pixels: decoded images clamped to [0, 1], x255 and truncated to uint8, NHWC (the reference's sampling script);
 - ranks: rank r generates the contiguous slice bench.data.eval_shard(n, r, world) and writes a part file next
   to the output; the main rank joins the parts in order (the folder must be shared between ranks, as the
@@ -28,6 +32,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -95,28 +100,50 @@ class SampleShard:
     labels: np.ndarray
 
 
+REFERENCE_PATH = "reference (fp32, batched cond/uncond forward, torch.no_grad)"
+
+
+class SamplingPath(Protocol):
+    """What sampling needs of an inference path (bench.speed.paths.InferencePipeline is one)."""
+
+    device: torch.device
+
+    def sample(self, labels: torch.Tensor, settings: models.SamplerSettings, rng) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> str: ...
+
+
 @torch.no_grad()
 def generate_tokens(generator: models.MaskGITGenerator, labels: torch.Tensor, indices: range, seed: int,
-                    **sampler_overrides) -> torch.Tensor:
+                    pipeline: SamplingPath | None = None, **sampler_overrides) -> torch.Tensor:
     """Token ids [len(indices), K] of samples `indices` with class `labels[i]` each (labels covers all samples),
-    in one batch, each row drawing its noise from its own generator seeded with sample_seed(seed, i)."""
+    in one batch, each row drawing its noise from its own generator seeded with sample_seed(seed, i); through
+    `pipeline` when given, else the reference procedure."""
     dev = next(generator.parameters()).device
     noise = [torch.Generator(device=dev).manual_seed(sample_seed(seed, i)) for i in indices]
-    return generator.generate(labels[indices.start:indices.stop].to(dev), generator=noise, batch_guidance=True,
-                              **sampler_overrides)
+    rows = labels[indices.start:indices.stop].to(dev)
+    if pipeline is not None:
+        return pipeline.sample(rows, sampler_settings(generator, **sampler_overrides), noise)
+    return generator.generate(rows, generator=noise, batch_guidance=True, **sampler_overrides)
 
 
 @torch.no_grad()
 def generate_samples(generator: models.MaskGITGenerator, tokenizer: models.TiTok, *, num_samples: int,
                      seed: int = 42, info: DistInfo = SINGLE_PROCESS, teacher: models.MaskGITVQGAN | None = None,
-                     num_classes: int | None = None, batch_size: int = 32, **sampler_overrides) -> SampleShard:
+                     num_classes: int | None = None, batch_size: int = 32, pipeline: SamplingPath | None = None,
+                     **sampler_overrides) -> SampleShard:
     """This rank's share of `num_samples` class-balanced samples (see the module docstring for the rules).
-    `num_classes` defaults to the generator's; models are moved to info.device."""
+    `num_classes` defaults to the generator's; models are moved to info.device (a `pipeline` must be built on
+    models there already)."""
     sampler_settings(generator, **sampler_overrides)  # unknown or invalid settings fail before any work
     dev = info.device
     generator, tokenizer = generator.to(dev).eval(), tokenizer.to(dev).eval()
     if teacher is not None:
         teacher = teacher.to(dev).eval()
+    if pipeline is not None and pipeline.device != dev:
+        raise ValueError(f"the sampling pipeline's models are on {pipeline.device}, this rank samples on {dev}")
     num_classes = num_classes or generator.config.num_classes
     if num_classes > generator.config.num_classes:
         raise ValueError(f"num_classes={num_classes}, but the generator knows {generator.config.num_classes} classes")
@@ -125,8 +152,9 @@ def generate_samples(generator: models.MaskGITGenerator, tokenizer: models.TiTok
     images, size = [], tokenizer.config.image_size
     for start in progress(range(shard.start, shard.stop, batch_size), info, "sampling"):
         stop = min(start + batch_size, shard.stop)
-        tokens = generate_tokens(generator, labels, range(start, stop), seed, **sampler_overrides)
-        images.append(to_uint8(decode_tokens(tokenizer, tokens, teacher), round_first=False)
+        tokens = generate_tokens(generator, labels, range(start, stop), seed, pipeline, **sampler_overrides)
+        decoded = pipeline.decode(tokens) if pipeline is not None else decode_tokens(tokenizer, tokens, teacher)
+        images.append(to_uint8(decoded, round_first=False)
                       .permute(0, 2, 3, 1).cpu().numpy())
     empty = np.zeros((0, size, size, 3), np.uint8)
     return SampleShard(shard, np.concatenate(images) if images else empty, labels[shard.start:shard.stop].numpy())
@@ -163,20 +191,23 @@ def sample_to_npz(generator: models.MaskGITGenerator, tokenizer: models.TiTok, o
                   model: str, checkpoint: str, num_samples: int, seed: int = 42, info: DistInfo = SINGLE_PROCESS,
                   teacher: models.MaskGITVQGAN | None = None, num_classes: int | None = None, batch_size: int = 32,
                   png: bool = False, overwrite: bool = False, metadata: dict | None = None,
-                  **sampler_overrides) -> Path:
+                  pipeline: SamplingPath | None = None, **sampler_overrides) -> Path:
     """Generate, and write `out_dir/sample_name(...)`. The metadata records model, checkpoint, seed, count,
-    classes, every sampler setting and the rules, plus `metadata` (e.g. which weights were stand-ins); an existing
-    file with the same metadata is reused unless `overwrite`."""
+    classes, every sampler setting, the inference path (`pipeline`'s, else the reference procedure) and the rules,
+    plus `metadata` (e.g. which weights were stand-ins); an existing file with the same metadata is reused unless
+    `overwrite`."""
     settings = sampler_settings(generator, **sampler_overrides)
     path = Path(out_dir) / sample_name(model, checkpoint, settings, seed, num_samples)
     num_classes = num_classes or generator.config.num_classes
     meta = {"model": model, "checkpoint": checkpoint, "seed": seed, "num_samples": num_samples,
             "num_classes": num_classes, "image_size": tokenizer.config.image_size,
-            "sampler": dataclasses.asdict(settings), "rules": SEED_RULE, **(metadata or {})}
+            "sampler": dataclasses.asdict(settings),
+            "inference": pipeline.describe() if pipeline is not None else REFERENCE_PATH, "rules": SEED_RULE,
+            **(metadata or {})}
     if path.is_file() and not overwrite and _stored_metadata(path) == json.loads(json.dumps(meta, default=str)):
         return path  # the same samples; other metadata (e.g. stand-in weights then) is sampled again
     shard = generate_samples(generator, tokenizer, num_samples=num_samples, seed=seed, info=info, teacher=teacher,
-                             num_classes=num_classes, batch_size=batch_size, **sampler_overrides)
+                             num_classes=num_classes, batch_size=batch_size, pipeline=pipeline, **sampler_overrides)
     return write_samples(path, shard, info, meta, path.with_suffix("") if png else None)
 
 

@@ -1,7 +1,8 @@
 """Speed: throughput of generation, encode/decode and training steps, with analytic FLOPs (`python -m bench.speed`).
 
     timing.py     synchronised repeated runs (Timing, time_interleaved, time_runs), matmul_peak, device information
-    paths.py      inference paths (naive, parity, fast, compiled): InferencePipeline, compare_with_parity
+    paths.py      inference paths (naive, parity, fast, compiled, auto): InferencePipeline, the quality guard
+                  (QualityGuard, choose_path, compare_with_parity)
     flops.py      analytic FLOP counts of the models and of the training steps
     factories.py  the benchmarked models from registry names (random weights), toy sizes
     measure.py    generation and encode/decode throughput (measure_generation, measure_tokenizer, Runner)

@@ -13,10 +13,11 @@ analytic FLOP count beside every measurement, and the cost of each against K.
 
 Default set: the released tokenizer + generator pairs with their paper sampler settings (TiTok-L-32 +
 MaskGIT-ViT:TiTok-L-32, 8 steps; TiTok-B-64 + MaskGIT-ViT:TiTok-B-64, 8 steps; TiTok-S-128 +
-MaskGIT-UViT:TiTok-S-128, 64 steps) in the modes naive, parity and fast (bench/speed/paths.py says what each one
-is); encode and decode of the three tokenizers; a training step of stage 1, stage 2 and the generator (each
-stage's own objective in the training loop's own step: bench/speed/training.py); the measured matmul peak of the
-device in fp32 and bf16 as the reference line. Weights are random (models.build): the timings are those of the
+MaskGIT-UViT:TiTok-S-128, 64 steps) in the modes naive, parity and auto (bench/speed/paths.py says what each
+one is; `auto`, the default everywhere, is the fastest path that passes the quality guard: its `ran` column and
+note say which); encode and decode of the three tokenizers; a training step of stage 1, stage 2 and the generator
+(each stage's own objective in the training loop's own step: bench/speed/training.py); the measured matmul peak of
+the device in fp32 and bf16 as the reference line. Weights are random (models.build): the timings are those of the
 released weights, the images are not.
 
 Every measurement runs `--warmup` untimed and `--repeats` timed times and reports the median, the inter-quartile
@@ -47,7 +48,7 @@ from .measure import Runner, generation_runner, tokenizer_runners
 from .paths import MODES, image_psnr, resolve_options
 from .scaling import SCALING_SIZES, SCALING_TOKENS, scaling, scaling_flops
 from .timing import environment, matmul_peak, time_interleaved
-from .training import TRAIN_STAGES, measure_training
+from .training import TRAIN_STAGES, measure_training, pretokenized_speedups
 
 RELEASED_PAIRS = ("TiTok-L-32", "TiTok-B-64", "TiTok-S-128")
 MODE_NOTES = {
@@ -55,7 +56,10 @@ MODE_NOTES = {
              "fp32, NCHW, eager (same model code: SDPA, fused QKV)",
     "parity": "exact fp32: batched cond/uncond forward, inference_mode; tokens equal the reference sampler's",
     "fast": "parity + bf16 (autocast and bf16 weight copies) + channels-last pixel decoder (+ CUDA graphs and "
-            "TF32 on CUDA)",
+            "TF32 on CUDA); parity's fp32 path on a CPU whose bf16 matmuls run below half the fp32 rate",
+    "auto": "the fastest path that passes the quality guard: fast where bf16 matmuls are fast and fast's probe "
+            "batch against parity clears tokens >= 90%, images and decode >= 30 dB PSNR, encode ids >= 85% "
+            "(bench.speed.paths.QualityGuard), else parity; the row's path column and note say which ran and why",
     "compiled": "fast + torch.compile with freezing (compilation happens in the warm-up, outside the timings)",
 }
 
@@ -80,6 +84,7 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 # ---- output --------------------------------------------------------------------------------------------------------
 COLUMNS = (("section", "section", "{}"), ("task", "task", "{}"), ("model", "model", "{}"), ("mode", "mode", "{}"),
+           ("path", "ran", "{}"),
            ("batch", "B", "{}"), ("throughput", "items/s", "{:.3g}"), ("unit", "unit", "{}"),
            ("median_s", "median s", "{:.3g}"), ("iqr_s", "IQR s", "{:.2g}"), ("min_s", "min s", "{:.3g}"),
            ("max_s", "max s", "{:.3g}"), ("gflop_per_item", "GFLOP/item", "{:.4g}"),
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gen-set", action="append", metavar="KEY=VALUE", help="generator config override (repeatable)")
     p.add_argument("--sampler-set", action="append", metavar="KEY=VALUE",
                    help="sampler setting override, e.g. num_steps=16 (repeatable)")
-    p.add_argument("--modes", type=_csv_list, default=["naive", "parity", "fast"], help=f"of {', '.join(MODES)}")
+    p.add_argument("--modes", type=_csv_list, default=["naive", "parity", "auto"],
+                   help=f"of {', '.join(MODES)} (default naive,parity,auto)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -152,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true", help="cost vs K for S/B/L instead of the default set")
     p.add_argument("--sizes", type=_csv_list, default=list(SCALING_SIZES))
     p.add_argument("--ks", type=lambda s: [int(k) for k in _csv_list(s)], default=list(SCALING_TOKENS))
-    p.add_argument("--scaling-mode", default="parity", help="inference mode of the scaling runs")
+    p.add_argument("--scaling-mode", default="auto", help="inference mode of the scaling runs (default auto)")
     p.add_argument("--no-scaling-generation", action="store_true", help="scaling: encode+decode only")
     p.add_argument("--flops-only", action="store_true", help="scaling: the analytic FLOP counts only (no runs)")
     p.add_argument("--csv", help="write the rows as CSV")
@@ -276,14 +282,14 @@ def run(args) -> tuple[dict, list[dict]]:
             gen_name = args.generator if args.tokenizer else (models.resolve(tok_name).generator or "MaskGIT-ViT")
             gen_cfg = generator_config(gen_name, tok_cfg, gen_set, args.toy) if tok_cfg.quantizer == "vq" else None
             for stage in args.train_stages:
-                if (stage == "stage1" and not tok_cfg.two_stage) or (stage == "generator" and gen_cfg is None):
+                if (stage == "stage1" and not tok_cfg.two_stage) or (stage.startswith("generator") and gen_cfg is None):
                     continue
                 for precision in args.train_precision:
                     row = measure_training(stage, tok_cfg, gen_cfg, batch_size=args.train_batch_size,
                                            precision=precision, warmup=args.warmup, repeats=args.repeats,
                                            device=device, seed=args.seed)
                     model = tok_name + (" (toy)" if args.toy else "")
-                    model += f" + {gen_name}" if stage == "generator" else ""
+                    model += f" + {gen_name}" if stage.startswith("generator") else ""
                     emit({"section": "training", "model": model, **row})
                     gc.collect()
     _annotate(rows, peaks)
@@ -312,9 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     for mode in dict.fromkeys(r.get("mode") for r in rows):
         if mode in MODE_NOTES:
             print(f"# {mode}: {MODE_NOTES[mode]}")
-    notes = dict.fromkeys(r["note"] for r in rows if r.get("note"))
-    for row_note in notes:
-        print(f"# training: {row_note}")
+    notes = dict.fromkeys((r["section"] if r["section"] == "training" else r.get("mode"), r["note"])
+                          for r in rows if r.get("note"))
+    for label, row_note in notes:  # inference rows: the path that ran where it is not what the mode's name says
+        print(f"# {label}: {row_note}")
+    for line in pretokenized_speedups(rows):
+        print(line)
     print("# FLOPs: analytic (bench/speed/flops.py), matmuls and convolutions only; % peak against the measured matmul "
           "peak of the row's precision")
     if args.csv:

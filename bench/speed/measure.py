@@ -57,6 +57,16 @@ def _mode_name(mode) -> str:
     return mode if isinstance(mode, str) else "custom"
 
 
+def path_fields(pipe: InferencePipeline) -> dict:
+    """What a row records of the path that ran: `path` (the mode `auto` took, or the mode itself), its options and
+    precision, and a `note` when the path is not what its name says on this device (bf16 dropped, or auto's
+    choice and why)."""
+    out = {"path": pipe.choice.mode, "options": pipe.options.describe(), "precision": pipe.options.precision}
+    if pipe.choice.reason:
+        out["note"] = pipe.choice.reason
+    return out
+
+
 def generation_runner(tokenizer: models.TiTok, generator: models.MaskGITGenerator, *, batch_size: int,
                       sampler_settings: SamplerSettings | dict | None = None, mode="fast",
                       teacher: models.MaskGITVQGAN | None = None, device: torch.device | str | None = None,
@@ -67,15 +77,14 @@ def generation_runner(tokenizer: models.TiTok, generator: models.MaskGITGenerato
             m.to(device)
     settings = sampler_settings if isinstance(sampler_settings, SamplerSettings) else (
         generator.config.sampler.updated(**(sampler_settings or {})))
-    pipe = InferencePipeline(tokenizer, generator, options=mode, teacher=teacher)
+    pipe = InferencePipeline(tokenizer, generator, options=mode, teacher=teacher, probe_settings=settings)
     labels = torch.arange(batch_size, device=device) % generator.config.num_classes
 
     def run() -> dict:
         ids, images = pipe.generate(labels, settings, torch.Generator(device).manual_seed(seed))
         return {"ids": ids, "images": images}
 
-    row = {"task": "generate", "mode": _mode_name(mode), "options": pipe.options.describe(),
-           "precision": pipe.options.precision, "batch": batch_size, "unit": "samples/s",
+    row = {"task": "generate", "mode": _mode_name(mode), **path_fields(pipe), "batch": batch_size, "unit": "samples/s",
            "steps": settings.num_steps, "forwards_per_sample": FL.generator_forwards(settings),
            "guidance": settings.guidance_scale, "guidance_decay": settings.guidance_decay}
     flops = FL.generation(generator.config, settings) + decode_flops(tokenizer, teacher)
@@ -89,10 +98,11 @@ def measure_generation(tokenizer: models.TiTok, generator: models.MaskGITGenerat
     """Samples/s of class-conditional generation with de-tokenisation (labels 0..B-1, the same seed every run).
 
     `sampler_settings`: a SamplerSettings, or a dict of overrides of the generator's own (its paper settings);
-    `mode`: a mode name of bench.speed.paths ("naive", "parity", "fast", "compiled") or an InferenceOptions;
+    `mode`: a mode name of bench.speed.paths ("naive", "parity", "fast", "compiled", "auto") or an InferenceOptions;
     `teacher`: decodes the proxy codes of a stage-1-form two-stage tokenizer (decode_proxy_codes + teacher.decode).
     Returns samples_per_s, the seconds per batch (median_s, iqr_s, min_s, max_s), gflop_per_item (per sample),
-    achieved_gflops and the settings; with keep_outputs also the last run's `ids` and `images`.
+    achieved_gflops, the settings and the path that ran (path, options, precision, and a note saying why); with
+    keep_outputs also the last run's `ids` and `images`.
     """
     runner = generation_runner(tokenizer, generator, batch_size=batch_size, sampler_settings=sampler_settings,
                                mode=mode, teacher=teacher, device=device, seed=seed)
@@ -119,8 +129,7 @@ def tokenizer_runners(tokenizer: models.TiTok, *, batch_size: int, mode="fast",
     else:
         tokens = torch.randn(batch_size, c.num_latent_tokens, c.token_size, generator=g, device=device)
     text = torch.randn(batch_size, c.text_tokens, c.text_dim, generator=g, device=device) if c.text_tokens else None
-    row = {"mode": _mode_name(mode), "options": pipe.options.describe(), "precision": pipe.options.precision,
-           "batch": batch_size, "unit": "images/s"}
+    row = {"mode": _mode_name(mode), **path_fields(pipe), "batch": batch_size, "unit": "images/s"}
     return {"encode": Runner(lambda: {"output": pipe.encode(images)}, batch_size, FL.titok_encode(c),
                              dict(row, task="encode")),
             "decode": Runner(lambda: {"output": pipe.decode(tokens, text)}, batch_size,

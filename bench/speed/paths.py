@@ -23,11 +23,22 @@ Switches (`InferenceOptions`), each independent:
 Modes: `naive` is the reference procedure written plainly (separate conditional and unconditional forwards,
 torch.no_grad, fp32, NCHW, eager); `parity` is the exact fp32 path (batched guidance and inference_mode change
 no value: tokens equal the reference sampler's); `fast` is bf16 with bf16 weight copies + channels-last (+ CUDA
-graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile; `auto` (the default of the sweep's speed stage) is
-`fast` where the device runs bf16 matmuls at least at half the fp32 rate (CUDA; CPUs with bf16 units) and `parity`
-elsewhere (an AVX2-only CPU runs bf16 at ~1% of fp32: `fast` would be ~100x slower there), from the loop's 0.1 s
-probe (bench.core.dist.runnable_precision); the row's `options` say which ran. The pipeline never modifies the
-models it is given: paths that change weights or their layout work on copies.
+graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile. `fast` is never slower than `parity`: on a CPU whose
+bf16 matmuls run below half the fp32 rate (an AVX2-only CPU runs them at ~1-2% of fp32, which would make `fast`
+~100x slower), measured by the 0.2 s one-thread matmul probe of bench.core.dist, `fast` is parity's own fp32 path
+(`compiled` keeps its torch.compile on that fp32 path), and `fallback_note` says so (bench.speed prints it beside the
+row).
+
+`auto` (the default of the sweep's speed stage, of `python -m bench.speed` and of evaluation sampling) is the fastest
+path that passes a quality guard (`QualityGuard`, `choose_path`): `parity` where the device's bf16 is slow (no probe:
+`fast` is parity's path there), else `fast` if, on a short probe batch (4 samples, seed 0, the run's sampler
+settings) against parity, its sampled tokens agree >= 90%, its generated images are >= 30 dB PSNR from parity's,
+decoding the same tokens gives >= 30 dB, and encoding the same images gives >= 85% equal VQ ids (VAE: relative error
+<= 0.02): the bounds the toy models clear with margin (tests/test_speed.py), else `parity`. A guard with
+`exact=True` (EXACT_GUARD: evaluation sampling, whose samples must equal the reference sampler's for gFID parity)
+passes exact fp32 paths only. The pipeline's `choice` records which path ran and why; without models (`mode_options`)
+`auto` is the capability answer alone. The pipeline never modifies the models it is given: paths that change weights
+or their layout work on copies.
 """
 
 from __future__ import annotations
@@ -36,12 +47,12 @@ import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from bench.core.dist import runnable_precision
+from bench.core.dist import autocast_rate_ratio, fast_autocast
 from bench.eval.metrics import psnr
 from models.generators import MaskGITGenerator
 from models.maskgit_vqgan import MaskGITVQGAN
@@ -77,10 +88,31 @@ class InferenceOptions:
         return "+".join([self.precision, *on])
 
 
-def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOptions:
-    """The named modes (module docstring); `fast` adds CUDA graphs and TF32 on CUDA devices."""
+def fast_options(device: torch.device | str = "cpu") -> InferenceOptions:
+    """The `fast` switches as such (bf16, bf16 weight copies, channels-last; CUDA graphs and TF32 on CUDA), whether
+    or not this device runs bf16 quickly (mode_options("fast") checks that)."""
     cuda = torch.device(device).type == "cuda"
-    fast = InferenceOptions(precision="bf16", cast_weights=True, channels_last=True, cuda_graphs=cuda, tf32=cuda)
+    return InferenceOptions(precision="bf16", cast_weights=True, channels_last=True, cuda_graphs=cuda, tf32=cuda)
+
+
+def fallback_note(mode: str, device: torch.device | str = "cpu") -> str | None:
+    """Why `mode` runs without its low precision on `device` (a CPU whose bf16 matmuls are slow), else None."""
+    device = torch.device(device)
+    if mode not in ("fast", "compiled", "auto") or fast_autocast("bf16", device):
+        return None
+    ratio = autocast_rate_ratio("bf16", device)
+    runs = {"fast": "parity's fp32 path", "compiled": "torch.compile of parity's fp32 path",
+            "auto": "parity"}[mode]
+    return (f"bf16 matmuls run at {ratio:.2g}x the fp32 rate on this CPU "
+            f"({torch.backends.cpu.get_cpu_capability()}): {mode} runs {runs} here")
+
+
+def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOptions:
+    """The named modes (module docstring). `fast` and `compiled` drop bf16 where its matmuls are slow (they run
+    parity's fp32 arithmetic and layout there); `auto` without models is that capability answer alone (`fast` where
+    bf16 is fast, else `parity`): InferencePipeline and choose_path add the quality guard."""
+    device = torch.device(device)
+    fast = fast_options(device) if fast_autocast("bf16", device) else InferenceOptions()
     modes = {
         "naive": InferenceOptions(batch_guidance=False, inference_mode=False),
         "parity": InferenceOptions(),
@@ -88,7 +120,7 @@ def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOpti
         "compiled": dataclasses.replace(fast, compile=True),
     }
     if mode == "auto":
-        return fast if runnable_precision(fast.precision, torch.device(device)) == fast.precision else modes["parity"]
+        return fast
     if mode not in modes:
         raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
     return modes[mode]
@@ -170,10 +202,18 @@ class InferencePipeline:
     """
 
     def __init__(self, tokenizer: TiTok, generator: MaskGITGenerator | None = None, *,
-                 options: InferenceOptions | str = "parity", teacher: MaskGITVQGAN | None = None):
+                 options: InferenceOptions | str = "parity", teacher: MaskGITVQGAN | None = None,
+                 guard: QualityGuard | None = None, probe_settings: SamplerSettings | None = None):
         self.tokenizer, self.generator, self.teacher = tokenizer.eval(), generator, teacher
         self.device = _device_of(tokenizer)
-        self.options = o = resolve_options(options, self.device)
+        if options == "auto":  # the guarded choice (its probe runs here): `choice` says which path and why
+            self.choice = choose_path(tokenizer, generator, teacher=teacher, guard=guard or GUARD,
+                                      sampler_settings=probe_settings)
+        else:
+            mode = options if isinstance(options, str) else "custom"
+            self.choice = PathChoice(mode, resolve_options(options, self.device),
+                                     fallback_note(mode, self.device) or "")
+        self.options = o = self.choice.options
         if o.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device; the models are on {self.device}")
         if generator is not None:
@@ -231,6 +271,10 @@ class InferencePipeline:
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
     # -- public API -------------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """The path that runs, e.g. "parity (fp32+batch_guidance+inference_mode)"."""
+        return self.choice.describe()
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] -> VQ ids [B, K] or VAE posterior means [B, K, C] (TiTok.encode)."""
         tok = self.tokenizer
@@ -316,3 +360,69 @@ def compare_with_parity(tokenizer: TiTok, generator: MaskGITGenerator | None = N
     else:
         out["encode_rel_error"] = float((enc - enc_ref).norm() / enc_ref.norm())
     return out
+
+
+@dataclass(frozen=True)
+class QualityGuard:
+    """What a path must reach against parity on a probe batch (compare_with_parity) for `auto` to take it. The
+    defaults are the bounds the toy models with random weights clear with margin (tests/test_speed.py); `exact`
+    admits exact fp32 paths only (tokens equal the reference sampler's: evaluation sampling)."""
+
+    min_token_agreement: float = 0.9
+    min_image_psnr_db: float = 30.0
+    min_decode_psnr_db: float = 30.0
+    min_encode_agreement: float = 0.85
+    max_encode_rel_error: float = 0.02
+    exact: bool = False
+    batch_size: int = 4
+    seed: int = 0
+
+    def failures(self, quality: dict[str, float]) -> list[str]:
+        """The checks `quality` (compare_with_parity's dict) fails, in words; [] when it passes."""
+        checks = [("token_agreement", ">=", self.min_token_agreement), ("image_psnr_db", ">=", self.min_image_psnr_db),
+                  ("decode_psnr_db", ">=", self.min_decode_psnr_db),
+                  ("encode_agreement", ">=", self.min_encode_agreement),
+                  ("encode_rel_error", "<=", self.max_encode_rel_error)]
+        out = []
+        for key, op, bound in checks:
+            if key in quality and not (quality[key] >= bound if op == ">=" else quality[key] <= bound):
+                out.append(f"{key} {quality[key]:.4g} (needs {op} {bound:g})")
+        return out
+
+
+GUARD = QualityGuard()
+EXACT_GUARD = QualityGuard(exact=True)
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """The path a pipeline runs: its mode (for `auto`, the mode it took), options, why, and the probe's numbers."""
+
+    mode: str
+    options: InferenceOptions
+    reason: str = ""
+    quality: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.mode} ({self.options.describe()})"
+
+
+def choose_path(tokenizer: TiTok, generator: MaskGITGenerator | None = None, *, teacher: MaskGITVQGAN | None = None,
+                guard: QualityGuard = GUARD, sampler_settings: SamplerSettings | None = None) -> PathChoice:
+    """`auto`: `fast` where the device runs bf16 quickly and `fast` passes `guard` against parity on a probe batch
+    (guard.batch_size samples or images, guard.seed, `sampler_settings` or the generator's own), else `parity`."""
+    device = _device_of(tokenizer)
+    parity, fast = InferenceOptions(), mode_options("fast", device)
+    note = fallback_note("auto", device)
+    if note:
+        return PathChoice("parity", parity, note)
+    if guard.exact and not fast.exact:
+        return PathChoice("parity", parity, "the guard admits exact fp32 paths only (tokens equal the reference "
+                                            f"sampler's); fast is {fast.precision}")
+    quality = compare_with_parity(tokenizer, generator, options=fast, batch_size=guard.batch_size, seed=guard.seed,
+                                  sampler_settings=sampler_settings, teacher=teacher)
+    failed = guard.failures(quality)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in quality.items())
+    if failed:
+        return PathChoice("parity", parity, "fast failed the quality guard: " + "; ".join(failed), quality)
+    return PathChoice("fast", fast, f"fast passed the quality guard ({shown})", quality)

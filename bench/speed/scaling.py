@@ -20,7 +20,7 @@ SCALING_SIZES = ("S", "B", "L")
 SCALING_TOKENS = (16, 32, 64, 96, 128, 192, 256)
 
 
-def scaling(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, batch_size: int = 8, mode="parity",
+def scaling(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, batch_size: int = 8, mode="auto",
             generator: str = "MaskGIT-ViT", warmup: int = 1, repeats: int = 3, device: torch.device | str = "cpu",
             generation: bool = True, log: Callable[[dict], None] | None = None) -> list[dict]:
     """Cost against K of TiTok-{size}-{K}: encode+decode per image and generation with de-tokenisation per sample,

@@ -10,9 +10,12 @@ keeps bench.train.recipes' defaults.
     row = measure_training("stage2", tokenizer_config("TiTok-L-32"), batch_size=8, precision="bf16")
 
 Stages: stage1 (two-stage tokenizers), stage2 (stage 2 of a two-stage tokenizer; for the other tokenizers their
-single-stage training, task "train-single"), generator (VQ tokenizers). The pretrained loss networks (ConvNeXt-S,
-LPIPS) come from the weights cache, or are seeded random stand-ins where it lacks them (allow_random_weights; the
-row's note says so): the cost is the same.
+single-stage training, task "train-single"), generator (VQ tokenizers; the frozen tokenizer encodes each batch on
+the fly) and generator_pretokenized (the same objective on the pretokenize stage's ids: a batch of [B, 2, K] crop
+ids, no encoder; bench/train/pretokenize.py). Both generator rows take the batch's crops from the same
+`crop_choice`; neither counts data loading (which only makes on the fly slower). The pretrained loss networks
+(ConvNeXt-S, LPIPS) come from the weights cache, or are seeded random stand-ins where it lacks them
+(allow_random_weights; the row's note says so): the cost is the same.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from omegaconf import OmegaConf
 
 import models
 from bench.core.dist import DistInfo
+from bench.data.tokens import crop_choice
 from bench.train.generator import generator_objective
 from bench.train.loop import Objective, Trainer
 from bench.train.recipes import (
@@ -43,9 +47,9 @@ from bench.train.tokenizer import single_stage_objective, stage1_objective, stag
 
 from . import flops as FL
 from .measure import Runner
-from .timing import time_runs
+from .timing import time_interleaved, time_runs
 
-TRAIN_STAGES = ("stage1", "stage2", "generator")
+TRAIN_STAGES = ("stage1", "stage2", "generator", "generator_pretokenized")
 Recipe = Stage1Config | Stage2Config | SingleStageConfig | GeneratorTrainConfig
 PAPER_PRESET = Path(__file__).resolve().parents[2] / "sweeps" / "preset" / "paper.yaml"
 LOOP_STEP = "the loop's step (AdamW with the paper's weight-decay groups, clipping, EMA)"
@@ -57,7 +61,7 @@ class TrainingStep:
 
     task: str
     trainer: Trainer
-    batch: tuple[torch.Tensor, torch.Tensor]  # (images, labels)
+    batch: tuple[torch.Tensor, ...]  # (images, labels); the generator's: (images or crop ids, labels, crop)
     step: int  # the schedule position timed: the first where every optimizer of the objective is active
     flops_per_image: int
     note: str
@@ -69,6 +73,7 @@ class TrainingStep:
 def paper_recipe(stage: str) -> Stage1Config | Stage2Config | GeneratorTrainConfig:
     """The settings of "stage1", "stage2" or "generator" as the paper preset holds them (bench.plan builds the sweep's
     from the same file), loss networks allowed to be stand-ins."""
+    stage = "generator" if stage == "generator_pretokenized" else stage
     section = OmegaConf.to_container(OmegaConf.load(PAPER_PRESET)[stage], resolve=True)
     common = {"optim": optim_from(section["optim"]), "loop": loop_from(section["loop"])}
     if stage == "stage1":
@@ -129,7 +134,18 @@ def _generator(c: models.TiTokConfig, g: models.GeneratorConfig | None, recipe: 
             "generator_objective: frozen-tokenizer tokens of flipped images, arccos masking, MaskGIT loss")
 
 
-_BUILDERS: dict[str, Callable] = {"stage1": _stage1, "stage2": _stage2, "generator": _generator}
+def _generator_pretokenized(c: models.TiTokConfig, g: models.GeneratorConfig | None,
+                            recipe: GeneratorTrainConfig | None) -> tuple[GeneratorTrainConfig, Objective, int, str]:
+    if g is None:
+        raise ValueError("the generator stage needs a generator config")
+    recipe = recipe or paper_recipe("generator")
+    objective = generator_objective(recipe, None, models.build_from_config(g))
+    return (recipe, objective, 3 * FL.generator_forward(g),
+            "generator_objective on pretokenized ids (centre crop / flip), arccos masking, MaskGIT loss")
+
+
+_BUILDERS: dict[str, Callable] = {"stage1": _stage1, "stage2": _stage2, "generator": _generator,
+                                  "generator_pretokenized": _generator_pretokenized}
 
 
 def training_step(stage: str, tokenizer_config: models.TiTokConfig,
@@ -152,10 +168,17 @@ def training_step(stage: str, tokenizer_config: models.TiTokConfig,
     images = torch.rand(batch_size, 3, c.image_size, c.image_size, generator=g, device=device)
     num_classes = generator_config.num_classes if generator_config is not None else 1000
     labels = torch.randint(0, num_classes, (batch_size,), generator=g, device=device)
+    batch = (images, labels)
+    if stage.startswith("generator"):
+        crop = crop_choice(seed, 0, batch_size, 2).to(device)
+        if stage == "generator_pretokenized":  # the ids of each image's centre crop and its flip
+            images = torch.randint(0, c.codebook_size, (batch_size, 2, c.num_latent_tokens), generator=g,
+                                   device=device)
+        batch = (images, labels, crop)
     gan = getattr(recipe, "gan", None)
     step = gan.start_step if gan is not None and gan.weight > 0 else 0
     task = "train-single" if stage == "stage2" and not c.two_stage else f"train-{stage}"
-    return TrainingStep(task, trainer, (images, labels), step, flops, f"{task}: {what}; {LOOP_STEP}")
+    return TrainingStep(task, trainer, batch, step, flops, f"{task}: {what}; {LOOP_STEP}")
 
 
 def measure_training(stage: str, tokenizer_config: models.TiTokConfig,
@@ -170,3 +193,35 @@ def measure_training(stage: str, tokenizer_config: models.TiTokConfig,
                     {"task": step.task, "mode": precision, "options": precision, "precision": precision,
                      "batch": batch_size, "unit": "images/s", "note": step.note})
     return runner.result(time_runs(runner, warmup=warmup, repeats=repeats, device=device))
+
+
+def pretokenized_speedups(rows: list[dict]) -> list[str]:
+    """A line per model and precision with both generator rows: pretokenized samples/s over on the fly, beside
+    the analytic bound (the FLOP ratio)."""
+    by = {(r["task"], r.get("model"), r.get("precision")): r for r in rows if r.get("section") == "training"}
+    lines = []
+    for (task, model, precision), fly in by.items():
+        tokens = by.get(("train-generator_pretokenized", model, precision))
+        if task == "train-generator" and tokens is not None:
+            bound = fly["gflop_per_item"] / tokens["gflop_per_item"]
+            lines.append(f"# generator training, {model} {precision} batch {fly['batch']}: pretokenized "
+                         f"{tokens['throughput']:.3g} vs on the fly {fly['throughput']:.3g} {fly['unit']}: "
+                         f"{tokens['throughput'] / fly['throughput']:.2f}x (analytic bound {bound:.2f}x)")
+    return lines
+
+
+def measure_generator_sources(tokenizer_config: models.TiTokConfig, generator_config: models.GeneratorConfig, *,
+                              batch_size: int, precision: str = "fp32", warmup: int = 1, repeats: int = 3,
+                              device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:
+    """The generator rows, on the fly and pretokenized (see training_step), timed round by round in turn so that a
+    change in machine load hits both alike."""
+    device = torch.device(device)
+    runners = {}
+    for stage in ("generator", "generator_pretokenized"):
+        step = training_step(stage, tokenizer_config, generator_config, batch_size=batch_size, precision=precision,
+                             device=device, seed=seed)
+        runners[stage] = Runner(step, batch_size, step.flops_per_image,
+                                {"task": step.task, "mode": precision, "options": precision, "precision": precision,
+                                 "batch": batch_size, "unit": "images/s", "note": step.note})
+    timings = time_interleaved(runners, warmup=warmup, repeats=repeats, device=device)
+    return [runners[stage].result(timings[stage]) for stage in runners]

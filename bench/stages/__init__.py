@@ -8,6 +8,8 @@ The sweep (bench/plan.py, bench/launch.py) and `python -m bench.eval` call the s
     real_stats       rFID's real-image statistics (shared)         eval_recon   rFID, PSNR, SSIM, LPIPS, codebook
     reference_batch  gFID's reference batch (shared)               eval_gen     ADM gFID, IS, sFID, precision/recall
     probe            linear probe of the frozen encoder            speed        sampling throughput
+    pretokenize      the tokens of each training image's centre crop and flip, once per tokenizer (the generator
+                     stage trains on them instead of encoding every batch)
 
 The identity rule and what a stage module holds: bench/stages/base.py; tasks and `run_task`: bench/stages/task.py.
 """
@@ -18,6 +20,7 @@ from . import (
     eval_gen,
     eval_recon,
     generator,
+    pretokenize,
     probe,
     real_stats,
     reference_batch,
@@ -37,8 +40,8 @@ from .speed import SpeedSpec
 from .task import StageTask, Tracking, any_random, cell_cost, final_metrics, new_task, run_task
 
 # in pipeline order: every stage after the stages it can read (the SLURM launcher submits in this order)
-STAGES = {m.NAME: m for m in (teacher, real_stats, reference_batch, stage1, stage2, single, generator, eval_recon,
-                              eval_gen, probe, speed)}
+STAGES = {m.NAME: m for m in (teacher, real_stats, reference_batch, stage1, stage2, single, pretokenize, generator,
+                              eval_recon, eval_gen, probe, speed)}
 
 __all__ = ["STAGES", "Context", "DataConfig", "EvalGenSpec", "EvalReconSpec", "ProbeSpec", "RealStatsSpec",
            "ReferenceBatchSpec", "SpeedSpec", "StageTask", "Tracking", "any_random", "cell_cost", "final_metrics",

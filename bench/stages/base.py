@@ -38,7 +38,7 @@ from bench.train.recipes import DataConfig
 from models.checkpoints import file_sha256
 
 # fields of every spec that never change a result
-WHERE_AND_HOW = ("device", "data.root", "data.num_workers")
+WHERE_AND_HOW = ("device", "data.root", "data.train_shards", "data.val_shards", "data.num_workers")
 TRAINING_IGNORED = WHERE_AND_HOW + ("loop.checkpoint_every", "loop.log_every")
 # an evaluation reads `num_images` images of its own: the dataset's size setting picks nothing
 EVAL_IGNORED = WHERE_AND_HOW + ("data.num_images", "batch_size")
@@ -167,7 +167,8 @@ def eval_dataset(data: DataConfig, split: str, num_images: int):
     from bench.data import build_dataset
 
     return build_dataset(data.name, split=split, image_size=data.image_size, train=False, root=data.root,
-                         num_images=num_images, num_classes=data.num_classes, seed=data.seed)
+                         num_images=num_images, num_classes=data.num_classes, seed=data.seed,
+                         shards=data.train_shards if split == "train" else data.val_shards)
 
 
 def training_result(result) -> dict:

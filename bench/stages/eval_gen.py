@@ -3,12 +3,15 @@ bench.eval.generation): class-balanced, per-sample-seeded samples to an ADM .npz
 gfid_clean, gfid_is, sfid, precision, recall, gfid_num_samples; a grid of the first samples as samples.png.
 
 Protocol: float32 Inception, as ADM's evaluator (reference_batch.INCEPTION_DTYPE), against the reference_batch
-stage's file.
+stage's file. Sampling runs the `auto` inference path under the exact guard (bench.speed.paths.EXACT_GUARD): only
+exact fp32 paths pass it, so the samples equal the reference sampler's on every device (gFID parity), and the path
+that ran is recorded in the samples' metadata (`inference`) and the tag titok.sample_path.
 
 Identity: the number of samples and classes, the sampler overrides, the seed, fid_method, clean-fid on or off, the
-Inception dtype, the stand-in permission, and the inputs: the generator, the tokenizer, the teacher and the
-reference batch; not the batch sizes (a sample does not depend on its batch), PNG copies, the name that labels the
-samples file, the device.
+Inception dtype, the stand-in permission, the bootstrap resamples (`bootstrap`: the <metric>_lo / _hi intervals of
+gfid, gfid_is, precision, recall; how: the tag titok.gfid_interval), and the inputs: the generator, the tokenizer,
+the teacher and the reference batch; not the batch sizes (a sample does not depend on its batch), PNG copies, the
+name that labels the samples file, the device.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import tracking as T
 from bench.core.io import atomic_file
 from bench.core.loading import SetupError
 from bench.stages import base, reference_batch
@@ -48,6 +52,7 @@ class EvalGenSpec:
     sample_batch_size: int | None = None
     png: bool = False  # also write every sample as a PNG
     model_name: str | None = None  # names the samples file (None: the tokenizer's label)
+    bootstrap: int = 200  # resamples behind the <metric>_lo / _hi intervals (0: none)
     device: str = "auto"
 
 
@@ -56,6 +61,7 @@ def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval
     from bench.eval.generation import evaluate_generation
     from bench.eval.sample import sample_to_npz, sampler_settings
+    from bench.speed.paths import EXACT_GUARD
 
     loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
                            allow_random=spec.allow_random_weights)
@@ -64,23 +70,37 @@ def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
         sampler_settings(gen.model, **spec.sampler)
     except ValueError as err:
         raise SetupError(f"sampler settings: {err}") from None
+    pipeline = sampling_pipeline(tok.model, gen.model, loaded.teacher_model, ctx.info.device, EXACT_GUARD)
     npz = sample_to_npz(gen.model, tok.model, ctx.out, model=spec.model_name or tok.label, checkpoint=gen.label,
                         num_samples=spec.num_samples, seed=spec.seed, info=ctx.info,
                         teacher=loaded.teacher_model, num_classes=spec.num_classes,
                         batch_size=spec.sample_batch_size or spec.batch_size, png=spec.png,
-                        metadata={"weights_random": dict(random)}, **spec.sampler)
+                        metadata={"weights_random": dict(random)}, pipeline=pipeline, **spec.sampler)
     inception = base.inception(spec, ctx)
     random["inception"] = inception.random
     metrics = evaluate_generation(npz, spec.reference_batch, inception=inception, info=ctx.info,
-                                  batch_size=spec.batch_size, fid_method=spec.fid_method, clean_fid=spec.clean_fid)
+                                  batch_size=spec.batch_size, fid_method=spec.fid_method, clean_fid=spec.clean_fid,
+                                  bootstrap=spec.bootstrap)
     samples = metrics.pop("samples", {})
     grid = ctx.out / SAMPLE_GRID
     if ctx.info.is_main:
         save_sample_grid(npz, grid)
     return {"metrics": metrics, "samples": samples, "npz": str(npz), "random_weights": random,
             "tokenizer": tok.label, "generator": gen.label, "inception_dtype": spec.inception_dtype,
-            "tags": base.feature_tags("gfid", spec, inception, f"reference batch {Path(spec.reference_batch).name}"),
+            "tags": {**base.feature_tags("gfid", spec, inception, f"reference batch {Path(spec.reference_batch).name}"),
+                     T.TAG_SAMPLE_PATH: samples.get("inference", pipeline.describe()),
+                     **interval_tags(spec.bootstrap, metrics.get("gfid_num_samples"))},
             "artifacts": [str(grid)]}
+
+
+def sampling_pipeline(tokenizer, generator, teacher, device, guard):
+    """The `auto` inference path of the sampler under `guard`, on models moved to `device`."""
+    from bench.speed.paths import InferencePipeline
+
+    for module in (tokenizer, generator, teacher):
+        if module is not None:
+            module.to(device)
+    return InferencePipeline(tokenizer, generator, options="auto", teacher=teacher, guard=guard)
 
 
 def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, columns: int = 8) -> None:
@@ -96,3 +116,12 @@ def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, column
         canvas[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = im
     with atomic_file(path) as f:
         Image.fromarray(canvas).save(f, format="PNG")
+
+
+def interval_tags(resamples: int, num_samples: int | None) -> dict[str, str]:
+    """How the gfid / gfid_is / precision / recall intervals were made (none: no tag)."""
+    from bench.eval.generation import BOOTSTRAP_DESCRIPTION
+
+    if not resamples:
+        return {}
+    return {T.eval_tag("gfid", "interval"): BOOTSTRAP_DESCRIPTION.format(resamples=resamples, n=num_samples)}

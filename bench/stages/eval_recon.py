@@ -1,13 +1,17 @@
 """Stage `eval_recon`: the paper's rFID protocol and the image-similarity metrics of a tokenizer
-(bench.eval.reconstruction): rfid, rfid_is, psnr, ssim, lpips, codebook usage and entropy, rfid_num_images.
+(bench.eval.reconstruction): rfid, rfid_is, psnr, ssim, lpips, codebook usage and entropy, rfid_num_images;
+with `bootstrap` > 0 a 95% interval `<metric>_lo` / `<metric>_hi` for rfid, rfid_is, psnr, ssim, lpips (how: the
+tag titok.rfid_interval). Artifacts in the stage's folder: gallery.png (the first `gallery` images above their
+reconstructions; its PNG text "titok.gallery" describes the layout) and token_usage.json (VQ tokenizers: per token
+position, the distinct codes used and their entropy over the evaluation images).
 
 Protocol: the real images' statistics come from the real_stats stage (the same dtype, float64 Inception: the
 reference's rFID evaluator); a stage-1-form tokenizer decodes through the MaskGIT-VQGAN teacher.
 
 Identity: the images (dataset name, image size, classes, seed, split, num_images), LPIPS on or off, the Frechet
-distance's matrix square root (fid_method), the Inception dtype, the stand-in permission, and the inputs: the
-tokenizer, the teacher (a stage's identity, or the released name / file hash) and the real-image statistics; not
-the batch size, device, data root and workers.
+distance's matrix square root (fid_method), the Inception dtype, the stand-in permission, the bootstrap resamples,
+the gallery's size, and the inputs: the tokenizer, the teacher (a stage's identity, or the released name / file
+hash) and the real-image statistics; not the batch size, device, data root and workers.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.core.io import atomic_file, atomic_write_json
 from bench.core.loading import SetupError
 from bench.stages import base, real_stats
+from bench.tracking import eval_tag
 from bench.train.recipes import DataConfig
 
 NAME = "eval_recon"
@@ -38,9 +44,13 @@ class EvalReconSpec:
     fid_method: str = "sqrtm"  # "sqrtm" (scipy, as the reference) or "eigh" (agrees to ~1e-6, much faster on CPUs)
     inception_dtype: str = real_stats.INCEPTION_DTYPE
     allow_random_weights: bool = False
+    bootstrap: int = 200  # resamples behind the intervals (0: none)
+    gallery: int = 8  # validation images saved with their reconstructions in gallery.png (0: none)
     batch_size: int = 64
     device: str = "auto"
 
+GALLERY = "gallery.png"
+TOKEN_USAGE = "token_usage.json"
 
 
 def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
@@ -57,16 +67,59 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     if any(meta.get(k) != v for k, v in made_with.items()):
         raise SetupError(f"real-image statistics {spec.real_stats} were made with another Inception "
                          f"({ {k: meta.get(k) for k in made_with} }, this evaluation: {made_with})")
+    for key in ("bootstrap", "gallery"):
+        if getattr(spec, key) < 0:
+            raise SetupError(f"eval_recon {key}={getattr(spec, key)}: give 0 (none) or a positive number")
     lpips = LPIPS(allow_random=allow) if spec.lpips else None
     images = base.eval_dataset(spec.data, spec.split, spec.num_images)
+    stats_file = Path(spec.real_stats)
     metrics = evaluate_reconstruction(
         tok.model, images, num_images=spec.num_images, inception=inception, batch_size=spec.batch_size,
         info=ctx.info, teacher=loaded.teacher_model, real_stats=stats, lpips=lpips,
-        fid_method=spec.fid_method, num_workers=spec.data.num_workers)
+        fid_method=spec.fid_method, num_workers=spec.data.num_workers, bootstrap=spec.bootstrap,
+        # the real images' per-image features, beside their statistics: computed by the first cell that needs them
+        real_pool_cache=stats_file.with_name(f"{stats_file.stem}.pool.npy"), gallery=spec.gallery,
+        token_positions=True)
+    gallery, positions = metrics.pop("gallery", None), metrics.pop("token_positions", None)
     random = {**loaded.random, "inception": inception.random}
     if lpips is not None:
         random["lpips"] = lpips.random
+    tags = base.feature_tags("rfid", spec, inception, f"{meta.get('num_images')} real images' statistics "
+                             f"({images.describe()['name']} {spec.split}, {stats_file.name})")
+    if spec.bootstrap:
+        tags[eval_tag("rfid", "interval")] = interval_description(spec.bootstrap, metrics["rfid_num_images"])
+    artifacts = []
+    if ctx.info.is_main and gallery is not None and gallery.shape[1]:
+        artifacts.append(str(save_gallery(gallery, ctx.out / GALLERY, tok.label)))
+    if ctx.info.is_main and positions is not None:
+        artifacts.append(str(atomic_write_json(ctx.out / TOKEN_USAGE, {"tokenizer": tok.label, **positions})))
     return {"metrics": metrics, "random_weights": random, "tokenizer": tok.label, "data": images.describe(),
-            "inception_dtype": spec.inception_dtype,
-            "tags": base.feature_tags("rfid", spec, inception, f"{meta.get('num_images')} real images' statistics "
-                                      f"({images.describe()['name']} {spec.split}, {Path(spec.real_stats).name})")}
+            "inception_dtype": spec.inception_dtype, "tags": tags, "artifacts": artifacts}
+
+
+def interval_description(resamples: int, num_images: int) -> str:
+    from bench.eval.metrics import BOOTSTRAP_SEED, INTERVAL_LEVEL
+
+    return (f"{INTERVAL_LEVEL:.0%} bootstrap interval, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the "
+            f"{num_images} evaluation images: rfid with the real and reconstructed per-image features resampled "
+            "together (exact Frechet distance per resample, bench.eval.metrics.bootstrap_fid); rfid_is, psnr, ssim, "
+            "lpips from the same resampling; the percentile interval moved by the resamples' bias and widened to "
+            "hold the estimate")
+
+
+def save_gallery(pairs, path: Path, label: str) -> Path:
+    """uint8 [2, n, 3, H, W] (originals, reconstructions) -> a PNG of two rows of n tiles, described by its text
+    chunk "titok.gallery" (JSON: rows, count, tile size, tokenizer)."""
+    import json
+
+    import numpy as np
+    from PIL import Image, PngImagePlugin
+
+    rows, n, _, h, w = pairs.shape
+    canvas = pairs.permute(0, 3, 1, 4, 2).reshape(rows * h, n * w, 3).numpy().astype(np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("titok.gallery", json.dumps({"rows": ["original", "reconstruction"], "count": int(n),
+                                               "tile": [int(h), int(w)], "tokenizer": label}))
+    with atomic_file(path) as f:
+        Image.fromarray(canvas).save(f, format="PNG", pnginfo=info)
+    return path

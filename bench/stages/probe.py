@@ -1,7 +1,8 @@
 """Stage `probe`: linear probing of a tokenizer's frozen encoder features (bench.eval.probe): probe_top1, a
 standardised logistic regression fitted with L-BFGS on `num_train` images of the train split, scored on `num_val`
 images of `split`, on the encoder features `features` names (bench.eval.probe.FEATURES; recorded as the tag
-titok.probe_features).
+titok.probe_features), with probe_top1_lo / _hi, its 95% Wilson interval over the validation images (the tag
+titok.probe_interval says so).
 
 Identity: the images (dataset name, image size, classes, seed, split, num_train, num_val), the features, the fit's
 iterations (epochs), the stand-in permission and the tokenizer (its stage's identity or the released name / file
@@ -37,7 +38,7 @@ class ProbeSpec:
 
 def run(spec: ProbeSpec, ctx: base.Context) -> dict:
     from bench.core.loading import SetupError, load_model
-    from bench.eval.probe import check_features, linear_probe
+    from bench.eval.probe import PROBE_INTERVAL, check_features, linear_probe
     from bench.tracking import eval_tag
 
     try:
@@ -50,4 +51,5 @@ def run(spec: ProbeSpec, ctx: base.Context) -> dict:
                            num_train=spec.num_train, num_val=spec.num_val, info=ctx.info, epochs=spec.epochs,
                            batch_size=spec.batch_size, num_workers=spec.data.num_workers, features=spec.features)
     return {"metrics": metrics, "random_weights": {"tokenizer": tok.random}, "tokenizer": tok.label,
-            "data": val.describe(), "tags": {eval_tag("probe", "features"): spec.features}}
+            "data": val.describe(), "tags": {eval_tag("probe", "features"): spec.features,
+                                             eval_tag("probe", "interval"): PROBE_INTERVAL.format(n=spec.num_val)}}

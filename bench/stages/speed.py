@@ -46,4 +46,11 @@ def run(spec: SpeedSpec, ctx: base.Context) -> dict:
                                 warmup=spec.warmup, repeats=spec.repeats, device=ctx.info.device)
     # timings do not depend on the weights, but the row is still the speed of stand-ins: say so
     return {"metrics": {"samples_per_s": float(result["samples_per_s"])}, "speed": result,
-            "random_weights": loaded.random, "tags": {T.TAG_SPEED_PATH: f"{spec.mode}: {result['options']}"}}
+            "random_weights": loaded.random, "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, result)}}
+
+
+def speed_path(mode: str, result: dict) -> str:
+    """The speed stage's tag: the mode asked for, the path it ran with its options, and why, e.g.
+    "auto -> parity (fp32+batch_guidance+inference_mode): bf16 matmuls run at 0.015x the fp32 rate on ..."."""
+    text = f"{mode} -> {result['path']} ({result['options']})"
+    return f"{text}: {result['note']}" if result.get("note") else text

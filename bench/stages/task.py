@@ -4,7 +4,9 @@
 `run_task` is idempotent: a task whose `result.json` exists is skipped; an interrupted training stage resumes from
 the checkpoint in its folder; one process at a time runs a stage (a lock in its folder). Metrics and tags go to the
 cell's MLflow run through `bench.tracking.RunLogger` (which never fails the job); the tags include the revision and
-sha256 of every registry file (bench.weights) the stage used, or that it was a random stand-in.
+sha256 of every registry file (bench.weights) the stage used, or that it was a random stand-in. Rank 0 of a training
+stage also logs the machine's CPU/GPU utilisation and memory as system/* metrics every 10 s
+(bench.tracking.SystemMetrics; Tracking.system_metrics_s or $TITOK_SYSTEM_METRICS_S, 0 turns them off).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ class Tracking:
 
     uri: str
     run_dir: str
+    system_metrics_s: float | None = None  # seconds between system/* samples of a training stage (None: the
+                                           # environment's $TITOK_SYSTEM_METRICS_S, else 10 s; 0: none)
 
     @property
     def buffer(self) -> Path:
@@ -98,6 +102,13 @@ class Tracking:
 
     def logger(self) -> T.RunLogger:
         return T.RunLogger(self.uri, self.run_dir)
+
+    def system_metrics(self, task: StageTask, info: D.DistInfo):
+        """The system/* sampler of a training stage's rank 0 (a logger of its own); a no-op elsewhere."""
+        interval = T.system_metrics_interval() if self.system_metrics_s is None else self.system_metrics_s
+        if task.resources != "train" or not info.is_main or interval <= 0:
+            return nullcontext()
+        return T.SystemMetrics(self.logger(), interval)
 
 
 def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
@@ -144,7 +155,8 @@ def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out
                                        "spec": dataclasses.asdict(task.spec)})
     t0 = time.time()
     named = spec_weights(task.spec)  # checked before the work, not after
-    with weights.recording() as used:
+    system = tracking.system_metrics(task, info) if tracking else nullcontext()
+    with weights.recording() as used, system:
         result = stage_module(task.stage).run(task.spec, Context(out, info, log))
     result.update(stage=task.stage, cell=task.cell, identity=task.identity,
                   wall_s=result.get("wall_s", time.time() - t0), device=_device_name(info),

@@ -1,6 +1,15 @@
 """Generator training: MaskGIT (arccos masking, label smoothing, unmasked-token weight, class dropout for
-guidance) on the tokens of a frozen VQ tokenizer, produced on the fly. `generator_objective` is the loss (what the
-speed benchmark times too), `train_generator` the stage."""
+guidance) on the tokens of a frozen VQ tokenizer: encoded on the fly from each batch's centre crops, or read from
+the pretokenize stage's tokens (`tokens`: bench/train/pretokenize.py, bench/data/tokens.py). `generator_objective`
+is the loss of both (what the speed benchmark times too), `train_generator` the stage.
+
+A batch is (inputs, labels, crop): inputs are centre-crop images [B, 3, S, S] (on the fly) or the token ids of
+each image's crops [B, C, K] (pretokenized), and crop [B] is the crop each sample trains on this step
+(bench.data.tokens.crop_choice: a pure function of seed, step and position; on the fly, crop 1 is the horizontal
+flip). Both sources draw the same crops from the same seed, and the loader's order is the same over the same
+images, so a pretokenized run trains on the tokens the on-the-fly run computes (up to float noise in the encoder),
+and either resumes exactly.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,15 @@ import os
 import torch
 
 import models
+from bench.core import dist as D
+from bench.data import build_dataset, infinite_batches, make_loader
+from bench.data.tokens import TokenDataset, crop_choice
 from models.sampling import random_masking
 
 from .loop import Objective, train
 from .losses import masked_token_loss
 from .recipes import GeneratorTrainConfig
-from .tokenizer import Log, StageResult, batches_for, finish, start_stage
+from .tokenizer import Log, StageResult, finish, start_stage
 
 
 def load_tokenizer(source: str) -> models.TiTok:
@@ -25,19 +37,24 @@ def load_tokenizer(source: str) -> models.TiTok:
     return tokenizer.eval().requires_grad_(False)
 
 
-def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok,
+def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok | None,
                         generator: models.MaskGITGenerator) -> Objective:
-    """The MaskGIT loss of `generator` on the tokens the frozen `tokenizer` gives each (flipped) batch."""
+    """The MaskGIT loss of `generator` on each batch's tokens: those the frozen `tokenizer` gives the batch's
+    images (flipped where crop is 1), or, with `tokenizer` None, the pretokenized ids of each sample's crop."""
     mask_id = generator.mask_token_id
     dropout = generator.config.class_label_dropout
 
-    def loss(name, wrapped, batch, step, cache):
-        images, labels = batch
+    def tokens(inputs: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+        if tokenizer is None:  # [B, C, K]: the ids of each sample's crops
+            return inputs[torch.arange(len(inputs), device=inputs.device), crop]
         # the reference trains on centre crops with random horizontal flips
-        flip = torch.rand(len(images), device=images.device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        images = torch.where((crop == 1)[:, None, None, None], inputs.flip(-1), inputs)
         with torch.no_grad():
-            ids = tokenizer.encode(images)
+            return tokenizer.encode(images)
+
+    def loss(name, wrapped, batch, step, cache):
+        inputs, labels, crop = batch
+        ids = tokens(inputs, crop)
         masked, mask = random_masking(ids, mask_id)
         drop = torch.rand(len(labels), device=labels.device) < dropout
         logits = wrapped["generator"](masked, labels, drop)
@@ -46,7 +63,28 @@ def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok,
         return total, {"generator/loss": total.detach(), "generator/masked_acc": acc}
 
     return Objective(modules={"generator": generator}, optim={"generator": cfg.optim}, loss=loss,
-                     ema_of="generator", frozen={"tokenizer": tokenizer})
+                     ema_of="generator", frozen={"tokenizer": tokenizer} if tokenizer is not None else {})
+
+
+def generator_batches(dataset, num_crops: int, cfg: GeneratorTrainConfig, info: D.DistInfo, num_workers: int = 0):
+    """The loop's batch source over `dataset` (centre-crop images, or a TokenDataset): this rank's (inputs,
+    labels, crop) of each step from the start step on, crop drawn by crop_choice over the global batch."""
+    batch = cfg.loop.batch_size
+    if batch % info.world_size:
+        raise ValueError(f"global batch {batch} does not divide across {info.world_size} ranks")
+    local = batch // info.world_size
+    mine = slice(info.rank * local, (info.rank + 1) * local)
+
+    def batches(start_step: int):
+        loader = make_loader(dataset, batch_size=local, seed=cfg.loop.seed, rank=info.rank,
+                             world_size=info.world_size, num_workers=num_workers, start_step=start_step,
+                             pin_memory=info.device.type == "cuda")
+        for step, (inputs, labels) in infinite_batches(loader):
+            crop = crop_choice(cfg.loop.seed, step, batch, num_crops)[mine]
+            yield (inputs.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True),
+                   crop.to(info.device))
+
+    return batches
 
 
 def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
@@ -59,6 +97,22 @@ def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: 
     t = tokenizer.config
     overrides = dict(cfg.model_overrides, num_tokens=t.num_latent_tokens, codebook_size=t.codebook_size)
     generator = models.build(cfg.model, **overrides)
-    batches = batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info, train_split=True, train_augment=False)
-    result = train(generator_objective(cfg, tokenizer, generator), batches, cfg.loop, out_dir, info, log)
-    return finish(result, out_dir, info, {}, {"stage": "generator", "tokenizer": cfg.tokenizer})
+    if cfg.tokens:
+        from .pretokenize import tokenizer_identity
+
+        dataset = TokenDataset(cfg.tokens)
+        dataset.check(tokenizer=tokenizer_identity(cfg.tokenizer), data=cfg.data, num_tokens=t.num_latent_tokens,
+                      codebook_size=t.codebook_size)
+        objective = generator_objective(cfg, None, generator)
+        batches = generator_batches(dataset, dataset.num_crops, cfg, info)  # memory-mapped rows: no workers
+        del tokenizer
+    else:
+        data = cfg.data
+        dataset = build_dataset(data.name, split="train", image_size=data.image_size, train=False, root=data.root,
+                                num_images=data.num_images, num_classes=data.num_classes, seed=data.seed,
+                                shards=data.train_shards)
+        objective = generator_objective(cfg, tokenizer, generator)
+        batches = generator_batches(dataset, 2, cfg, info, data.num_workers)  # crop 1: the flip
+    result = train(objective, batches, cfg.loop, out_dir, info, log)
+    meta = {"stage": "generator", "tokenizer": cfg.tokenizer, **({"tokens": str(cfg.tokens)} if cfg.tokens else {})}
+    return finish(result, out_dir, info, {}, meta)

@@ -16,8 +16,10 @@ from .loop import LoopConfig, OptimConfig
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "imagenet"  # "imagenet" (an ImageFolder root) or "synthetic"
+    name: str = "imagenet"  # "imagenet" (an ImageFolder root), "imagenet_wds" (webdataset shards) or "synthetic"
     root: str | None = None
+    train_shards: str | None = None  # imagenet_wds: brace patterns of tar shards (paths or URLs), '::'-joined
+    val_shards: str | None = None  # imagenet_wds: local tar shards of the val split
     image_size: int = 256
     num_classes: int | None = None  # synthetic only
     num_images: int | None = None  # synthetic: dataset length; imagenet: class-balanced subset
@@ -107,6 +109,9 @@ class GeneratorTrainConfig:
     """MaskGIT training on a frozen tokenizer's tokens (TITOK.md 4.3)."""
 
     tokenizer: str = ""  # a tokenizer checkpoint (ours), a released name, a hub-style folder or a file
+    # the pretokenize stage's product (its manifest.json or folder) of this tokenizer on `data`: train on those
+    # tokens; None: encode every batch on the fly
+    tokens: str | None = None
     model: str = "MaskGIT-ViT"
     model_overrides: dict = field(default_factory=dict)
     label_smoothing: float
@@ -115,6 +120,20 @@ class GeneratorTrainConfig:
     optim: OptimConfig
     loop: LoopConfig
     allow_random_weights: bool = False
+    device: str = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretokenizeConfig:
+    """The tokens of every training image's crops under a frozen tokenizer, written once for generator training
+    (bench.train.pretokenize; the official code tokenizes the training set once, centre crop and its flip)."""
+
+    tokenizer: str = ""  # as GeneratorTrainConfig.tokenizer
+    data: DataConfig = field(default_factory=DataConfig)  # the training split, as the generator reads it
+    crops: str = "flip"  # "flip": the centre crop and its horizontal flip; "ten": ten-crop (bench.data.tokens)
+    precision: str = "fp32"  # of the encoder ("fp32" | "bf16" | "fp16"); fp32 gives the tokenizer's exact tokens
+    batch_size: int = 256  # images per encode, per rank
+    shard_size: int = 10_000  # images per shard (the unit of resume and of the split across ranks)
     device: str = "auto"
 
 

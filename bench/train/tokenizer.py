@@ -22,7 +22,7 @@ from torch import nn
 import models
 from bench.core import dist as D
 from bench.core.loading import load_teacher, vqgan_overrides
-from bench.data import build_dataset, infinite_batches, make_loader
+from bench.data import ShardStream, build_dataset, infinite_batches, make_loader, make_stream_loader, shard_list
 
 from .loop import Objective, TrainResult, train
 from .losses import LeCam, NLayerDiscriminator, frozen_call, hinge_d_loss, hinge_g_loss
@@ -71,6 +71,19 @@ def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, 
     `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
     if batch_size % info.world_size:
         raise ValueError(f"global batch {batch_size} does not divide across {info.world_size} ranks")
+    if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shards.py)
+        shards = shard_list(data.train_shards if train_split else data.val_shards,
+                            "data.train_shards" if train_split else "data.val_shards")
+
+        def shard_batches(start_step: int):
+            stream = ShardStream(shards, image_size=data.image_size, train=train_split and train_augment,
+                                 batch_size=batch_size // info.world_size, seed=seed, start_step=start_step,
+                                 rank=info.rank, world_size=info.world_size, num_workers=data.num_workers,
+                                 num_classes=data.num_classes)
+            for images, labels in make_stream_loader(stream, pin_memory=info.device.type == "cuda"):
+                yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+
+        return shard_batches
     dataset = build_dataset(data.name, split="train" if train_split else "val", image_size=data.image_size,
                             train=train_split and train_augment, root=data.root, num_images=data.num_images,
                             num_classes=data.num_classes, seed=data.seed)

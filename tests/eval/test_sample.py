@@ -153,3 +153,28 @@ def test_two_ranks_write_the_single_process_file(toys, tmp_path):
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
     assert a.metadata == b.metadata
     assert sorted(p.name for p in ddp.parent.iterdir()) == [single.name]  # the part files are gone
+
+
+@pytest.mark.parametrize("bf16_percent", [1.0, 150.0])
+def test_eval_sampling_auto_path_under_the_exact_guard_equals_the_reference(toys, tmp_path, monkeypatch,
+                                                                           bf16_percent):
+    """eval_gen samples through `auto` under the exact guard: on a CPU with slow bf16 and on one with fast bf16 alike
+    it runs an exact fp32 path, its samples equal the reference procedure's, and the file says which path ran."""
+    from bench.core import dist as D
+    from bench.eval.sample import REFERENCE_PATH
+    from bench.speed.paths import EXACT_GUARD
+    from bench.stages.eval_gen import sampling_pipeline
+
+    rates = {torch.float32: 100.0, torch.bfloat16: bf16_percent}
+    monkeypatch.setattr(D, "_matmul_rate", lambda device_type, dtype: rates[dtype])
+    tok, gen, _ = toys
+    pipe = sampling_pipeline(tok, gen, None, torch.device("cpu"), EXACT_GUARD)
+    assert pipe.options.exact and pipe.choice.mode == "parity"
+    reference = generate_samples(gen, tok, num_samples=5, seed=3, batch_size=2)
+    guarded = generate_samples(gen, tok, num_samples=5, seed=3, batch_size=2, pipeline=pipe)
+    assert np.array_equal(reference.images, guarded.images)
+    path = sample_to_npz(gen, tok, tmp_path, model="m", checkpoint="c", num_samples=3, pipeline=pipe)
+    assert load_samples_npz(path).metadata["inference"] == pipe.describe() == (
+        "parity (fp32+batch_guidance+inference_mode)")
+    path = sample_to_npz(gen, tok, tmp_path / "ref", model="m", checkpoint="c", num_samples=3)
+    assert load_samples_npz(path).metadata["inference"] == REFERENCE_PATH

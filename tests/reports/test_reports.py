@@ -54,14 +54,14 @@ class Store:
 
     def cell(self, exp: str, parent: str, grid: str, cell: str, metrics: dict[str, float], *,
              preset: str = "paper", weights_random: bool = False, mlflow_status: str = "FINISHED",
-             titok_status: str = "finished") -> str:
+             titok_status: str = "finished", extra_tags: dict[str, str] | None = None) -> str:
         size, k = cell.split("-")[1][0], int(cell.split("-")[2])
         tags = {T.TAG_ROLE: "cell", T.TAG_GRID: grid, T.TAG_CELL: cell, T.TAG_MODEL_SIZE: size,
                 T.TAG_NUM_TOKENS: str(k), T.TAG_PRESET: preset, T.TAG_STATUS: titok_status,
                 T.TAG_WEIGHTS_RANDOM: str(weights_random).lower(), T.TAG_SMOKE: str(preset == "tiny").lower(),
                 T.eval_tag("gfid", "distance"): "titok-bench frechet_distance (eigh)",
                 T.TAG_REFERENCE: "imagenet-val-50k", T.TAG_DEVICE: "cpu",
-                "mlflow.parentRunId": parent}
+                "mlflow.parentRunId": parent, **(extra_tags or {})}
         run_id = self.client.create_run(exp, start_time=self._tick(), tags=tags).info.run_id
         self.client.log_batch(run_id, metrics=[Metric(m, float(v), self.clock, 0) for m, v in metrics.items()]
                               + [Metric("tokenizer/loss", 1.0, self.clock, 5)],  # a training curve: not final
@@ -255,3 +255,31 @@ def test_command_line(paper_store, smoke_store, tmp_path):
                                (["grid=released", f"tracking_uri={smoke_store}"], "has no runs")):
         bad = _cli(*overrides, f"out_dir={tmp_path}/bad")
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+
+def test_the_cost_table_shows_the_estimate_beside_the_actual(tmp_path):
+    """The sweep's estimate (run tags that bench.launch sets from bench.cost) beside cell_cost's measured hours."""
+    from bench import cost as C
+    from reports.collect import collect
+    from reports.tables import cost_table
+
+    store = Store(tmp_path / "mlflow.db")
+    exp, parent = store.sweep("latent_vs_size", "paper")
+    basis = "device A100-80GB: peak 312 TFLOP/s (cluster config), utilisation 40% assumed"
+    estimates = {"TiTok-L-32": ("351.2", "43.9"), "TiTok-S-16": ("63.1", "7.89")}
+    for cell in ("TiTok-L-32", "TiTok-S-16", "TiTok-B-64"):
+        size, k = cell.split("-")[1], int(cell.split("-")[2])
+        tags = ({C.TAG_EST_GPU_HOURS: estimates[cell][0], C.TAG_EST_WALL_HOURS: estimates[cell][1],
+                 C.TAG_EST_BASIS: basis} if cell in estimates else {})  # B-64: a run from before estimates
+        store.cell(exp, parent, "latent_vs_size", cell, scaling_metrics(size, k, 50_000), extra_tags=tags)
+    col = collect(load_grid("latent_vs_size"), store.uri)
+    table = cost_table(col, col.table())
+    frame = table.frame.set_index("cell")
+    assert list(frame.columns[-4:]) == ["cost_gpu_hours_est", "cost_gpu_hours", "cost_wall_hours_est",
+                                        "cost_wall_hours"]
+    assert frame.at["TiTok-L-32", "cost_gpu_hours_est"] == pytest.approx(351.2)
+    assert frame.at["TiTok-L-32", "cost_gpu_hours"] == pytest.approx(10 * 32 / 256)
+    assert frame.at["TiTok-S-16", "cost_wall_hours_est"] == pytest.approx(7.89)
+    assert math.isnan(frame.at["TiTok-B-64", "cost_gpu_hours_est"]) and frame.at["TiTok-B-64", "cost_gpu_hours"] > 0
+    assert frame.at["total (logged cells)", "cost_gpu_hours_est"] == pytest.approx(351.2 + 63.1)
+    assert any(basis in note for note in table.notes) and "estimate beside actual" in table.title

@@ -6,6 +6,7 @@ import hashlib
 import io
 import itertools
 import json
+import tarfile
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -26,11 +27,11 @@ COMBINATIONS = list(itertools.product(names("preset"), names("grid"), names("dat
 INVALID = {("released", "synthetic"): "grid=released evaluates the released ImageNet models: use data=imagenet"}
 # sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
-# eval.speed.mode auto; the rehearsal preset)
+# eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images)
 PRESET_SHA256 = {
-    "paper": "c6791f2bdca2ba13b054da8b00fe5d63be410262369a756be3cf5a40a8133e69",
-    "tiny": "c740615da2bfa873c6d7df2bed807f898945fdef1f64f1d6e50f52506804529e",
-    "rehearsal": "6aa2dbac7ace484e85c02def00761d5e7ab6596017a3aeed9019f715f5d50562",
+    "paper": "b4b7561fbcc1552d14ab6f75b8798179de983b5cf5a794620b7df984fbb0f810",
+    "tiny": "a014fdd2b8f2957278ed291cf6552f802d5fa2794330f83b30624e2692661f4e",
+    "rehearsal": "3ded1b33624ce445e7f80e2f8bbedfdc8bffe7cde66153b20107f2bcba62c814",
 }
 
 
@@ -65,11 +66,27 @@ def imagenet(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def imagenet_wds(tmp_path_factory):
+    """Overrides naming one webdataset shard (one PNG of class 0) as data=imagenet_wds's train and val shards."""
+    path = tmp_path_factory.mktemp("imagenet_wds") / "shard-0000.tar"
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4), (128, 64, 32)).save(png, format="PNG")
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("0.png", png.getvalue()), ("0.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return [f"data.train_shards='{path}'", f"data.val_shards='{path}'"]
+
+
 @pytest.mark.parametrize("preset,grid,data", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
-def test_every_combination_makes_a_plan(preset, grid, data, weights_cache, imagenet, tmp_path, monkeypatch):
+def test_every_combination_makes_a_plan(preset, grid, data, weights_cache, imagenet, imagenet_wds, tmp_path,
+                                        monkeypatch):
     monkeypatch.setenv(weights.ENV_CACHE, str(weights_cache))
     overrides = [f"preset={preset}", f"grid={grid}", f"data={data}", f"outputs={tmp_path}"]
-    cfg = config(*overrides, *([f"data.root={imagenet}"] if data == "imagenet" else []))
+    data_overrides = {"imagenet": [f"data.root={imagenet}"], "imagenet_wds": imagenet_wds}
+    cfg = config(*overrides, *data_overrides.get(data, []))
     if (grid, data) in INVALID:
         with pytest.raises(PlanError, match=INVALID[grid, data]):
             make_plan(cfg)

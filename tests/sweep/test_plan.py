@@ -39,8 +39,11 @@ def test_latent_vs_size_plan(tmp_path):
     assert {c.name for c in plan.cells} == {f"TiTok-{s}-{k}" for s in "SBL" for k in (16, 32, 64, 96, 128, 192, 256)}
     assert [t.stage for t in plan.shared] == ["teacher", "real_stats", "reference_batch"]
     cell = plan.cells[0]
-    assert [t.stage for t in cell.tasks] == ["stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"]
-    assert plan.task(f"{cell.name}/generator").needs == (f"{cell.name}/stage1",)
+    assert [t.stage for t in cell.tasks] == ["stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe",
+                                             "speed"]
+    assert plan.task(f"{cell.name}/pretokenize").needs == (f"{cell.name}/stage1",)
+    assert plan.task(f"{cell.name}/generator").needs == (f"{cell.name}/stage1", f"{cell.name}/pretokenize")
+    assert plan.task(f"{cell.name}/generator").spec.tokens == plan.task(f"{cell.name}/pretokenize").product
     assert "_shared/real_stats" in plan.task(f"{cell.name}/eval_recon").needs
     assert "_shared/reference_batch" in plan.task(f"{cell.name}/eval_gen").needs
     assert all(str(t.out_dir).startswith(str(tmp_path)) for t in plan.tasks())
@@ -55,7 +58,7 @@ def test_latent_vs_size_plan(tmp_path):
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     plan = make_plan(config("grid=pipeline", tmp_path=tmp_path))
     (cell,) = plan.cells
-    assert [t.stage for t in cell.tasks] == ["stage1", "stage2", "generator", "eval_recon", "eval_gen"]
+    assert [t.stage for t in cell.tasks] == ["stage1", "stage2", "pretokenize", "generator", "eval_recon", "eval_gen"]
     stage2, generator = plan.task(f"{cell.name}/stage2"), plan.task(f"{cell.name}/generator")
     stage1 = plan.task(f"{cell.name}/stage1")
     assert stage2.needs == (f"{cell.name}/stage1", "_shared/teacher")
@@ -117,10 +120,16 @@ def stages_of(keys: set[str]) -> set[str]:
     ("data.val_images=300", set()),  # an evaluation reads a count of its own
     ("preset.eval.batch_size=7", set()),  # per-image features and per-sample seeds: float noise only
     # a training setting changes that stage and what reads it, never the shared teacher or reference stages
-    ("preset.stage1.loop.steps=7", {"cell", "stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"}),
+    ("preset.stage1.loop.steps=7", {"cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe",
+                                    "speed"}),
     ("preset.generator.loop.steps=7", {"cell", "generator", "eval_gen", "speed"}),
-    ("preset.teacher.loop.steps=7", {"teacher", "cell", "stage1", "generator", "eval_recon", "eval_gen", "probe",
-                                     "speed"}),
+    # the tokens: their crops re-tokenize and retrain the generator; where and in which pieces they are written, not
+    ("preset.pretokenize.crops=ten", {"cell", "pretokenize", "generator", "eval_gen", "speed"}),
+    ("preset.pretokenize.shard_size=7", set()),
+    ("preset.pretokenize.batch_size=7", set()),
+    ("grid.stages=[stage1,generator,eval_recon,eval_gen,probe,speed]", {"cell", "generator", "eval_gen", "speed"}),
+    ("preset.teacher.loop.steps=7", {"teacher", "cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen",
+                                     "probe", "speed"}),
 ])
 def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_path):
     assert stages_of(changed_by(override, tmp_path=tmp_path)) == stages
@@ -129,6 +138,9 @@ def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_pa
 @pytest.mark.parametrize("overrides,message", [
     (["preset.stage1.loop.steps=-5"], "preset.stage1.loop.steps=-5: must be a positive integer"),
     (["grid.sizes=[S,XL]"], "grid.sizes has model size 'XL'"),
+    (["grid.stages=[stage1,pretokenize]"], "pretokenize without generator"),
+    (["+preset.pretokenize.crop=ten"], "preset.pretokenize.crop: the config has no such key; did you mean "
+                                       "preset.pretokenize.crops?"),
     (["preset.sizes.S=huge"], "unknown model size 'huge'"),
     (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
     (["grid.num_tokens=[0]"], "must be a positive integer"),
@@ -158,5 +170,5 @@ def test_dry_run_prints_the_plan(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "21 cells, 129 stages, 129 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
+    assert "21 cells, 150 stages, 150 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
     assert not list(tmp_path.rglob("*.json*"))

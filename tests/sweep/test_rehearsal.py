@@ -55,7 +55,7 @@ def test_rehearsal_of_latent_vs_size_runs_every_stage(rehearsal_files, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 cells: 1 finished, 0 stages unfinished, 0 jobs failed" in r.stdout
     results = stage_results(tmp_path, "latent_vs_size", "TiTok-S-32")
-    assert set(results) == {"stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"}
+    assert set(results) == {"stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"}
     # the paper's settings ran: the released-name teacher from the cache, ADM's batch, autocast asked for
     assert not any(v for result in results.values() for v in result.get("random_weights", {}).values())
     for stage in ("stage1", "generator"):

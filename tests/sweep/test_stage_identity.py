@@ -58,6 +58,8 @@ def test_an_unchanged_config_has_nothing_to_run(swept):
 @pytest.mark.parametrize("override,stages,retrains", [
     ("preset.eval.rfid_images=12", {"_shared/real_stats", f"{CELL}/eval_recon"}, False),
     ("preset.eval.speed.repeats=2", {f"{CELL}/speed"}, False),
+    ("preset.eval.bootstrap=50", {f"{CELL}/eval_recon", f"{CELL}/eval_gen"}, False),
+    ("preset.eval.gallery_images=2", {f"{CELL}/eval_recon"}, False),
     (WITH_PROBE, {f"{CELL}/probe"}, False),
     ("preset.stage1.loop.steps=4", {f"{CELL}/{s}" for s in STAGES}, True),
     ("preset.generator.loop.steps=4", {f"{CELL}/{s}" for s in ("generator", "eval_gen", "speed")}, True),

@@ -82,8 +82,9 @@ def test_local_sweep_runs_and_reruns_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_grid_runs_every_training_stage(tmp_path):
-    """grid=pipeline: stage 1 -> stage 2 -> generator -> rFID and gFID in one command, the evaluations decoding
-    with the stage-2 pixel decoder."""
+    """grid=pipeline: stage 1 -> stage 2 -> pretokenize -> generator -> rFID and gFID in one command, the
+    generator training on the stage-1 tokens written once, the evaluations decoding with the stage-2 pixel
+    decoder."""
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=pipeline", f"outputs={tmp_path}",
                         *[o for o in SHRINK if not o.startswith("grid.")], "preset.stage2.loop.steps=4",
                         "preset.stage2.gan.start_step=2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
@@ -92,6 +93,10 @@ def test_pipeline_grid_runs_every_training_stage(tmp_path):
     cell = tmp_path / "pipeline" / "TiTok-S-32"
     (stage2,) = cell.glob("stage2-*")
     assert json.loads((stage2 / "result.json").read_text())["steps"] == 4
+    (tokens,) = cell.glob("pretokenize-*")
+    assert json.loads((tokens / "manifest.json").read_text())["count"] == 200  # data.train_images, centre + flip
+    (generator,) = cell.glob("generator-*")
+    assert json.loads((generator / "spec.json").read_text())["spec"]["tokens"] == str(tokens / "manifest.json")
     for stage, metric in (("eval_recon", "rfid"), ("eval_gen", "gfid")):
         (folder,) = cell.glob(f"{stage}-*")
         assert json.loads((folder / "result.json").read_text())["metrics"][metric] > 0

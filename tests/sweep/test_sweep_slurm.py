@@ -1,8 +1,9 @@
-"""The default tiny sweep on a real single-node SLURM cluster, logging to a real `mlflow server`:
-every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint into the same
-MLflow run, which ends FINISHED without an error tag; the tracking server is down when the sweep starts and comes
-back mid-sweep, and no metric is lost; a second sweep started beside the first submits nothing and duplicates no
-run or metric. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
+"""The tiny sweep on a real single-node SLURM cluster, logging to a real `mlflow server`, on four of its 21
+cells (two sizes x two K: shared stages, several cells and job arrays; all 21 took 40 of CI's 90 minutes and test
+nothing four do not): every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint
+into the same MLflow run, which ends FINISHED without an error tag; the tracking server is down when the sweep starts
+and comes back mid-sweep, and no metric is lost; a second sweep started beside the first submits nothing and
+duplicates no run or metric. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
 
 import json
 import subprocess
@@ -17,6 +18,7 @@ from bench import tracking as T
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slurm
+FOUR_CELLS = ["grid.sizes=[S,B]", "grid.num_tokens=[16,64]"]
 
 
 def sweep(*args, outputs, uri, timeout=600, env=None):
@@ -64,10 +66,10 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     outputs = tmp_path / "outputs"
     uri = mlflow_server.uri
     mlflow_server.stop()  # down when the sweep starts: it must still run, buffering everything
-    out = sweep(outputs=outputs, uri=uri)
+    out = sweep(*FOUR_CELLS, outputs=outputs, uri=uri)
     assert "submitted" in out and "aftercorr" in out
     # a second sweep beside the first (its jobs queued or running) submits nothing
-    assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
+    assert "submitted 0 jobs" in sweep(*FOUR_CELLS, outputs=outputs, uri=uri)
     grid_dir = outputs / "latent_vs_size"
     keys = jobs_of(outputs)
 
@@ -99,9 +101,9 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     results = {f"{r['cell']}/{r['stage']}": r
                for r in (json.loads(p.read_text()) for p in grid_dir.glob("*/*/result.json"))}
     cells = [d for d in grid_dir.iterdir() if d.is_dir() and d.name.startswith("TiTok-")]
-    assert len(cells) == 21
+    assert len(cells) == 4
     for cell in cells:
-        for stage in ("stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"):
+        for stage in ("stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"):
             assert f"{cell.name}/{stage}" in results, f"{cell.name}/{stage} has no result"
 
     # the preempted stage resumed from its checkpoint (the job was requeued, not rerun from scratch)
@@ -112,11 +114,11 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     assert "REQUEUED" in states(jid) and "COMPLETED" in states(jid), states(jid)
 
     # 4. MLflow: one finished run per cell, all in one experiment, nothing lost in the outage
-    sweep(outputs=outputs, uri=uri)  # also flushes anything still buffered
+    sweep(*FOUR_CELLS, outputs=outputs, uri=uri)  # also flushes anything still buffered
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
     runs = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'", max_results=1000)
-    assert len(runs) == 21 and len({r.data.tags[T.TAG_CELL] for r in runs}) == 21
+    assert len(runs) == 4 and len({r.data.tags[T.TAG_CELL] for r in runs}) == 4
     for run in runs:
         cell_dir = grid_dir / run.data.tags[T.TAG_CELL]
         (run_dir,) = cell_dir.glob("run-*")  # the cell's run record
@@ -138,7 +140,7 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
         assert not T.pending(run_dir)  # the buffer is append-only: what counts is what the store has not taken
 
     # 5. a second invocation submits nothing
-    assert "submitted 0 jobs" in sweep(outputs=outputs, uri=uri)
+    assert "submitted 0 jobs" in sweep(*FOUR_CELLS, outputs=outputs, uri=uri)
 
 
 def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_path):
@@ -151,7 +153,7 @@ def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_p
                 *ONE_CELL, "wait=true", outputs=outputs, uri=mlflow_server.uri, timeout=1800, env=rehearsal_files.env)
     assert "all jobs ended; 0 stages unfinished" in out, out
     results = stage_results(outputs, "latent_vs_size", "TiTok-S-32")
-    assert set(results) == {"stage1", "generator", "eval_recon", "eval_gen", "probe", "speed"}
+    assert set(results) == {"stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"}
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
     [run] = [r for r in client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")

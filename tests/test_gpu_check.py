@@ -1,0 +1,147 @@
+"""The GPU check (bench/speed/gpu_check.py, `nox -s gpu`): it skips cleanly without a CUDA device (exit 0, one line;
+the nox session ends "skipped" and is not one of CI's sessions), and its checks are the functions the CUDA run calls,
+run here on the CPU at toy size (`--device cpu --toy`): the paths against parity, the autocast training steps, the
+one-rank process group (gloo), the generation and stage-1 benchmarks, the table and its JSON, a failing check as a
+FAIL row. The gpu-marked tests run the same on a CUDA device."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from bench.speed import gpu_check as G
+
+REPO = Path(__file__).resolve().parents[1]
+NO_CUDA = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+
+
+@pytest.fixture(scope="module")
+def toy() -> G.Config:
+    return G.Config.for_run("cpu", toy=True)
+
+
+def test_skips_cleanly_without_cuda(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, "-m", "bench.speed.gpu_check", "--json", str(out)], cwd=REPO, env=NO_CUDA,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(G.SKIP_MESSAGE), r.stdout
+    data = json.loads(out.read_text())
+    assert data["skipped"] == G.SKIP_MESSAGE and data["rows"] == []
+
+
+def test_nox_session_ends_skipped_and_is_not_a_default_session():
+    import noxfile
+
+    assert "gpu" not in noxfile.nox.options.sessions  # CI runs the defaults and has no GPU
+    r = subprocess.run([str(Path(sys.executable).with_name("nox")), "-f", "noxfile.py", "-s", "gpu"], cwd=REPO,
+                       env=dict(NO_CUDA, CI=""), capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Session gpu skipped" in out and G.SKIP_MESSAGE in out, out
+
+
+def test_paths_agree_with_parity_on_cpu_toy(toy):
+    rows = G.check_paths(toy, {})
+    assert [r.setting.split()[0] for r in rows] == ["naive", "parity", "fast", "auto"]
+    assert all(r.status == G.OK for r in rows), G.format_table(rows)
+    for r in rows[:2]:  # the exact paths: identical on the CPU
+        assert r.values["token_agreement"] == 1.0 and r.values["image_psnr_db"] == math.inf
+        assert r.bound == "identical to parity"
+
+
+def test_quality_row_fails_outside_its_bounds():
+    q = {"token_agreement": 0.5, "image_psnr_db": 12.0, "decode_psnr_db": 40.0, "encode_agreement": 0.99}
+    row = G.quality_row("path vs parity", "m", "fast", q, G.GUARD)
+    assert row.status == G.FAIL and "token_agreement 0.5 (needs >= 0.9)" in row.result
+    assert G.quality_row("x", "m", "parity", dict(q, token_agreement=1.0), G.IDENTICAL).status == G.FAIL
+    exact = {"token_agreement": 1.0, "image_psnr_db": math.inf, "decode_psnr_db": math.inf, "encode_agreement": 1.0}
+    assert G.quality_row("x", "m", "parity", exact, G.IDENTICAL).status == G.OK
+
+
+@pytest.mark.slow
+def test_training_steps_of_every_stage_on_cpu_toy(toy):
+    rows = G.check_training(toy, {})
+    assert all(r.status == G.OK for r in rows), G.format_table(rows)
+    labels = {(r.subject.split(":")[0], r.values["precision"] if not r.values["cpu_fallback"] else
+               r.setting.split("asked ")[1].split(")")[0]) for r in rows}
+    stages = {"stage1", "stage2", "single-stage", "generator"}
+    assert {(s, p) for s in stages for p in ("bf16", "fp16")} <= labels
+    for r in rows:
+        assert r.values["tries"] >= 1 and all(math.isfinite(v) for v in r.values["logs"].values())
+
+
+def test_one_training_step_reports_what_ran(toy):
+    label, stage, tok_cfg, gen_cfg = G.training_cases(toy)[0]
+    row = G.check_one_training_step(toy, label, stage, tok_cfg, gen_cfg, "fp16")
+    assert row.status == G.OK, row
+    assert row.subject.startswith("stage1: train-stage1 TiTok-L-32 (toy)") and "updated tokenizer" in row.result
+    # a CPU whose fp16 matmuls are slow runs fp32 (bench.core.dist.runnable_precision) and the row says so
+    assert row.values["precision"] in ("fp16", "fp32") and ("asked fp16" in row.setting) == row.values["cpu_fallback"]
+
+
+def test_process_group_of_one_rank_on_cpu(toy):
+    [row] = G.check_nccl(toy, {})
+    assert row.status == G.OK and row.subject == "gloo" and "init, all_reduce, barrier, destroy" in row.result, row
+    assert not dist.is_initialized()
+
+
+def test_main_toy_run_prints_one_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    args = ["--device", "cpu", "--toy", "--checks", "peak,generation,train_speed", "--gen-modes", "fast",
+            "--json", str(out)]
+    assert G.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "# GPU check  device: CPU" in printed and "(toy sizes)" in printed and "weights: random" in printed
+    data = json.loads(out.read_text())
+    checks = [r["check"] for r in data["rows"]]
+    assert checks == ["peak", "generation", "generation", "training speed", "total"]
+    gen = [r for r in data["rows"] if r["check"] == "generation"]
+    assert "of bf16 peak" in gen[0]["result"] and gen[0]["values"]["batch"] == 4
+    assert "tokens" in gen[1]["result"] and "vs parity" in gen[1]["result"]
+    assert "images/s" in data["rows"][3]["result"] and data["environment"]["weights"].startswith("random")
+
+
+def test_a_failing_check_is_a_fail_row_and_exit_1(monkeypatch, capsys):
+    def broken(cfg, state):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(G.CHECK_FUNCTIONS, "nccl", broken)
+    assert G.main(["--device", "cpu", "--toy", "--checks", "nccl,peak"]) == 1
+    printed = capsys.readouterr().out
+    assert "RuntimeError: CUDA error: an illegal memory access" in printed and "FAIL" in printed
+    assert "bf16 matmul" in printed  # the next check still ran
+    with pytest.raises(SystemExit, match="unknown checks"):
+        G.main(["--checks", "turbo"])
+
+
+@pytest.mark.slow
+def test_compiled_sampling_loop_on_cpu_toy(toy):
+    rows = G.check_graphs(toy, {})
+    assert rows[0].status == G.SKIP and rows[0].result == "CUDA only"
+    assert rows[1].status == G.OK and "compile" in rows[1].setting, G.format_table(rows)
+
+
+# ---- on a CUDA device --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_check_at_toy_size_on_cuda(tmp_path):
+    out = tmp_path / "rows.json"
+    assert G.main(["--device", "cuda", "--toy", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    graphs = [r for r in rows if r["setting"].startswith("CUDA graphs")]
+    assert graphs and graphs[0]["status"] == G.OK and graphs[0]["bound"] == "identical to parity"
+    assert any(r["subject"] == "nccl" and r["status"] == G.OK for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_full_gpu_check_within_its_budget():
+    assert G.main([]) == 0  # includes the total row: <= 8 minutes
