@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import models
+from bench import tracking as T
 from bench import weights
 from bench.core.dist import setup
 from bench.core.loading import SetupError
@@ -259,8 +260,13 @@ def test_cli_end_to_end_with_stand_ins(toys, cache, tmp_path, capsys):
     assert report["random"] is True and report["weights_random"] == {
         "tokenizer": False, "teacher": False, "inception": True, "generator": False}
     m = report["metrics"]
-    assert set(m) == (RECON_KEYS - {"lpips"}) | {"gfid", "gfid_clean", "gfid_is", "sfid", "precision", "recall",
-                                                 "gfid_num_samples", "probe_top1"}
+    point = (RECON_KEYS - {"lpips"}) | {"gfid", "gfid_clean", "gfid_is", "sfid", "precision", "recall",
+                                        "gfid_num_samples", "probe_top1"}
+    intervals = {key for name in set(T.INTERVAL_METRICS) & point for key in T.interval_keys(name)}
+    assert set(m) == point | intervals  # each number with its interval
+    for name in set(T.INTERVAL_METRICS) & point:
+        lo, hi = T.interval_keys(name)
+        assert m[lo] <= m[name] <= m[hi], name
     assert m["gfid_clean"] == pytest.approx(m["gfid"], rel=1e-3)  # two backends, the same statistics
     assert m["rfid_num_images"] == N and m["gfid_num_samples"] == N and 0 <= m["probe_top1"] <= 1
     sampler = report["samples"]["sampler"]
