@@ -19,10 +19,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
 
 import numpy as np
 import torch
@@ -31,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from bench.data.base import DatasetError, first_readable
+from bench.data.base import DatasetError, first_readable, log_skipped, read_skipped
 
 log = logging.getLogger(__name__)
 
@@ -200,27 +198,14 @@ class ImageFolderDataset(Dataset):
         path = self.path(index)
         log.warning("skipping unreadable image %s (%s)", path, error)
         if self.skipped_log is not None:
-            name = f"skipped-{self.split}-{socket.gethostname()}-{os.getpid()}.jsonl"
-            with open(os.path.join(self.skipped_log, name), "a") as f:
-                f.write(json.dumps({"path": path, "error": error}) + "\n")
+            log_skipped(self.skipped_log, f"skipped-{self.split}", path, error)
 
     def skipped(self) -> list[tuple[str, str]]:
         """(path, error) of every file skipped so far: by this process, and by every process (workers,
         other ranks) that logged to `skipped_log`. Sorted by path, one entry per path."""
-        found = {self.path(i): err for i, err in self._bad.items()}
-        if self.skipped_log is not None and os.path.isdir(self.skipped_log):
-            prefix = self.split_dir + os.sep  # the folder may be shared with other splits and datasets
-            for name in sorted(os.listdir(self.skipped_log)):
-                if not (name.startswith("skipped-") and name.endswith(".jsonl")):
-                    continue
-                with open(os.path.join(self.skipped_log, name)) as f:
-                    for line in f:
-                        try:
-                            entry = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut short by a killed process
-                            continue
-                        if entry["path"].startswith(prefix):
-                            found.setdefault(entry["path"], entry["error"])
+        prefix = self.split_dir + os.sep
+        found = read_skipped(self.skipped_log, "skipped", lambda path: path.startswith(prefix))
+        found.update({self.path(i): err for i, err in self._bad.items()})
         return sorted(found.items())
 
     def describe(self) -> dict:

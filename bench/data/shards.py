@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import re
-import socket
 import tarfile
 import urllib.error
 import urllib.request
@@ -60,7 +59,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from bench.data.base import DatasetError, first_readable
+from bench.data.base import DatasetError, first_readable, log_skipped, read_skipped
 from bench.data.folder import _balanced_subset, preprocess, to_rgb
 
 log = logging.getLogger(__name__)
@@ -306,24 +305,12 @@ class _SkipLog:
         self.bad[where] = error
         log.warning("skipping unusable sample %s (%s)", where, error)
         if self.folder is not None:
-            name = f"skipped-wds-{self.split}-{socket.gethostname()}-{os.getpid()}.jsonl"
-            with open(os.path.join(self.folder, name), "a") as f:
-                f.write(json.dumps({"path": where, "error": error}) + "\n")
+            log_skipped(self.folder, f"skipped-wds-{self.split}", where, error)
 
     def merged(self, prefixes: set[str]) -> list[tuple[str, str]]:
-        found = dict(self.bad)
-        if self.folder is not None and os.path.isdir(self.folder):
-            for name in sorted(os.listdir(self.folder)):
-                if not (name.startswith(f"skipped-wds-{self.split}-") and name.endswith(".jsonl")):
-                    continue
-                with open(os.path.join(self.folder, name)) as f:
-                    for line in f:
-                        try:
-                            entry = json.loads(line)
-                        except json.JSONDecodeError:  # a line cut short by a killed process
-                            continue
-                        if entry["path"].split("#", 1)[0] in prefixes:
-                            found.setdefault(entry["path"], entry["error"])
+        found = read_skipped(self.folder, f"skipped-wds-{self.split}",
+                             lambda path: path.split("#", 1)[0] in prefixes)
+        found.update(self.bad)
         return sorted(found.items())
 
 

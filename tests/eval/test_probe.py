@@ -104,7 +104,8 @@ def test_the_stage_fits_on_the_train_split_and_records_the_setting(tmp_path, mon
     for name, result in results.items():
         assert result["tags"]["titok.probe_features"] == name
         assert "Wilson" in result["tags"]["titok.probe_interval"]
-        assert result["metrics"]["probe_top1_lo"] <= result["metrics"]["probe_top1"] <= result["metrics"]["probe_top1_hi"]
+        m = result["metrics"]
+        assert m["probe_top1_lo"] <= m["probe_top1"] <= m["probe_top1_hi"]
         assert 0.0 <= result["metrics"]["probe_top1"] <= 1.0 and result["data"]["split"] == "val"
     # the training images differ from the scored ones (a probe fitted on its validation images would score them)
     train_ds = build_dataset("synthetic", split="train", image_size=32, train=False, num_images=24, num_classes=4)
