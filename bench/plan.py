@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def validate(cfg: DictConfig) -> None:
             continue
         for key in ("steps", "batch_size"):
             _positive(cfg, f"preset.{stage}.loop.{key}")
+    _positive(cfg, "preset.generator.train_images")
     for key in ("rfid_images", "gfid_samples", "gfid_reference_images", "probe_train_images", "probe_val_images",
                 "batch_size"):
         _positive(cfg, f"preset.eval.{key}")
@@ -219,7 +221,22 @@ class _Shared:
     real_stats: StageTask | None
     reference_batch: StageTask | None
     train_data: DataConfig
+    generator_data: DataConfig  # what the generator and its pretokenized tokens read (_generator_data)
     val_data: DataConfig
+
+
+def _generator_data(cfg: DictConfig, train_data: DataConfig) -> DataConfig:
+    """preset.generator.train_images: the generator (and its pretokenized tokens) read only the first N training
+    images, so a CPU smoke run does not encode a split its short schedule never reaches (null: all of it). Streamed
+    shards cannot be cut: there it is ignored, with a warning."""
+    limit = OmegaConf.select(cfg.preset, "generator.train_images")
+    if limit is None:
+        return train_data
+    if cfg.data.name == "imagenet_wds":
+        warnings.warn(f"preset.generator.train_images={limit} is ignored: shards are streamed whole, so the "
+                      "generator reads every training shard", stacklevel=2)
+        return train_data
+    return dataclasses.replace(train_data, num_images=min(limit, train_data.num_images or limit))
 
 
 def make_plan(cfg: DictConfig) -> Plan:
@@ -245,7 +262,7 @@ def make_plan(cfg: DictConfig) -> Plan:
     if "eval_recon" in stages:
         real_stats = add_shared("real_stats", RealStatsSpec(
             data=val_data, num_images=ev.rfid_images, allow_random_weights=allow_random, batch_size=ev.batch_size,
-            device=device))
+            inception_dtype=ev.rfid_inception_dtype, device=device))
     if "eval_gen" in stages:
         source = ev.reference_batch
         if source and not Path(source).is_file():
@@ -256,7 +273,7 @@ def make_plan(cfg: DictConfig) -> Plan:
             data=val_data, num_images=ev.gfid_reference_images, source=source, allow_random_weights=allow_random,
             batch_size=ev.batch_size, device=device))
     ctx = _Shared(teacher, teacher.product if teacher else p.teacher.source, real_stats, reference_batch, train_data,
-                  val_data)
+                  _generator_data(cfg, train_data), val_data)
     entries = [(f"TiTok-{s}-{k}", s, k) for s in cfg.grid.sizes for k in cfg.grid.num_tokens]
     entries += [(name, None, None) for name in cfg.grid.models]
     cells = [_make_cell(cfg, root, name, size, k, ctx) for name, size, k in entries]
@@ -309,14 +326,14 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
                 if key not in known:
                     raise PlanError(unknown_key("preset.pretokenize", key, known))
             tokens_task = add("pretokenize", PretokenizeConfig(
-                tokenizer=stage1.product, data=ctx.train_data, device=device, **settings), tokenizer=stage1)
+                tokenizer=stage1.product, data=ctx.generator_data, device=device, **settings), tokenizer=stage1)
         if "generator" in stages:
             g = p.generator
             # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
             gen_task = add("generator", GeneratorTrainConfig(
                 tokenizer=stage1.product, tokens=tokens_task.product if tokens_task else None, model=g.model,
                 model_overrides=_container(g.overrides), label_smoothing=g.label_smoothing,
-                unmasked_weight=g.unmasked_weight, data=ctx.train_data, optim=optim_from(_container(g.optim)),
+                unmasked_weight=g.unmasked_weight, data=ctx.generator_data, optim=optim_from(_container(g.optim)),
                 loop=loop_from(_container(g.loop), cfg.seed), allow_random_weights=allow_random,
                 device=device), tokenizer=stage1, tokens=tokens_task)
         tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
@@ -327,7 +344,8 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
     if "eval_recon" in stages:
         add("eval_recon", EvalReconSpec(
             tokenizer=tokenizer, real_stats=ctx.real_stats.product, data=ctx.val_data, num_images=ev.rfid_images,
-            teacher=teacher, lpips=ev.lpips, fid_method=ev.fid_method, allow_random_weights=allow_random,
+            teacher=teacher, lpips=ev.lpips, fid_method=ev.fid_method, inception_dtype=ev.rfid_inception_dtype,
+            allow_random_weights=allow_random,
             bootstrap=ev.bootstrap, gallery=ev.gallery_images, batch_size=ev.batch_size, device=device),
             **reads_tokens, real_stats=ctx.real_stats)
     if generator and "eval_gen" in stages:

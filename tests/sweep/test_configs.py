@@ -29,9 +29,9 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
 # eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images)
 PRESET_SHA256 = {
-    "paper": "b4b7561fbcc1552d14ab6f75b8798179de983b5cf5a794620b7df984fbb0f810",
-    "tiny": "a014fdd2b8f2957278ed291cf6552f802d5fa2794330f83b30624e2692661f4e",
-    "rehearsal": "3ded1b33624ce445e7f80e2f8bbedfdc8bffe7cde66153b20107f2bcba62c814",
+    "paper": "43abcff14dafbc0bf491576b661b4a4c9c5f8f2a9484aff83cb7f3e8722412a6",
+    "tiny": "c0698c6130c81164808674eea8ebae8361b4562b38eff1b93ff173f11cb65a41",
+    "rehearsal": "4bb5676f4ed04f91256882662d1b6c764ad976540abd89f17577eed49e306924",
 }
 
 

@@ -55,6 +55,16 @@ def test_latent_vs_size_plan(tmp_path):
     assert plan.task("_shared/real_stats").out_dir.startswith(str(tmp_path / "latent_vs_size" / "_shared"))
 
 
+def test_generator_train_images_limits_the_generator_and_its_tokens(tmp_path):
+    tiny = make_plan(config(tmp_path=tmp_path)).cells[0]
+    assert tiny.tasks[0].spec.data.num_images == 5000  # stage 1: the whole split
+    assert {tiny.tasks[i].spec.data.num_images for i in (1, 2)} == {1600}  # pretokenize, generator
+    cell = make_plan(config("preset.generator.train_images=null", tmp_path=tmp_path)).cells[0]
+    assert [t.spec.data.num_images for t in cell.tasks[:3]] == [5000, 5000, 5000]
+    more = make_plan(config("preset.generator.train_images=9000", tmp_path=tmp_path)).cells[0]
+    assert more.tasks[2].spec.data.num_images == 5000  # never more than the split has
+
+
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     plan = make_plan(config("grid=pipeline", tmp_path=tmp_path))
     (cell,) = plan.cells
@@ -144,6 +154,7 @@ def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_pa
     (["preset.sizes.S=huge"], "unknown model size 'huge'"),
     (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
     (["grid.num_tokens=[0]"], "must be a positive integer"),
+    (["preset.generator.train_images=0"], "preset.generator.train_images=0: must be a positive integer"),
 ])
 def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
     with pytest.raises((PlanError, ValueError), match=message.replace("[", r"\[").replace("(", r"\(")):

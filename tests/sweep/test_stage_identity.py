@@ -91,13 +91,15 @@ def test_the_eval_cli_gives_the_sweeps_metrics(swept, tmp_path):
             "--num-samples", str(ev["gfid_samples"]), "--seed", str(seed), "--sample-batch-size", str(ev["batch_size"]),
             "--samples-dir", str(tmp_path / "samples"), *sampler, *([] if ev["clean_fid"] else ["--no-clean-fid"]),
             "--probe-num-train", str(ev["probe_train_images"]), "--probe-epochs", str(ev["probe_epochs"]),
-            "--allow-random-weights", "--out", str(out)]
+            "--inception-dtype", ev["rfid_inception_dtype"], "--allow-random-weights", "--out", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["metrics"] == sweep_metrics
     # one protocol for both doors, recorded on both sides
-    assert report["inception_dtype"] == {"rfid": "float64", "gfid": "float32"}
-    assert (results["eval_recon"]["inception_dtype"], results["eval_gen"]["inception_dtype"]) == ("float64", "float32")
+    # (the tiny preset runs rFID's Inception in float32 as gFID's; the paper preset keeps the reference's float64)
+    assert ev["rfid_inception_dtype"] == "float32"
+    assert report["inception_dtype"] == {"rfid": "float32", "gfid": "float32"}
+    assert (results["eval_recon"]["inception_dtype"], results["eval_gen"]["inception_dtype"]) == ("float32", "float32")
 
 
 def test_a_folder_input_is_identified_by_its_content_not_its_hidden_files(tmp_path):
