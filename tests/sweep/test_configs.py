@@ -27,7 +27,8 @@ COMBINATIONS = list(itertools.product(names("preset"), names("grid"), names("dat
 INVALID = {("released", "synthetic"): "grid=released evaluates the released ImageNet models: use data=imagenet"}
 # sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
-# eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images)
+# eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images,
+# eval.rfid_inception_dtype, generator.train_images)
 PRESET_SHA256 = {
     "paper": "43abcff14dafbc0bf491576b661b4a4c9c5f8f2a9484aff83cb7f3e8722412a6",
     "tiny": "c0698c6130c81164808674eea8ebae8361b4562b38eff1b93ff173f11cb65a41",

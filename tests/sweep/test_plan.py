@@ -65,6 +65,15 @@ def test_generator_train_images_limits_the_generator_and_its_tokens(tmp_path):
     assert more.tasks[2].spec.data.num_images == 5000  # never more than the split has
 
 
+def test_rfid_inception_dtype_is_one_setting_for_the_stats_and_the_evaluation(tmp_path):
+    for overrides, dtype in (((), "float32"), (("preset.eval.rfid_inception_dtype=float64",), "float64")):
+        plan = make_plan(config(*overrides, tmp_path=tmp_path))
+        cell = plan.cells[0].name
+        assert plan.task("_shared/real_stats").spec.inception_dtype == dtype
+        assert plan.task(f"{cell}/eval_recon").spec.inception_dtype == dtype
+        assert plan.task(f"{cell}/eval_gen").spec.inception_dtype == "float32"  # gFID: ADM's evaluator
+
+
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     plan = make_plan(config("grid=pipeline", tmp_path=tmp_path))
     (cell,) = plan.cells
