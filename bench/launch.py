@@ -1,8 +1,9 @@
 """Launching a plan with submitit: the job callable (requeue-able), the local and SLURM launchers, the record
 of submitted jobs (for idempotent reruns, status and cancellation), and cell bookkeeping in MLflow.
 
-- local: one process per cell runs the cell's unfinished stages in order, `max_parallel` cells at a time;
-  the shared stages run first. The driver waits (Ctrl-C cancels the running jobs).
+- local: one process per cell runs the cell's unfinished stages in order, `max_parallel` cells at a time, the
+  largest cells first (`longest_first`); the shared stages run first. The driver waits (Ctrl-C cancels the
+  running jobs).
 - slurm: one job array per stage across cells; a cell's stages are chained with `aftercorr` (array element i
   after element i of the upstream array) when the arrays line up, else `afterok` on the upstream array; jobs
   whose dependency failed are cancelled (kill-on-invalid-dep). Preemption or time limit: submitit signals the
@@ -37,6 +38,7 @@ from pathlib import Path
 import submitit
 
 from bench import tracking as T
+from bench.cost import plan_costs
 from bench.plan import SHARED, Plan
 from bench.stages import STAGES, StageTask, Tracking, any_random, cell_cost, final_metrics, run_task
 from bench.stages.base import short_hash
@@ -387,6 +389,18 @@ def active_tasks(plan: Plan) -> dict[str, str]:
 
 
 # ---- local ----------------------------------------------------------------------------------------------------
+def longest_first(plan: Plan) -> list[list[StageTask]]:
+    """Each cell's unfinished tasks, the cells in decreasing estimated FLOPs of those tasks (bench.cost), so that
+    the last jobs to start are short ones and no core idles for long behind the largest cell (in grid order that is
+    TiTok-L-256, last). Stages without an analytic count (Inception) count 0; ties keep the grid order."""
+    costs = plan_costs(plan)
+    todo = []
+    for cell in plan.cells:
+        pending = [(t, c) for t, c in zip(cell.tasks, costs[cell.name], strict=True) if not t.done]
+        todo.append(([t for t, _ in pending], sum(c.flops for _, c in pending)))
+    return [tasks for tasks, _ in sorted(todo, key=lambda item: -item[1])]
+
+
 def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, threads: int | None,
               poll_s: float = 1.0, code: str | os.PathLike | None = None) -> int:
     """Run every unfinished task on this machine, the jobs importing the snapshot `code` (`snapshot_code`) when
@@ -394,7 +408,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
     executor = submitit.AutoExecutor(folder=folder, cluster="local")
     executor.update_parameters(timeout_min=60 * 24 * 7)
-    groups = [[t for t in plan.shared if not t.done]] + [[t for t in c.tasks if not t.done] for c in plan.cells]
+    groups = [[t for t in plan.shared if not t.done]] + longest_first(plan)
     groups = [g for g in groups if g]
     # unless set, the shared job (it runs alone) gets every core and the cell jobs running together share them
     cpus = os.cpu_count() or 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from bench.launch import longest_first
 from bench.plan import PlanError, make_plan
 from bench.sweep import SWEEPS
 
@@ -72,6 +73,14 @@ def test_rfid_inception_dtype_is_one_setting_for_the_stats_and_the_evaluation(tm
         assert plan.task("_shared/real_stats").spec.inception_dtype == dtype
         assert plan.task(f"{cell}/eval_recon").spec.inception_dtype == dtype
         assert plan.task(f"{cell}/eval_gen").spec.inception_dtype == "float32"  # gFID: ADM's evaluator
+
+
+def test_local_jobs_start_with_the_largest_cells(tmp_path):
+    plan = make_plan(config("grid.sizes=[S,L]", "grid.num_tokens=[16,256]", tmp_path=tmp_path))
+    groups = longest_first(plan)
+    assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-S-256", "TiTok-L-16", "TiTok-S-16"]
+    cells = {c.name: c for c in plan.cells}
+    assert all(g == cells[g[0].cell].tasks for g in groups)  # a cell's stages keep their order
 
 
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
