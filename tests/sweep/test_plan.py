@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from bench.launch import longest_first
 from bench.plan import PlanError, make_plan
+from bench.stages.task import RESULT
 from bench.sweep import SWEEPS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +82,15 @@ def test_local_jobs_start_with_the_largest_cells(tmp_path):
     assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-S-256", "TiTok-L-16", "TiTok-S-16"]
     cells = {c.name: c for c in plan.cells}
     assert all(g == cells[g[0].cell].tasks for g in groups)  # a cell's stages keep their order
+    # finished stages are left out and the order is by what is left: L-256 with only its evaluations to run goes
+    # behind the cells that still train; the finished S-16 has nothing left
+    assert [t.stage for t in cells["TiTok-L-256"].tasks[:3]] == ["stage1", "pretokenize", "generator"]
+    for task in cells["TiTok-L-256"].tasks[:3] + cells["TiTok-S-16"].tasks:
+        Path(task.out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(task.out_dir) / RESULT).write_text("{}")
+    groups = longest_first(plan)
+    assert [g[0].cell for g in groups if g] == ["TiTok-S-256", "TiTok-L-16", "TiTok-L-256"]
+    assert groups[2] == cells["TiTok-L-256"].tasks[3:] and groups[3] == []
 
 
 def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
