@@ -42,6 +42,9 @@ class TiTokConfig:
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     text_tokens: int = 0  # TA-TiTok: 77 CLIP text tokens appended in the decoder
     text_dim: int = 768
+    # None: the reference init; a float: weights ~ trunc-normal(init_gain / sqrt(fan_in)) (vit.init_weights),
+    # for toy widths where the reference init stalls stage 1. Only a fresh model's init: loading ignores it.
+    init_gain: float | None = None
 
     def __post_init__(self):
         problems = []
@@ -50,6 +53,8 @@ class TiTokConfig:
         for name, patch in (("patch_size", self.patch_size), ("decoder_patch_size", self.decoder_patch_size)):
             if patch <= 0 or self.image_size % patch:
                 problems.append(f"{name}={patch} does not divide image_size={self.image_size}")
+        if self.init_gain is not None and not self.init_gain > 0:
+            problems.append(f"init_gain={self.init_gain} (must be positive, or None for the reference init)")
         if self.num_latent_tokens < 1:
             problems.append(f"num_latent_tokens={self.num_latent_tokens} (must be >= 1)")
         if self.two_stage and self.image_size // self.decoder_patch_size != (
@@ -92,8 +97,8 @@ class TiTok(nn.Module):
             heads=dec.heads, num_latent_tokens=c.num_latent_tokens, token_size=c.token_size,
             head="proxy" if c.two_stage else "pixel", proxy_codebook_size=c.vqgan.codebook_size,
             text_tokens=c.text_tokens, text_dim=c.text_dim)
-        init_weights(self.encoder)
-        init_weights(self.decoder)
+        init_weights(self.encoder, c.init_gain)
+        init_weights(self.decoder, c.init_gain)
         if c.quantizer == "vq":
             self.quantize = VectorQuantizer(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm)
         else:

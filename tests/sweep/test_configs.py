@@ -28,10 +28,10 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
 # eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images,
-# eval.rfid_inception_dtype, generator.train_images)
+# eval.rfid_inception_dtype, generator.train_images, tokenizer.init_gain)
 PRESET_SHA256 = {
     "paper": "43abcff14dafbc0bf491576b661b4a4c9c5f8f2a9484aff83cb7f3e8722412a6",
-    "tiny": "c0698c6130c81164808674eea8ebae8361b4562b38eff1b93ff173f11cb65a41",
+    "tiny": "8d4823504c15638d48d37c2da64d879c128c1951bb57ba1d5a3bcaa3a8336405",
     "rehearsal": "4bb5676f4ed04f91256882662d1b6c764ad976540abd89f17577eed49e306924",
 }
 
