@@ -347,6 +347,21 @@ def process_identity(pid: int) -> str | None:
     return None if fields[0] in "ZX" else f"{boot}/{fields[19]}"
 
 
+def child_processes(pid: int) -> list[int]:
+    """The PIDs of a live process's children (all its threads'); [] when it has ended."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    kids = []
+    for thread in threads:
+        try:
+            kids += [int(k) for k in (thread / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
 def recorded_jobs(plan: Plan) -> list[dict]:
     path = plan.root / JOBS_FILE
     if not path.exists():
@@ -558,13 +573,15 @@ def cancel(plan: Plan) -> list[str]:
     for r in recorded_jobs(plan):
         if r["launcher"] != "local" or r.get("process") is None or process_identity(int(r["job_id"])) != r["process"]:
             continue  # ended, or the PID now names another process
-        try:
-            # SIGINT: submitit's local controller stops its tasks on it (SIGTERM is forwarded to the task, which
-            # ignores it)
-            os.kill(int(r["job_id"]), signal.SIGINT)
-            cancelled.append(r["job_id"])
-        except ProcessLookupError:
-            pass
+        # SIGINT: submitit's local controller stops its tasks on it (SIGTERM is forwarded to the task, which
+        # ignores it). Its tasks get it first: a controller interrupted while still inside the Popen of a task
+        # that already runs (a loaded machine) never learns of that task and would leave it running.
+        for pid in [*child_processes(int(r["job_id"])), int(r["job_id"])]:
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        cancelled.append(r["job_id"])
     return cancelled
 
 
