@@ -59,9 +59,6 @@ def wait_for(predicate, timeout: float, what: str):
     return value
 
 
-children = launch.child_processes
-
-
 def run_of(uri: str, folder) -> MlflowClient.get_run:
     return MlflowClient(uri).get_run(json.loads((Path(folder) / T.RUN_ID_FILE).read_text())["run_id"])
 
@@ -80,9 +77,9 @@ def test_a_preempted_stage_ends_finished_without_an_error_tag(tmp_path, store):
     job = executor.submit(launch.StageJob([teacher], {"_shared": ctx}, threads=1))
     checkpoint = Path(teacher.out_dir) / "checkpoint.pt"
     wait_for(checkpoint.exists, 60, "the teacher's first checkpoint")
-    (task,) = children(int(job.job_id))
+    (task,) = launch.child_processes(int(job.job_id))
     os.kill(task, signal.SIGUSR2)  # what SLURM sends before preempting: submitit checkpoints and requeues
-    wait_for(lambda: children(int(job.job_id)) not in ([], [task]), 30, "the requeued job")
+    wait_for(lambda: launch.child_processes(int(job.job_id)) not in ([], [task]), 30, "the requeued job")
     # while requeued the run is not FAILED
     assert run_of(uri, plan.root).info.status != "FAILED"
     job.result()
@@ -365,8 +362,8 @@ def test_a_killed_driver_leaves_no_job_running(tmp_path, store):
         wait_for(lambda: list(started.glob("teacher-*/spec.json")) or driver.poll() is not None, 120,
                  "the job to start its stage")
         assert driver.poll() is None
-        (controller,) = children(driver.pid)
-        (job,) = children(controller)
+        (controller,) = launch.child_processes(driver.pid)
+        (job,) = launch.child_processes(controller)
     finally:
         driver.kill()
         driver.wait()
@@ -386,7 +383,7 @@ def test_a_killed_controller_leaves_no_job_running(tmp_path, store):
     executor.update_parameters(timeout_min=60)
     me = (os.getpid(), launch.process_identity(os.getpid()))
     job = executor.submit(launch.StageJob([teacher], contexts, threads=1, driver=me))
-    (task,) = wait_for(lambda: children(int(job.job_id)), 30, "the job's task")
+    (task,) = wait_for(lambda: launch.child_processes(int(job.job_id)), 30, "the job's task")
     wait_for((Path(teacher.out_dir) / "spec.json").exists, 120, "the job to start its stage")
     os.kill(int(job.job_id), signal.SIGKILL)
     try:
@@ -422,7 +419,7 @@ def test_cancel_stops_a_recorded_local_job(tmp_path):
     executor.update_parameters(timeout_min=60)
     job = executor.submit(time.sleep, 120)
     launch.record_jobs(plan, "local", [(job.job_id, ["x"])])
-    (task,) = wait_for(lambda: children(int(job.job_id)), 30, "the job's task")
+    (task,) = wait_for(lambda: launch.child_processes(int(job.job_id)), 30, "the job's task")
     # cancel signals the task too: a controller interrupted inside its Popen never learns of the task (a loaded
     # CI machine once left this bare sleep running for its full 120 s)
     assert launch.cancel(plan) == [job.job_id]
@@ -434,7 +431,7 @@ def test_a_killed_jobs_failed_line_says_it_was_killed(tmp_path):
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="local")
     executor.update_parameters(timeout_min=60)
     job = executor.submit(time.sleep, 120)
-    (task,) = wait_for(lambda: children(int(job.job_id)), 30, "the job's task")
+    (task,) = wait_for(lambda: launch.child_processes(int(job.job_id)), 30, "the job's task")
     time.sleep(1)  # submitit has started the job
     os.kill(task, signal.SIGKILL)
     wait_for(job.done, 15, "the job to end")
