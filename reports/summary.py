@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bench.eval.metrics import spearman
+
 from .collect import Collection
 from .tables import Table
 
@@ -26,15 +28,6 @@ LABEL = {"rfid": "rFID", "psnr": "PSNR", "gfid": "gFID"}
 SPEARMAN_DRAWS = 1000
 SPEARMAN_SEED = 0
 Z95 = 1.959964
-
-
-def spearman(x, y) -> float:
-    """Spearman's rho (average ranks for ties); NaN with fewer than 3 points or a constant variable."""
-    x, y = pd.Series(np.asarray(x, dtype=float)), pd.Series(np.asarray(y, dtype=float))
-    keep = x.notna() & y.notna()
-    if keep.sum() < 3 or x[keep].nunique() < 2 or y[keep].nunique() < 2:
-        return float("nan")
-    return float(np.corrcoef(x[keep].rank(), y[keep].rank())[0, 1])
 
 
 def _cells(tidy: pd.DataFrame, metric: str, size: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@
   precision = share of fakes inside some real ball, recall = share of reals inside some fake ball.
 - psnr, ssim (Gaussian window 11, sigma 1.5, valid filtering), per image, on [0, 1] images.
 - codebook usage (share of codes used) and entropy (bits) of the code histogram; histograms add across ranks.
+- spearman: rank correlation of two sequences (the report's trend numbers, the feature-network sensitivity).
 """
 
 from __future__ import annotations
@@ -210,6 +211,20 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
     vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
+
+
+# ---- trends --------------------------------------------------------------------------------------------------
+def spearman(x, y) -> float:
+    """Spearman's rho (average ranks for ties) over the pairs with no NaN; NaN with fewer than 3 such pairs or
+    a constant variable."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.unique(x).size < 2 or np.unique(y).size < 2:
+        return float("nan")
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
 
 
 # ---- codebook ------------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ from matplotlib.figure import Figure
 from mlflow.entities import RunTag
 
 from bench import tracking as T
+from bench.eval.metrics import spearman
 from bench.stages.eval_recon import save_gallery
 from reports import build_report, load_grid
 from reports.collect import collect
 from reports.figures import PANELS, draw_panel
-from reports.summary import spearman
 from tests.reports.test_reports import Store, scaling_metrics
 
 GALLERY_CELLS = ("TiTok-S-16", "TiTok-S-64", "TiTok-L-256")  # S-32 and the rest have none: blank rows
