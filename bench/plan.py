@@ -299,6 +299,8 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
         tok_task = stage1 = add("stage1", Stage1Config(
             model=name, model_overrides=overrides, teacher=teacher_config, data=ctx.train_data,
             optim=optim_from(_container(p.stage1.optim)), loop=loop_from(_container(p.stage1.loop), cfg.seed),
+            decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
+            continuous_fraction=p.stage1.continuous_fraction,
             allow_random_weights=allow_random,
             device=device), teacher=ctx.teacher)
         teacher_task, teacher = ctx.teacher, ctx.teacher_source

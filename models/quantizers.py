@@ -40,6 +40,8 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.commitment_cost = commitment_cost
         self.use_l2_norm = use_l2_norm
+        # a training aid (bench stage 1's continuous_steps): the latents pass unquantised, the loss is zero
+        self.continuous = False
         self.embedding = nn.Embedding(codebook_size, token_size)
         nn.init.uniform_(self.embedding.weight, -1.0 / codebook_size, 1.0 / codebook_size)
 
@@ -64,6 +66,10 @@ class VectorQuantizer(nn.Module):
                 flat = F.normalize(flat, dim=-1)
             codebook = self.codebook()
             indices = nearest_code(flat, codebook)
+            if self.continuous:
+                zero = 0.0 * self.embedding.weight.sum()  # keeps the codebook in the graph (DDP expects its grad)
+                z_out = flat.reshape(b, 1, k, c).permute(0, 3, 1, 2)
+                return QuantizerOutput(z_out, indices.reshape(b, k), zero, zero, zero)
             zq = codebook[indices]
             commitment = self.commitment_cost * F.mse_loss(zq.detach(), flat)
             codebook_loss = F.mse_loss(zq, flat.detach())
@@ -71,6 +77,28 @@ class VectorQuantizer(nn.Module):
             zq = zq.reshape(b, 1, k, c).permute(0, 3, 1, 2)
             return QuantizerOutput(zq, indices.reshape(b, k), commitment + codebook_loss,
                                    commitment, codebook_loss)
+
+
+    @torch.no_grad()
+    def init_codebook(self, z: torch.Tensor, iters: int = 20, generator: torch.Generator | None = None) -> None:
+        """k-means of the latents z [B, C, 1, K] (cosine with use_l2_norm) as the codebook: k-means++ seeding (each
+        seed drawn with probability ~ squared distance to the nearest seed so far), then `iters` Lloyd steps; a
+        code left empty keeps its previous position."""
+        flat = z.detach().float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        if self.use_l2_norm:
+            flat = F.normalize(flat, dim=-1)
+        norm = (lambda c: F.normalize(c, dim=-1)) if self.use_l2_norm else (lambda c: c)
+        codes = flat[torch.randint(len(flat), (1,), generator=generator).to(flat.device)]
+        while len(codes) < self.codebook_size:
+            d2 = torch.cdist(flat, codes).min(1).values.pow(2).cpu().double()
+            pick = torch.multinomial(d2 if d2.sum() > 0 else torch.ones_like(d2), 1, generator=generator)
+            codes = torch.cat([codes, flat[pick.to(flat.device)]])
+        for _ in range(iters):
+            assign = nearest_code(flat, norm(codes))
+            sums = torch.zeros_like(codes).index_add_(0, assign, flat)
+            counts = torch.bincount(assign, minlength=self.codebook_size).unsqueeze(1)
+            codes = torch.where(counts > 0, sums / counts.clamp(min=1), codes)
+        self.embedding.weight.copy_(codes.to(self.embedding.weight.dtype))
 
 
 class DiagonalGaussianQuantizer(nn.Module):

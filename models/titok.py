@@ -42,8 +42,9 @@ class TiTokConfig:
     vqgan: VQGANConfig = field(default_factory=VQGANConfig)
     text_tokens: int = 0  # TA-TiTok: 77 CLIP text tokens appended in the decoder
     text_dim: int = 768
-    # None: the reference init; a float: weights ~ trunc-normal(init_gain / sqrt(fan_in)) (vit.init_weights),
-    # for toy widths where the reference init stalls stage 1. Only a fresh model's init: loading ignores it.
+    # None: the reference init; a float: weights ~ trunc-normal(init_gain / sqrt(fan_in)) (vit.init_weights) and
+    # zero-mean patch filters, for toy widths where the reference init stalls stage 1. Only a fresh model's init:
+    # loading ignores it.
     init_gain: float | None = None
 
     def __post_init__(self):
@@ -99,6 +100,12 @@ class TiTok(nn.Module):
             text_tokens=c.text_tokens, text_dim=c.text_dim)
         init_weights(self.encoder, c.init_gain)
         init_weights(self.decoder, c.init_gain)
+        if c.init_gain is not None:
+            # the pixels are in [0, 1]: a filter's mean responds to a patch's brightness, much the same in every
+            # image, and drowns what differs; zero-mean filters see only the patch's pattern and colour
+            with torch.no_grad():
+                w = self.encoder.patch_embed.weight
+                w -= w.mean(dim=(1, 2, 3), keepdim=True)
         if c.quantizer == "vq":
             self.quantize = VectorQuantizer(c.codebook_size, c.token_size, c.commitment_cost, c.use_l2_norm)
         else:

@@ -77,6 +77,13 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite t on every rank with rank `src`'s (in place)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(t, src)
+    return t
+
+
 def gather_tensors(t: torch.Tensor) -> torch.Tensor:
     """Concatenate a per-rank tensor (first dimension may differ between ranks) on every rank, in rank order."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

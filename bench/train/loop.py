@@ -10,6 +10,7 @@ its state and takes one optimisation step, `train` runs the steps with checkpoin
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import random
@@ -68,15 +69,19 @@ class LoopConfig:
 _NO_DECAY = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(module: nn.Module, weight_decay: float, part_of: Callable[[str], str] | None = None) -> list[dict]:
     """AdamW groups: no weight decay for tensors with ndim < 2 or whose name contains a no-decay word
-    (the reference's rule; it also exempts patch_embed and decoder_embed weights)."""
-    decay, no_decay = [], []
+    (the reference's rule; it also exempts patch_embed and decoder_embed weights). With `part_of` (parameter name
+    -> part), one decay and one no-decay group per part, each tagged with its "part" (for Objective.lr_factor)."""
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or any(w in name for w in _NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim < 2 or any(w in name for w in _NO_DECAY))
+        groups.setdefault((part_of(name) if part_of else "", decays), []).append(p)
+    parts = sorted({part for part, _ in groups}) or [""]
+    return [{"params": groups.get((part, decays), []), "weight_decay": weight_decay if decays else 0.0, "part": part}
+            for part in parts for decays in (True, False)]
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -123,6 +128,9 @@ class Objective:
     load_extra_state: Callable[[dict], None] = lambda state: None
     frozen: dict[str, nn.Module] = field(default_factory=dict)  # moved to the device, never trained
     random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network of the loss -> a stand-in
+    # per-part learning rates: (optimizer name, parameter name) -> part, and (part, step) -> factor on lr_at
+    part_of: Callable[[str, str], str] | None = None
+    lr_factor: Callable[[str, int], float] = lambda part, step: 1.0
 
 
 @dataclass
@@ -188,9 +196,10 @@ class Trainer:
             m.to(device)
         for m in objective.frozen.values():
             m.eval().requires_grad_(False)
-        self.optimizers = {name: torch.optim.AdamW(param_groups(m, objective.optim[name].weight_decay),
-                                                   lr=objective.optim[name].lr, betas=objective.optim[name].betas)
-                           for name, m in objective.modules.items()}
+        self.optimizers = {name: torch.optim.AdamW(
+            param_groups(m, objective.optim[name].weight_decay,
+                         functools.partial(objective.part_of, name) if objective.part_of else None),
+            lr=objective.optim[name].lr, betas=objective.optim[name].betas) for name, m in objective.modules.items()}
         self.precision = D.runnable_precision(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
@@ -233,7 +242,8 @@ class Trainer:
             if not objective.active(name, step):
                 continue
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg.steps, objective.optim[name])
+                factor = objective.lr_factor(group.get("part", ""), step)
+                group["lr"] = lr_at(step, cfg.steps, objective.optim[name]) * factor
             opt.zero_grad(set_to_none=True)
             for i, mb in enumerate(micro):
                 sync = (i == len(micro) - 1) or not isinstance(self.wrapped[name], DistributedDataParallel)

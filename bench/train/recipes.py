@@ -43,11 +43,29 @@ class Stage1Config:
     model_overrides: dict = field(default_factory=dict)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     quantizer_weight: float = 1.0
+    # schedule aids for toy models, as shares of loop.steps (0: off, the reference recipe; see
+    # bench.train.tokenizer.stage1_objective): W steps where only the decoder learns, the rest's lr ramping in over
+    # the next W; the decoder reading the unquantised latents before step M, a k-means codebook at M
+    decoder_warmup_fraction: float = 0.0  # W / loop.steps
+    continuous_fraction: float = 0.0  # M / loop.steps
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig
     loop: LoopConfig
     allow_random_weights: bool = False  # stand-in teacher when its weights are missing (tagged)
     device: str = "auto"
+
+    def __post_init__(self):
+        for key in ("decoder_warmup_fraction", "continuous_fraction"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"stage1 {key}={getattr(self, key)}: must be a share of loop.steps in [0, 1)")
+
+    @property
+    def decoder_warmup_steps(self) -> int:
+        return round(self.decoder_warmup_fraction * self.loop.steps)
+
+    @property
+    def continuous_steps(self) -> int:
+        return round(self.continuous_fraction * self.loop.steps)
 
 
 @dataclass(frozen=True, kw_only=True)

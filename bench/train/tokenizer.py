@@ -121,20 +121,47 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 
 # ---- stage 1 --------------------------------------------------------------------------------------------------------
 def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models.MaskGITVQGAN) -> Objective:
-    """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook."""
+    """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook.
+
+    Two schedule aids for toy models, off in the reference recipe. Measured on toy-S K=16 (README, known
+    limitations), a small TiTok first learns the codes' marginal by pulling every image's latents to one point:
+    within ~50 steps all images share one token sequence, and it takes 250-400 more steps to leave that plateau.
+    decoder_warmup_steps W lets the decoder learn the marginal alone (the encoder, latent tokens and codebook at
+    lr 0 for W steps, ramped linearly to full over the next W); continuous_steps M feeds the decoder the
+    unquantised latents before step M (the VQ's straight-through copies of one code cannot tell images apart),
+    then sets the codebook to a k-means of that step's latents (rank 0's batch, broadcast) and quantises from then
+    on. Logged: stage1/distinct_sequences, the share of a batch's images whose token sequences differ."""
+    warmup, continuous = cfg.decoder_warmup_steps, cfg.continuous_steps
+    if continuous and tokenizer.config.quantizer != "vq":
+        raise ValueError(f"stage1 continuous_steps={continuous} needs a VQ tokenizer, not {tokenizer.config.quantizer}")
+    codebook_set_at: list[int] = []  # the k-means runs once, on the step's first micro-batch
 
     def loss(name, wrapped, batch, step, cache):
         images, _ = batch
         with torch.no_grad():
             codes = teacher.encode(images)
+            if continuous and step == continuous and step not in codebook_set_at:
+                tokenizer.quantize.init_codebook(tokenizer.forward_encoder(images),
+                                                 generator=torch.Generator().manual_seed(cfg.loop.seed + step))
+                D.broadcast_(tokenizer.quantize.embedding.weight.data)
+                codebook_set_at.append(step)
+        if continuous:
+            tokenizer.quantize.continuous = step < continuous
         logits, q = wrapped["tokenizer"](images)
         ce = F.cross_entropy(logits.float().flatten(2), codes)
         total = ce + cfg.quantizer_weight * q.loss
+        distinct = len(torch.unique(q.indices, dim=0)) / len(images) if q.indices is not None else float("nan")
         return total, {"stage1/loss": total.detach(), "stage1/ce": ce.detach(), "stage1/quantizer": q.loss.detach(),
-                       "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean()}
+                       "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean(),
+                       "stage1/distinct_sequences": distinct}
+
+    def encoder_lr_factor(part: str, step: int) -> float:
+        return 1.0 if part == "decoder" else min(1.0, max(0.0, (step - warmup) / warmup))
 
     return Objective(modules={"tokenizer": tokenizer}, optim={"tokenizer": cfg.optim}, loss=loss,
-                     ema_of="tokenizer", frozen={"teacher": teacher})
+                     ema_of="tokenizer", frozen={"teacher": teacher},
+                     **({"part_of": lambda _, param: "decoder" if param.startswith("decoder.") else "encoder",
+                         "lr_factor": encoder_lr_factor} if warmup else {}))
 
 
 def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:

@@ -28,11 +28,12 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
 # eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images,
-# eval.rfid_inception_dtype, generator.train_images, tokenizer.init_gain)
+# eval.rfid_inception_dtype, generator.train_images, tokenizer.init_gain; stage1.decoder_warmup_fraction and
+# stage1.continuous_fraction, tiny's 8x8-code teacher, codebook 8 and 300-step stage 1)
 PRESET_SHA256 = {
-    "paper": "43abcff14dafbc0bf491576b661b4a4c9c5f8f2a9484aff83cb7f3e8722412a6",
-    "tiny": "8d4823504c15638d48d37c2da64d879c128c1951bb57ba1d5a3bcaa3a8336405",
-    "rehearsal": "4bb5676f4ed04f91256882662d1b6c764ad976540abd89f17577eed49e306924",
+    "paper": "d0aa60737290bbeae7fb47f2eafa0152e56bbee0fd0d4d486a493b8ac6371cc3",
+    "tiny": "32c0760876ab969ec9524fc18fa718a2733511e9827058e02409aedb12f143f7",
+    "rehearsal": "4ad028e34da4049b968586f7179e86914724af002937b183d19e438deb73f0e3",
 }
 
 
