@@ -1,6 +1,6 @@
 """Does the rFID feature network rank image quality? FID of images against their own degraded copies.
 
-    python -m bench.eval.sensitivity --images 256 --image-size 32 --json sensitivity.json   # the tiny preset's rFID
+    python -m bench.sensitivity --images 256 --image-size 32 --json sensitivity.json   # the tiny preset's rFID
 
 The CPU smoke preset (sweeps/preset/tiny.yaml) scores reconstructions with a seeded random-init stand-in Inception
 (bench.eval.inception, allow_random_weights), because the released weights cannot be downloaded. Its rFID is only
@@ -137,7 +137,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m bench.eval.sensitivity", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.sensitivity", description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=256, help="validation images (the first N)")
     ap.add_argument("--image-size", type=int, help="default: the preset's")
     ap.add_argument("--preset", default="tiny", help="whose rFID settings (sweeps/preset/<name>.yaml)")

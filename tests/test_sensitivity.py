@@ -1,4 +1,4 @@
-"""The rFID feature-network sensitivity check (bench.eval.sensitivity) at a toy size through its CLI: the tiny
+"""The rFID feature-network sensitivity check (bench.sensitivity) at a toy size through its CLI: the tiny
 preset's rFID settings, the rows asked for in order, FID ~0 for an undegraded copy and positive otherwise, PSNR
 falling with strength, the random-weights tags; and the degradations themselves."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import weights
-from bench.eval.sensitivity import degrade, main
+from bench.sensitivity import degrade, main
 
 N = 8  # images: the stand-in Inception costs ~0.1-0.3 s per image here, and every strength is one more pass
 BLUR, NOISE = (0.0, 1.5, 3.0), (0.05, 0.3)  # Spearman needs 3 points: noise's is NaN
