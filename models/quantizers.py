@@ -78,7 +78,6 @@ class VectorQuantizer(nn.Module):
             return QuantizerOutput(zq, indices.reshape(b, k), commitment + codebook_loss,
                                    commitment, codebook_loss)
 
-
     @torch.no_grad()
     def init_codebook(self, z: torch.Tensor, iters: int = 20, generator: torch.Generator | None = None) -> None:
         """k-means of the latents z [B, C, 1, K] (cosine with use_l2_norm) as the codebook: k-means++ seeding (each
