@@ -77,7 +77,8 @@ def paper_recipe(stage: str) -> Stage1Config | Stage2Config | GeneratorTrainConf
     section = OmegaConf.to_container(OmegaConf.load(PAPER_PRESET)[stage], resolve=True)
     common = {"optim": optim_from(section["optim"]), "loop": loop_from(section["loop"])}
     if stage == "stage1":
-        return Stage1Config(**common)
+        return Stage1Config(**common, decoder_warmup_fraction=section["decoder_warmup_fraction"],
+                            continuous_fraction=section["continuous_fraction"])
     if stage == "stage2":
         return Stage2Config(**common, perceptual=PerceptualConfig(**section["perceptual"]),
                             gan=gan_from(section["gan"]), allow_random_weights=True)

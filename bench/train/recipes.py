@@ -43,14 +43,14 @@ class Stage1Config:
     model_overrides: dict = field(default_factory=dict)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     quantizer_weight: float = 1.0
-    # schedule aids for toy models, as shares of loop.steps (0: off, the reference recipe; see
-    # bench.train.tokenizer.stage1_objective): W steps where only the decoder learns, the rest's lr ramping in over
-    # the next W; the decoder reading the unquantised latents before step M, a k-means codebook at M
-    decoder_warmup_fraction: float = 0.0  # W / loop.steps
-    continuous_fraction: float = 0.0  # M / loop.steps
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig
     loop: LoopConfig
+    # schedule aids for toy models, as shares of loop.steps (0: off, the paper preset's; see
+    # bench.train.tokenizer.stage1_objective): W steps where only the decoder learns, the rest's lr ramping in over
+    # the next W; the decoder reading the unquantised latents before step M, a k-means codebook at M
+    decoder_warmup_fraction: float  # W / loop.steps
+    continuous_fraction: float  # M / loop.steps
     allow_random_weights: bool = False  # stand-in teacher when its weights are missing (tagged)
     device: str = "auto"
 

@@ -54,7 +54,8 @@ class Recorder:
 
 def stage1_cfg(steps, **kw):
     return Stage1Config(model="TiTok-S-16", model_overrides=TOY_TOKENIZER, teacher=TOY_TEACHER, data=FIXED_BATCH,
-                        optim=FAST, loop=loop(steps, **kw), allow_random_weights=True, device="cpu")
+                        optim=FAST, loop=loop(steps, **kw), decoder_warmup_fraction=0.0, continuous_fraction=0.0,
+                        allow_random_weights=True, device="cpu")
 
 
 @pytest.fixture(scope="module")
