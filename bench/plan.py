@@ -177,6 +177,10 @@ def validate(cfg: DictConfig) -> None:
             raise PlanError(f"grid.num_tokens has {k!r}: the number of latent tokens must be a positive integer")
     for name in cfg.grid.models:
         models.resolve(name)  # raises a clear error for an unknown name
+    source = str(p.teacher.source)
+    if source.endswith((".safetensors", ".bin")) and not Path(source).expanduser().is_file():
+        raise PlanError(f"preset.teacher.source={source}: no such file (the tiny preset's is rebuilt by "
+                        "`python -m bench.tiny_teacher`); or preset.teacher.source=train to train it in the run")
     unknown = set(cfg.grid.stages) - set(KNOWN_STAGES)
     if unknown:
         raise PlanError(f"grid.stages has unknown stages {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")

@@ -20,6 +20,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+# `${sweeps:preset/tiny_teacher.safetensors}` in a config: a file that ships beside the configs, wherever the
+# checkout is
+OmegaConf.register_new_resolver("sweeps", lambda relative: str(SWEEPS / relative), replace=True)
 GROUPS = ("grid", "preset", "data", "launcher", "cluster")
 ACTIONS = ("run", "plan", "status", "cancel")
 

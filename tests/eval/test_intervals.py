@@ -64,6 +64,10 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_images():
         widths[n] = (hi - lo, mhi - mlo)
     assert widths[20][0] > widths[80][0] > widths[320][0]
     assert widths[20][1] > widths[80][1] > widths[320][1]
+    # a mean's interval is the plain percentile one: a recall of 1/64 cannot reach below 0
+    indicator = torch.zeros(64)
+    indicator[5] = 1
+    assert M.bootstrap_mean(indicator, 1000) == (0.0, pytest.approx(3 / 64))
     lo, hi = M.wilson_interval(30, 100)
     assert lo < 0.3 < hi and M.wilson_interval(300, 1000)[1] - M.wilson_interval(300, 1000)[0] < hi - lo
     assert M.wilson_interval(0, 10)[0] == 0.0 and M.wilson_interval(10, 10)[1] == 1.0
@@ -78,7 +82,9 @@ def test_reconstruction_records_intervals_gallery_and_token_positions(toys, ince
     out = evaluate_reconstruction(tok, val_images(), gallery=3, token_positions=True, **kw)
     for metric in ("rfid", "rfid_is", "psnr", "ssim"):
         assert out[f"{metric}_lo"] <= out[metric] <= out[f"{metric}_hi"], metric
-        assert out[f"{metric}_lo"] < out[f"{metric}_hi"], metric
+        # the stand-in Inception's logits are near 0, so its IS is 1 to float64's last digit on some CPUs (Intel
+        # AVX512, 2026-12-03): every resample's too, and that interval may have no width
+        assert metric == "rfid_is" or out[f"{metric}_lo"] < out[f"{metric}_hi"], metric
     assert "lpips_lo" not in out  # no LPIPS network: no LPIPS, no interval
     assert cache_file.is_file() and np.load(cache_file).shape == (N, 2048)
     again = evaluate_reconstruction(tok, val_images(), **kw)  # the real features from the cache

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
+from safetensors import safe_open
 
 from bench import weights
 from bench.plan import PlanError, make_plan
@@ -29,10 +30,11 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
 # eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images,
 # eval.rfid_inception_dtype, generator.train_images, tokenizer.init_gain; stage1.decoder_warmup_fraction and
-# stage1.continuous_fraction, tiny's 8x8-code teacher, codebook 8 and 300-step stage 1)
+# stage1.continuous_fraction, tiny's 8x8-code teacher, codebook 8 and 300-step stage 1; tiny's shipped teacher
+# file and its 2,000-step recipe, patch 4)
 PRESET_SHA256 = {
     "paper": "d0aa60737290bbeae7fb47f2eafa0152e56bbee0fd0d4d486a493b8ac6371cc3",
-    "tiny": "32c0760876ab969ec9524fc18fa718a2733511e9827058e02409aedb12f143f7",
+    "tiny": "367b6a8b8fe6dd8457aa068a439d4d7454746eaf2d98cd8d6c9093b095c501b3",
     "rehearsal": "4ad028e34da4049b968586f7179e86914724af002937b183d19e438deb73f0e3",
 }
 
@@ -105,8 +107,19 @@ def test_every_combination_makes_a_plan(preset, grid, data, weights_cache, image
 @pytest.mark.parametrize("preset", sorted(PRESET_SHA256))
 def test_presets_compose_to_their_recipe(preset):
     composed = OmegaConf.to_container(config(f"preset={preset}").preset, resolve=True)
-    text = json.dumps(composed, sort_keys=True)
+    text = json.dumps(composed, sort_keys=True).replace(str(SWEEPS), "<sweeps>")  # wherever the checkout is
     assert hashlib.sha256(text.encode()).hexdigest() == PRESET_SHA256[preset], text
+
+
+def test_the_shipped_teacher_is_the_presets_recipe():
+    """The file tiny.yaml names was made by its teacher block: a recipe changed without `python -m
+    bench.tiny_teacher` rebuilding the file fails here, not as a mismatched checkpoint in a run."""
+    teacher = config("preset=tiny").preset.teacher
+    with safe_open(teacher.source, "pt") as f:
+        meta = f.metadata()
+    built = json.loads(meta["config"])["fields"]
+    assert {k: built[k] for k in teacher.overrides} == OmegaConf.to_container(teacher.overrides)
+    assert (meta["kind"], int(meta["steps"])) == ("teacher", teacher.loop.steps)
 
 
 def _repeated(delta: dict, base: dict, path: str = ""):

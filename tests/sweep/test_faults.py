@@ -28,7 +28,9 @@ from bench.stages import Tracking
 from bench.sweep import SWEEPS
 
 REPO = Path(__file__).resolve().parents[2]
-TEACHER = ["preset.teacher.loop.steps=16", "preset.teacher.loop.checkpoint_every=2", "preset.teacher.loop.log_every=2",
+# the teacher trained in the run (the preset ships one): the stage these tests kill, resume and share
+TEACHER = ["preset.teacher.source=train",
+           "preset.teacher.loop.steps=16", "preset.teacher.loop.checkpoint_every=2", "preset.teacher.loop.log_every=2",
            "preset.teacher.loop.batch_size=4", "data.train_images=32", "data.val_images=20"]
 
 

@@ -39,7 +39,11 @@ def test_latent_vs_size_plan(tmp_path):
     plan = make_plan(config(tmp_path=tmp_path))
     assert len(plan.cells) == 21
     assert {c.name for c in plan.cells} == {f"TiTok-{s}-{k}" for s in "SBL" for k in (16, 32, 64, 96, 128, 192, 256)}
-    assert [t.stage for t in plan.shared] == ["teacher", "real_stats", "reference_batch"]
+    # the preset's teacher is the file it ships: no teacher stage, and stage 1 reads that file
+    assert [t.stage for t in plan.shared] == ["real_stats", "reference_batch"]
+    assert plan.task("TiTok-S-16/stage1").spec.teacher.source == str(SWEEPS / "preset" / "tiny_teacher.safetensors")
+    trained = make_plan(config("preset.teacher.source=train", tmp_path=tmp_path))
+    assert [t.stage for t in trained.shared] == ["teacher", "real_stats", "reference_batch"]
     cell = plan.cells[0]
     assert [t.stage for t in cell.tasks] == ["stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe",
                                              "speed"]
@@ -79,7 +83,9 @@ def test_rfid_inception_dtype_is_one_setting_for_the_stats_and_the_evaluation(tm
 def test_local_jobs_start_with_the_largest_cells(tmp_path):
     plan = make_plan(config("grid.sizes=[S,L]", "grid.num_tokens=[16,256]", tmp_path=tmp_path))
     groups = longest_first(plan)
-    assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-S-256", "TiTok-L-16", "TiTok-S-16"]
+    # by estimated cost: L-16's 64 patches + 16 tokens through 4 layers of width 128 outweigh S-256's 320 through 2
+    # of width 64
+    assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-L-16", "TiTok-S-256", "TiTok-S-16"]
     cells = {c.name: c for c in plan.cells}
     assert all(g == cells[g[0].cell].tasks for g in groups)  # a cell's stages keep their order
     # finished stages are left out and the order is by what is left: L-256 with only its evaluations to run goes
@@ -89,7 +95,7 @@ def test_local_jobs_start_with_the_largest_cells(tmp_path):
         Path(task.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(task.out_dir) / RESULT).write_text("{}")
     groups = longest_first(plan)
-    assert [g[0].cell for g in groups if g] == ["TiTok-S-256", "TiTok-L-16", "TiTok-L-256"]
+    assert [g[0].cell for g in groups if g] == ["TiTok-L-16", "TiTok-S-256", "TiTok-L-256"]
     assert groups[2] == cells["TiTok-L-256"].tasks[3:] and groups[3] == []
 
 
@@ -99,7 +105,7 @@ def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
     assert [t.stage for t in cell.tasks] == ["stage1", "stage2", "pretokenize", "generator", "eval_recon", "eval_gen"]
     stage2, generator = plan.task(f"{cell.name}/stage2"), plan.task(f"{cell.name}/generator")
     stage1 = plan.task(f"{cell.name}/stage1")
-    assert stage2.needs == (f"{cell.name}/stage1", "_shared/teacher")
+    assert stage2.needs == (f"{cell.name}/stage1",) and stage2.spec.teacher.source.endswith("tiny_teacher.safetensors")
     assert stage2.spec.init_from == stage1.product and stage1.product.endswith("/model.safetensors")
     assert generator.spec.tokenizer == stage1.product  # stage 2 leaves the encoder as it was
     for stage in ("eval_recon", "eval_gen"):
@@ -166,8 +172,10 @@ def stages_of(keys: set[str]) -> set[str]:
     ("preset.pretokenize.shard_size=7", set()),
     ("preset.pretokenize.batch_size=7", set()),
     ("grid.stages=[stage1,generator,eval_recon,eval_gen,probe,speed]", {"cell", "generator", "eval_gen", "speed"}),
-    ("preset.teacher.loop.steps=7", {"teacher", "cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen",
-                                     "probe", "speed"}),
+    # the shipped teacher's recipe is not read (the file is), and a different file is a different teacher
+    ("preset.teacher.loop.steps=7", set()),
+    ("preset.teacher.source=train", {"teacher", "cell", "stage1", "pretokenize", "generator", "eval_recon",
+                                     "eval_gen", "probe", "speed"}),
 ])
 def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_path):
     assert stages_of(changed_by(override, tmp_path=tmp_path)) == stages
@@ -183,6 +191,7 @@ def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_pa
     (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
     (["grid.num_tokens=[0]"], "must be a positive integer"),
     (["preset.generator.train_images=0"], "preset.generator.train_images=0: must be a positive integer"),
+    (["preset.teacher.source=/no/such/teacher.safetensors"], "/no/such/teacher.safetensors: no such file"),
 ])
 def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
     with pytest.raises((PlanError, ValueError), match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -209,5 +218,5 @@ def test_dry_run_prints_the_plan(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "21 cells, 150 stages, 150 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
+    assert "21 cells, 149 stages, 149 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
     assert not list(tmp_path.rglob("*.json*"))

@@ -21,7 +21,8 @@ CELL = "TiTok-S-16"
 N = 10  # evaluation images, samples and probe validation images (the Inception Score needs 10 samples)
 STAGES = ["stage1", "generator", "eval_recon", "eval_gen", "speed"]  # a test adds probe
 WITH_PROBE = f"grid.stages=[{','.join(STAGES + ['probe'])}]"
-TOY = ["grid.sizes=[S]", "grid.num_tokens=[16]", f"grid.stages=[{','.join(STAGES)}]", "preset.teacher.loop.steps=3",
+TOY = ["grid.sizes=[S]", "grid.num_tokens=[16]", f"grid.stages=[{','.join(STAGES)}]", "preset.teacher.source=train",
+       "preset.teacher.loop.steps=3",
        "preset.stage1.loop.steps=3", "preset.generator.loop.steps=3", f"preset.eval.rfid_images={N}",
        f"preset.eval.gfid_samples={N}", f"preset.eval.gfid_reference_images={N}", "preset.eval.probe_train_images=30",
        f"preset.eval.probe_val_images={N}", "preset.eval.probe_epochs=5", "preset.eval.batch_size=5",

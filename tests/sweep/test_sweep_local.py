@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from bench import tracking as T
 
 REPO = Path(__file__).resolve().parents[2]
-SHRINK = ["grid.sizes=[S,B]", "grid.num_tokens=[16]", "preset.teacher.loop.steps=8",
+SHRINK = ["grid.sizes=[S,B]", "grid.num_tokens=[16]",
           "preset.stage1.loop.steps=6", "preset.generator.loop.steps=6", "preset.eval.rfid_images=20",
           "preset.eval.gfid_samples=20", "preset.eval.gfid_reference_images=20", "preset.eval.probe_train_images=40",
           "preset.eval.probe_val_images=20", "preset.eval.batch_size=20", "preset.eval.speed.repeats=1",
