@@ -1,6 +1,6 @@
 """Rebuild the proxy-code teacher that the tiny preset ships (sweeps/preset/tiny_teacher.safetensors).
 
-    python -m bench.tiny_teacher                      # train it (~11 min, one CPU thread), write the shipped file
+    python -m bench.tiny_teacher                      # train it (1074 s on one thread, loaded), write the shipped file
     python -m bench.tiny_teacher --out /tmp/t.safetensors preset.teacher.loop.steps=50   # elsewhere, overridden
 
 The released MaskGIT-VQGAN cannot be downloaded offline and a teacher good enough to leave room for K (24 dB
