@@ -85,12 +85,8 @@ class StageJob:
             except (SystemExit, KeyboardInterrupt):
                 raise  # submitit exits to requeue a preempted job, Ctrl-C cancels: neither is the stage failing
             except Exception as err:
-                if ctx.tracking and int(os.environ.get("RANK", "0")) == 0:
-                    log = ctx.tracking.logger()
-                    log.set_tags({T.TAG_STATUS: "failed", T.TAG_FAILED_STAGE: task.stage,
-                                  T.TAG_ERROR: f"{type(err).__name__}: {err}"[:4000]})
-                    log.set_status("FAILED")
-                    log.flush()
+                if int(os.environ.get("RANK", "0")) == 0:
+                    record_failure(ctx, task.stage, f"{type(err).__name__}: {err}")
                 raise
             done.append(task.key)
             if int(os.environ.get("RANK", "0")) == 0:
@@ -99,6 +95,16 @@ class StageJob:
 
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(self)
+
+
+def record_failure(ctx: CellContext, stage: str, error: str) -> None:
+    """Mark the cell's run FAILED at `stage`, with `error` as its error tag: by the job whose stage raised, or by
+    the local driver for a job killed before Python could see it."""
+    if ctx.tracking:
+        log = ctx.tracking.logger()
+        log.set_tags({T.TAG_STATUS: "failed", T.TAG_FAILED_STAGE: stage, T.TAG_ERROR: error[:4000]})
+        log.set_status("FAILED")
+        log.flush()
 
 
 def end_with_driver(pid: int, identity: str | None, poll_s: float = 0.5) -> None:
@@ -462,6 +468,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
                     failed += 1
                     print(f"[{time.time() - t0:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n"
                           f"          log: {job.paths.stderr}", file=sys.stderr)
+                    record_kill(job, tasks, contexts)
                     if tasks[0].cell == SHARED:
                         print("the shared stages failed: no cell can run", file=sys.stderr)
                         for j, _ in running:
@@ -474,13 +481,26 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     return failed
 
 
+def record_kill(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, CellContext]) -> None:
+    """A job killed without a Python error (no result file) could not mark its run: the driver marks it FAILED at
+    the first stage the job left unfinished, so the run does not stay RUNNING."""
+    if job.paths.result_pickle.exists():
+        return  # the job ended in Python: it recorded its own failure
+    unfinished = [t for t in tasks if not t.done]
+    if unfinished:
+        record_failure(contexts[unfinished[0].cell], unfinished[0].stage, f"{KILLED}; log: {job.paths.stderr}")
+
+
+KILLED = ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
+          "out-of-memory killer)")
+
+
 def _first_line(err: BaseException, job: submitit.Job) -> str:
     """The line that names the real error. A job without a result file ended without Python seeing it (its log's
     last lines are submitit's start-up notes). submitit wraps a job's traceback between dashed rules, followed by
     the log paths; the traceback's last line is the exception."""
     if not job.paths.result_pickle.exists():
-        return ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
-                "out-of-memory killer)")
+        return KILLED
     text = str(err)
     if "\n-----" in text:
         text = text.split("\n-----")[1]

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load as tensors_of  # from bytes: the file read may be the one about to be replaced
 
 from bench.sweep import SWEEPS
 
@@ -30,12 +31,6 @@ SHIPPED = SWEEPS / "preset" / "tiny_teacher.safetensors"
 # a one-cell grid: the plan adds the shared teacher stage only for a grid with trained cells
 ONE_CELL = ["preset=tiny", "preset.teacher.source=train", "grid.sizes=[S]", "grid.num_tokens=[16]",
             "grid.stages=[stage1]"]
-
-
-def tensors_of(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(data)
 
 
 def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

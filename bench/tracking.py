@@ -82,7 +82,7 @@ def weights_tag(name: str, kind: str) -> str:
 TAG_REFERENCE = "titok.reference"  # what the FIDs compare against (dataset split / reference batch)
 TAG_TOKENIZER = "titok.tokenizer"  # tokenizer variant name
 TAG_GENERATOR = "titok.generator"  # generator variant name
-TAG_FAILED_STAGE = "titok.failed_stage"  # the stage whose job raised; removed when a stage of the cell runs again
+TAG_FAILED_STAGE = "titok.failed_stage"  # the stage whose job raised or was killed; removed when a stage runs again
 TAG_ERROR = "titok.error"  # that job's exception, likewise
 ERROR_TAGS = (TAG_FAILED_STAGE, TAG_ERROR)
 

@@ -142,7 +142,12 @@ def runnable_precision(precision: str, device: torch.device) -> str:
     ratio = autocast_rate_ratio(precision, device)
     if ratio >= SLOW_AUTOCAST_FACTOR:
         return precision
+    _warn_fp32_instead(precision, ratio)
+    return "fp32"
+
+
+@functools.cache  # once per process: every loop and every benchmark row asks again
+def _warn_fp32_instead(precision: str, ratio: float) -> None:
     logging.getLogger(__name__).warning(
         "%s asked for, but %s matmuls run at %.2fx the fp32 rate on this CPU (%s): running fp32 instead",
         precision, precision, ratio, torch.backends.cpu.get_cpu_capability())
-    return "fp32"

@@ -19,14 +19,14 @@ import torch
 
 import models
 from bench.core import dist as D
-from bench.data import build_dataset, infinite_batches, make_loader
+from bench.data import build_dataset
 from bench.data.tokens import TokenDataset, crop_choice
 from models.sampling import random_masking
 
 from .loop import Objective, train
 from .losses import masked_token_loss
 from .recipes import GeneratorTrainConfig
-from .tokenizer import Log, StageResult, finish, start_stage
+from .tokenizer import Log, StageResult, finish, loader_batches, local_batch, start_stage
 
 
 def load_tokenizer(source: str) -> models.TiTok:
@@ -70,19 +70,13 @@ def generator_batches(dataset, num_crops: int, cfg: GeneratorTrainConfig, info: 
     """The loop's batch source over `dataset` (centre-crop images, or a TokenDataset): this rank's (inputs,
     labels, crop) of each step from the start step on, crop drawn by crop_choice over the global batch."""
     batch = cfg.loop.batch_size
-    if batch % info.world_size:
-        raise ValueError(f"global batch {batch} does not divide across {info.world_size} ranks")
-    local = batch // info.world_size
+    local = local_batch(batch, info)
     mine = slice(info.rank * local, (info.rank + 1) * local)
+    stepped = loader_batches(dataset, batch, cfg.loop.seed, info, num_workers)
 
     def batches(start_step: int):
-        loader = make_loader(dataset, batch_size=local, seed=cfg.loop.seed, rank=info.rank,
-                             world_size=info.world_size, num_workers=num_workers, start_step=start_step,
-                             pin_memory=info.device.type == "cuda")
-        for step, (inputs, labels) in infinite_batches(loader):
-            crop = crop_choice(cfg.loop.seed, step, batch, num_crops)[mine]
-            yield (inputs.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True),
-                   crop.to(info.device))
+        for step, (inputs, labels) in stepped(start_step):
+            yield inputs, labels, crop_choice(cfg.loop.seed, step, batch, num_crops)[mine].to(info.device)
 
     return batches
 

@@ -65,19 +65,39 @@ def start_stage(device: str, seed: int) -> D.DistInfo:
     return info
 
 
+def local_batch(batch_size: int, info: D.DistInfo) -> int:
+    """This rank's share of a global batch."""
+    if batch_size % info.world_size:
+        raise ValueError(f"global batch {batch_size} does not divide across {info.world_size} ranks")
+    return batch_size // info.world_size
+
+
+def loader_batches(dataset, batch_size: int, seed: int, info: D.DistInfo, num_workers: int = 0):
+    """A map-style dataset's batch source: a function of the start step, yielding (step, this rank's share of the
+    global batch on the device), in the loader's resumable order (bench.data.loader)."""
+    local = local_batch(batch_size, info)
+
+    def batches(start_step: int):
+        loader = make_loader(dataset, batch_size=local, seed=seed, rank=info.rank, world_size=info.world_size,
+                             num_workers=num_workers, start_step=start_step, pin_memory=info.device.type == "cuda")
+        for step, items in infinite_batches(loader):
+            yield step, tuple(x.to(info.device, non_blocking=True) for x in items)
+
+    return batches
+
+
 def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True,
                 train_augment: bool = True):
     """The loop's batch source: a function of the start step, yielding this rank's (images, labels).
     `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
-    if batch_size % info.world_size:
-        raise ValueError(f"global batch {batch_size} does not divide across {info.world_size} ranks")
     if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shards.py)
         shards = shard_list(data.train_shards if train_split else data.val_shards,
                             "data.train_shards" if train_split else "data.val_shards")
+        local = local_batch(batch_size, info)
 
         def shard_batches(start_step: int):
             stream = ShardStream(shards, image_size=data.image_size, train=train_split and train_augment,
-                                 batch_size=batch_size // info.world_size, seed=seed, start_step=start_step,
+                                 batch_size=local, seed=seed, start_step=start_step,
                                  rank=info.rank, world_size=info.world_size, num_workers=data.num_workers,
                                  num_classes=data.num_classes)
             for images, labels in make_stream_loader(stream, pin_memory=info.device.type == "cuda"):
@@ -87,15 +107,8 @@ def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, 
     dataset = build_dataset(data.name, split="train" if train_split else "val", image_size=data.image_size,
                             train=train_split and train_augment, root=data.root, num_images=data.num_images,
                             num_classes=data.num_classes, seed=data.seed)
-
-    def batches(start_step: int):
-        loader = make_loader(dataset, batch_size=batch_size // info.world_size, seed=seed, rank=info.rank,
-                             world_size=info.world_size, num_workers=data.num_workers, start_step=start_step,
-                             pin_memory=info.device.type == "cuda")
-        for _, (images, labels) in infinite_batches(loader):
-            yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
-
-    return batches
+    stepped = loader_batches(dataset, batch_size, seed, info, data.num_workers)
+    return lambda start_step: (batch for _, batch in stepped(start_step))
 
 
 def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, random_weights: dict[str, bool],

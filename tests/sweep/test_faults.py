@@ -430,11 +430,16 @@ def test_cancel_stops_a_recorded_local_job(tmp_path):
     wait_for(lambda: not alive(task) and job.done(), 15, "the job to end")
 
 
-# ---- 12. a killed job's FAILED line -------------------------------------------------------------------------------
-def test_a_killed_jobs_failed_line_says_it_was_killed(tmp_path):
-    executor = submitit.AutoExecutor(folder=tmp_path, cluster="local")
+# ---- 12. a killed job's FAILED line and run -----------------------------------------------------------------------
+def test_a_killed_job_is_reported_killed_and_its_run_failed(tmp_path, store):
+    """The driver's FAILED line says the job was killed, and the driver marks the run the job could not: FAILED
+    at its first unfinished stage, not RUNNING for ever."""
+    plan = plan_of(tmp_path)
+    contexts = launch.prepare_tracking(plan, store)
+    teacher = plan.task("_shared/teacher")
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
     executor.update_parameters(timeout_min=60)
-    job = executor.submit(time.sleep, 120)
+    job = executor.submit(time.sleep, 120)  # stands in for the teacher's job: what is killed is a job's task
     (task,) = wait_for(lambda: launch.child_processes(int(job.job_id)), 30, "the job's task")
     time.sleep(1)  # submitit has started the job
     os.kill(task, signal.SIGKILL)
@@ -442,6 +447,11 @@ def test_a_killed_jobs_failed_line_says_it_was_killed(tmp_path):
     with pytest.raises(Exception) as err:
         job.result()
     assert "killed" in launch._first_line(err.value, job) and "SIGKILL" in launch._first_line(err.value, job)
+    launch.record_kill(job, [teacher], contexts)
+    run = run_of(store, plan.root)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[T.TAG_STATUS] == "failed" and run.data.tags[T.TAG_FAILED_STAGE] == "teacher"
+    assert "SIGKILL" in run.data.tags[T.TAG_ERROR] and str(job.paths.stderr) in run.data.tags[T.TAG_ERROR]
 
 
 # ---- launcher=slurm without SLURM --------------------------------------------------------------------------------

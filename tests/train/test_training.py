@@ -190,15 +190,19 @@ def test_mixed_precision_trains(precision, tmp_path):
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
 
 
-def test_autocast_where_it_is_slow_runs_fp32_and_says_so(monkeypatch):
+def test_autocast_where_it_is_slow_runs_fp32_and_says_so(monkeypatch, caplog):
     """On a CPU whose bf16/fp16 matmuls run at ~1% of fp32 (AVX2 only), the paper's autocast would make a step
-    ~100x slower: the loop runs fp32 there and records it; elsewhere it runs what was asked."""
+    ~100x slower: the loop runs fp32 there and records it, warning once per process; elsewhere it runs what was
+    asked."""
     from bench.core import dist as D
 
     cpu = torch.device("cpu")
     rates = {torch.float32: 100.0, torch.bfloat16: 1.0, torch.float16: 80.0}
     monkeypatch.setattr(D, "_matmul_rate", lambda device_type, dtype: rates[dtype])
-    assert D.runnable_precision("bf16", cpu) == "fp32"
+    D._warn_fp32_instead.cache_clear()
+    with caplog.at_level("WARNING", logger=D.__name__):
+        assert [D.runnable_precision("bf16", cpu) for _ in range(3)] == ["fp32"] * 3
+    assert sum("running fp32 instead" in r.getMessage() for r in caplog.records) == 1
     assert D.runnable_precision("fp16", cpu) == "fp16"
     assert D.runnable_precision("fp32", cpu) == "fp32"
     assert D.runnable_precision("bf16", torch.device("cuda", 0)) == "bf16"
