@@ -192,6 +192,7 @@ def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_pa
     (["grid.num_tokens=[0]"], "must be a positive integer"),
     (["preset.generator.train_images=0"], "preset.generator.train_images=0: must be a positive integer"),
     (["preset.teacher.source=/no/such/teacher.safetensors"], "/no/such/teacher.safetensors: no such file"),
+    (["preset.teacher.source=./no/such/teacher_folder"], "./no/such/teacher_folder: no such file"),  # hub-style folder
 ])
 def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
     with pytest.raises((PlanError, ValueError), match=message.replace("[", r"\[").replace("(", r"\(")):
