@@ -481,6 +481,10 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     return failed
 
 
+KILLED = ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
+          "out-of-memory killer)")
+
+
 def record_kill(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, CellContext]) -> None:
     """A job killed without a Python error (no result file) could not mark its run: the driver marks it FAILED at
     the first stage the job left unfinished, so the run does not stay RUNNING."""
@@ -489,10 +493,6 @@ def record_kill(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, C
     unfinished = [t for t in tasks if not t.done]
     if unfinished:
         record_failure(contexts[unfinished[0].cell], unfinished[0].stage, f"{KILLED}; log: {job.paths.stderr}")
-
-
-KILLED = ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
-          "out-of-memory killer)")
 
 
 def _first_line(err: BaseException, job: submitit.Job) -> str:
