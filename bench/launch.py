@@ -461,14 +461,8 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
                 running.remove((job, tasks))
                 if tasks[0].cell == SHARED:
                     shared_pending = False
-                try:
-                    job.result()
-                    print(f"[{time.time() - t0:7.1f}s] done   {tasks[0].cell}: {', '.join(t.stage for t in tasks)}")
-                except Exception as err:
+                if not report_ended(job, tasks, contexts, time.time() - t0):
                     failed += 1
-                    print(f"[{time.time() - t0:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n"
-                          f"          log: {job.paths.stderr}", file=sys.stderr)
-                    record_kill(job, tasks, contexts)
                     if tasks[0].cell == SHARED:
                         print("the shared stages failed: no cell can run", file=sys.stderr)
                         for j, _ in running:
@@ -485,14 +479,21 @@ KILLED = ("the job's process was killed without a Python error (a signal such as
           "out-of-memory killer)")
 
 
-def record_kill(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, CellContext]) -> None:
-    """A job killed without a Python error (no result file) could not mark its run: the driver marks it FAILED at
-    the first stage the job left unfinished, so the run does not stay RUNNING."""
-    if job.paths.result_pickle.exists():
-        return  # the job ended in Python: it recorded its own failure
-    unfinished = [t for t in tasks if not t.done]
-    if unfinished:
-        record_failure(contexts[unfinished[0].cell], unfinished[0].stage, f"{KILLED}; log: {job.paths.stderr}")
+def report_ended(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, CellContext], elapsed: float) -> bool:
+    """Print an ended local job's line; True when it succeeded. A job killed without a Python error (no result file)
+    could not mark its run: it is marked FAILED here, at the first stage the job left unfinished, so the run does not
+    stay RUNNING (a job that raised has recorded its own failure)."""
+    try:
+        job.result()
+    except Exception as err:
+        print(f"[{elapsed:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n          log: {job.paths.stderr}",
+              file=sys.stderr)
+        unfinished = [t for t in tasks if not t.done]
+        if not job.paths.result_pickle.exists() and unfinished:
+            record_failure(contexts[unfinished[0].cell], unfinished[0].stage, f"{KILLED}; log: {job.paths.stderr}")
+        return False
+    print(f"[{elapsed:7.1f}s] done   {tasks[0].cell}: {', '.join(t.stage for t in tasks)}")
+    return True
 
 
 def _first_line(err: BaseException, job: submitit.Job) -> str:
