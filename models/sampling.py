@@ -7,8 +7,15 @@ Sampler, step s = 0..T-1 with r = (s+1)/T:
 - Gumbel-max choice with noise scaled by the annealed temperature tau = randomize_temperature*(1 - r);
 - the floor(K*arccos(r)/(pi/2)) least confident new tokens (confidence = chosen logit + tau*Gumbel,
   +inf for fixed tokens) are masked again, at least one and leaving one new token; the last step keeps all.
-  As the reference, the count is the first row's for the whole batch (rows can differ only after ties), and
-  logits keep their dtype unless half precision (float64 logits are not rounded to float32).
+  As the reference, the count is the first row's for the whole batch (rows can differ only after ties).
+
+Dtypes, as the reference's ImageBert.generate (official repository, modeling/maskgit.py):
+- guidance, annealing and the token argmax run in the logits' dtype (float32 or float64; half precisions are
+  upcast to float32 first, a choice of the fast paths, which the reference never runs);
+- the chosen logits are cast to float32 before the confidence, so the Gumbel noise, the sort and the
+  `confidence <= cut_off` test run in float32 whatever the model's dtype. Every position tied with the cut-off
+  at float32 resolution is re-masked, which happens often with full-size float64 models: ranking in float64
+  re-masks fewer positions and diverges from the reference's samples.
 """
 
 from __future__ import annotations
@@ -108,7 +115,8 @@ def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int
         if step == settings.num_steps - 1:
             ids = sampled
             break
-        confidence = torch.where(is_mask, chosen_logit, torch.full_like(chosen_logit, math.inf))
+        # ranked in float32 whatever the logits' dtype, as the reference (module docstring)
+        confidence = torch.where(is_mask, chosen_logit, torch.full_like(chosen_logit, math.inf)).float()
         if tau > 0:
             confidence = confidence + tau * _gumbel(confidence.shape, confidence, generator)
         target = math.floor(num_tokens * math.acos(ratio) / (math.pi / 2))

@@ -1,19 +1,14 @@
-"""The sampler at full size (issue 11 item 8): each released generator, built at its released size with seeded random
-weights in float64, samples at its released settings (temperature 0) exactly the token ids of an independent,
-step-by-step statement of the reference sampler (ImageBert.generate as the reference notes TITOK.md, section 4.4
-describes it), through both of `generate`'s guidance paths (separate passes, and the batched pass that evaluation
-and the speed benchmark's parity path use).
+"""The sampler at full size: each released generator, built at its released size with seeded random weights in
+float64, samples at its released settings (temperature 0) exactly the token ids of an independent, step-by-step
+statement of the reference sampler (ImageBert.generate in the official repository's modeling/maskgit.py), through
+both of `generate`'s guidance paths (separate passes, and the batched pass of evaluation and the speed parity path).
 
-The statement itself is checked first against the reference implementation's own sampled ids (the parity cases in
-tests/data/reference/parity, toy sizes), so a shared misreading of TITOK.md cannot pass unnoticed.
+Full size matters: with float64 weights, chosen logits that tie at float32 resolution are common there, and the
+reference ranks confidences in float32; the small parity cases are too small to tie. The statement itself is checked
+first against the reference implementation's own sampled ids (tests/data/reference/parity, toy sizes).
 
-Cost: a float64 forward pass (batch 4: both guidance halves) takes 1-7 s (L-32, B-64) and 6-24 s (S-128) on this
-project's shared 2-core CPU, depending on what else runs, and building a model with its random init 2-19 s. So the
-model's logits are computed once per input row (`RowLogits`) and every sampler reads them: the first sampler pays the
-forwards, one that takes the same path costs none. Measured (whole test, light load / heavy load): L-32 at its
-released 8 steps 10 s / 70 s, B-64 at 8 steps 20 s / 100 s; S-128 at 8 steps 96 s at light load, so its 64 steps
-would take 7-25 min: its test runs STEPS steps instead (the same schedule, guidance, annealing and re-mask counts
-computed for 4 steps), with the full-size weights.
+A float64 forward pass costs seconds at full size, so each input row's logits are computed once (`RowLogits`) and
+every sampler reads them; the U-ViT runs STEPS steps instead of its released 64 (the same schedule otherwise).
 """
 
 import math
@@ -29,8 +24,8 @@ LABELS = (207, 980)  # a batch of 2 class labels
 # sampling steps of each test: the released 8 for the ViT generators, 4 instead of 64 for the U-ViT (module doc)
 STEPS = {"MaskGIT-ViT:TiTok-L-32": 8, "MaskGIT-ViT:TiTok-B-64": 8, "MaskGIT-UViT:TiTok-S-128": 4}
 
-# TITOK.md section 4.1 (configs/infer): steps, guidance scale, guidance decay, randomize_temperature; softmax-
-# temperature annealing is on in the ImageNet evaluation script (section 6.2); power-cosine's exponent is 3.0.
+# the official repository's configs/infer: steps, guidance scale, guidance decay, randomize_temperature; softmax-
+# temperature annealing is on in its ImageNet sampling script; power-cosine's exponent is 3.0.
 RELEASED = {
     "MaskGIT-ViT:TiTok-L-32": dict(num_steps=8, guidance_scale=4.5, guidance_decay="linear", randomize_temperature=9.5),
     "MaskGIT-ViT:TiTok-B-64": dict(num_steps=8, guidance_scale=3.0, guidance_decay="linear",
@@ -39,14 +34,16 @@ RELEASED = {
                                      randomize_temperature=2.8),
 }
 SIZES = {"MaskGIT-ViT:TiTok-L-32": (32, 177.2), "MaskGIT-ViT:TiTok-B-64": (64, 177.2),
-         "MaskGIT-UViT:TiTok-S-128": (128, 295.0)}  # K, millions of parameters (TITOK.md 1.1 / 2.7)
+         "MaskGIT-UViT:TiTok-S-128": (128, 295.0)}  # K, millions of parameters (counted from the released layouts)
 
 
 # ---- the reference sampler, restated ----------------------------------------------------------------------------
 def reference_tokens(logits, labels: torch.Tensor, num_tokens: int, mask_id: int, *, num_steps: int,
                      guidance_scale: float, guidance_decay: str, guidance_scale_pow: float = 3.0,
-                     softmax_temperature_annealing: bool = True) -> torch.Tensor:
-    """ImageBert.generate at randomize_temperature 0 (no Gumbel noise), from TITOK.md 4.4, one step at a time.
+                     softmax_temperature_annealing: bool = True, rank_dtype=torch.float32) -> torch.Tensor:
+    """ImageBert.generate at randomize_temperature 0 (no Gumbel noise), one step at a time: guidance, annealing and
+    the argmax in the logits' dtype; the chosen logits cast to float32 (`.float()`) before they are ranked
+    (`rank_dtype`: another dtype only to show that a case has float32 ties).
     `logits(ids, labels, drop)` -> [B, K, codebook]: the conditional logits, or the null class's where drop."""
     batch = len(labels)
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long)
@@ -75,13 +72,14 @@ def reference_tokens(logits, labels: torch.Tensor, num_tokens: int, mask_id: int
         if step == num_steps - 1:  # the last step keeps every token
             return chosen
         # re-mask floor(K arccos(r) / (pi/2)) tokens, at least 1 and at most the first row's masked count - 1, the
-        # first row's count for every row; fixed tokens have confidence +inf; a row masks every token whose
-        # confidence is at most its count-th smallest
+        # first row's count for every row; fixed tokens have confidence +inf; confidences are float32; a row masks
+        # every token whose confidence is at most its count-th smallest (all of a float32 tie)
         count = math.floor(num_tokens * math.acos(ratio) / (math.pi / 2))
         count = max(1, min(int(masked[0].sum()) - 1, count))
         ids = chosen.clone()
+        chosen_logit = best.values.to(rank_dtype)
         for b in range(batch):
-            confidence = [best.values[b, j].item() if masked[b, j] else math.inf for j in range(num_tokens)]
+            confidence = [chosen_logit[b, j].item() if masked[b, j] else math.inf for j in range(num_tokens)]
             cut = sorted(confidence)[count - 1]
             for j in range(num_tokens):
                 if confidence[j] <= cut:
@@ -167,3 +165,29 @@ def test_released_generator_samples_the_reference_tokens_in_float64(name):
     assert expected.unique().numel() > 1
     print(f"{name}: {steps} steps, {passes} float64 forward passes; build {built - t0:.1f} s, "
           f"sampling {time.perf_counter() - built:.1f} s")
+
+
+@pytest.mark.slow
+def test_float32_ties_at_full_size_are_ranked_as_the_reference():
+    """TiTok-L-32's generator at full size in float64, its position embeddings scaled by 1e-6 (a generator that
+    barely hears position, as early in training): chosen logits differ only below float32's resolution, so ranking
+    them in float64 gives other samples than the reference's float32 ranking. Both guidance paths sample the
+    reference's ids."""
+    name = "MaskGIT-ViT:TiTok-L-32"
+    torch.manual_seed(0)
+    model = models.build(name).double().eval()
+    with torch.no_grad():
+        model.embeddings.position.weight.mul_(1e-6)
+    labels, c, released = torch.tensor(LABELS), model.config, model.config.sampler
+    logits = RowLogits(model)
+    batched = model.generate(labels, batch_guidance=True, forward=logits, randomize_temperature=0.0)
+    separate = model.generate(labels, forward=logits, randomize_temperature=0.0)
+    reference = dict(num_steps=released.num_steps, guidance_scale=released.guidance_scale,
+                     guidance_decay=released.guidance_decay, guidance_scale_pow=released.guidance_scale_pow,
+                     softmax_temperature_annealing=released.softmax_temperature_annealing)
+    expected = reference_tokens(logits, labels, c.num_tokens, model.mask_token_id, **reference)
+    ranked_in_float64 = reference_tokens(logits, labels, c.num_tokens, model.mask_token_id, **reference,
+                                         rank_dtype=torch.float64)
+    assert not torch.equal(ranked_in_float64, expected)  # the case has float32 ties that change the samples
+    assert torch.equal(batched, expected)
+    assert torch.equal(separate, expected)

@@ -180,18 +180,27 @@ def test_sampler_noise_is_finite_and_per_row():
     assert not torch.equal(batched, gen.generate(labels, generator=torch.Generator().manual_seed(7)))
 
 
-def test_sampler_keeps_float64_logits():
-    """Logits that differ only beyond float32's precision pick the float64 winner (the reference keeps the dtype;
-    rounding to float32 made them tie and picked the first)."""
+def test_sampler_ranks_confidences_in_float32_as_the_reference():
+    """float64 logits: the token argmax sees differences below float32's resolution, but the confidences are ranked
+    in float32, so positions whose chosen logits tie there are all re-masked together (the reference's `<=` rule),
+    not only the re-mask count of them."""
     from models.sampling import SamplerSettings, sample_tokens
 
+    masked_per_call = []
+
     def logits_fn(ids, drop_labels):
+        masked_per_call.append((ids == 3).sum(-1).tolist())
         logits = torch.ones(*ids.shape, 3, dtype=torch.float64)
-        logits[..., 1] += 1e-12  # 1 + 1e-12 rounds to 1 in float32
+        logits[..., 1] += 1e-12  # the argmax winner in float64; 1 + 1e-12 rounds to 1 in float32
+        # chosen logits 1 + j * 1e-12: distinct in float64, all equal to 1 in float32
+        logits[..., 1] += torch.arange(ids.shape[1], dtype=torch.float64) * 1e-12
         return logits
 
-    settings = SamplerSettings(num_steps=1, guidance_scale=0.0, randomize_temperature=0.0)
-    assert (sample_tokens(logits_fn, 2, 4, mask_id=3, settings=settings) == 1).all()
+    # K=4, 2 steps: step 0 re-masks floor(4 acos(0.5) / (pi/2)) = 2 by count, every tied position by the rule
+    ids = sample_tokens(logits_fn, 2, 4, mask_id=3, settings=SamplerSettings(num_steps=2, guidance_scale=0.0,
+                                                                             randomize_temperature=0.0))
+    assert masked_per_call == [[4, 4], [4, 4]]  # float64 ranking would have left [2, 2] masked for step 1
+    assert (ids == 1).all()
 
 
 def test_sampler_remask_count_is_the_first_rows():
