@@ -62,9 +62,32 @@ def check_composed(argv: list[str]) -> None:
             from bench.plan import unknown_key
 
             raise SweepError(unknown_key(parent, name, known)) from None
+        for arg in overrides:  # `+preset.<key>=` adds a key Hydra cannot know is a typo: the same check
+            if arg.startswith("+") and not arg.startswith("++") and arg[1:].startswith("preset."):
+                _check_added(compose("sweep", overrides=[a for a in overrides if a is not arg]),
+                             arg[1:].partition("=")[0])
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SweepError(f"{missing[0]} is required and not set: add {missing[0]}=<value> to the command line")
+
+
+def _check_added(base: DictConfig, key: str) -> None:
+    """A preset key added with `+` must name a setting, as one set without it must: its first component that
+    `base` (the config without it) lacks is an error, unless the plan checks that section's keys itself."""
+    from bench.plan import _SETTINGS, unknown_key
+
+    # sections whose keys the plan checks against their settings' fields (so `+` may add one the preset file leaves
+    # at its default), and a free-form map (a new model size letter)
+    addable = (*_SETTINGS, "pretokenize", "sizes")
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        parent, name = ".".join(parts[:i]), parts[i]
+        node = OmegaConf.select(base, parent)
+        if ".".join(parts[1:i]) in addable:
+            return
+        if not isinstance(node, DictConfig) or name not in node:
+            known = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            raise SweepError(unknown_key(parent, name, known))
 
 
 def sweep(cfg: DictConfig) -> int:

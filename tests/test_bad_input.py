@@ -63,9 +63,21 @@ def test_eval_unknown_device(tmp_path, toy_checkpoint, device):
     ("data=imagenet", "data.root is required and not set: add data.root=<value> to the command line"),
     ("preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
     ("+preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
+    ("preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
+    ("+preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
+    ("+preset.stage1.stepz=3", "preset.stage1.stepz: the config has no such key"),
+    ("+preset.evals.rfid_images=3", "did you mean preset.eval?"),
     ("preset.device=gpu", "device 'gpu' is not supported: use one of auto, cpu, cuda or cuda:N"),
 ])
 def test_sweep_bad_overrides(tmp_path, override, expected):
     line = run_cli(tmp_path, "bench.sweep", "action=plan", f"outputs={tmp_path / 'outputs'}", override)
     assert expected in line
     assert not (tmp_path / "outputs").exists()  # nothing planned, nothing written
+
+
+def test_sweep_plus_may_add_a_setting_its_file_leaves_at_default(tmp_path):
+    """`+` adds a field of a settings section that the preset file does not list, or a new model size letter."""
+    proc = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path / 'outputs'}",
+                           "+preset.stage1.loop.grad_accum=2", "+preset.sizes.H=toy-L"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
