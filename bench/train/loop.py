@@ -14,6 +14,7 @@ import functools
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ from bench.core import dist as D
 from bench.core.io import atomic_file
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.previous.pt"  # the resume point before it, kept for when checkpoint.pt is damaged
 
 
 class NonFiniteLossError(RuntimeError):
@@ -167,6 +169,60 @@ def atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, f)
 
 
+def _as_tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every leaf of a resume point as a tensor named by its path (a non-tensor as the bytes of its repr), so that
+    the model files' digest (models.checkpoints.tensor_digest) covers all of it: weights, step, RNG states."""
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {prefix: torch.frombuffer(bytearray(repr(tree).encode()), dtype=torch.uint8)}
+    return {k: v for key, value in items for k, v in _as_tensors(value, f"{prefix}/{key}").items()}
+
+
+def save_resume_point(state: dict, path: Path, keep_previous: bool) -> None:
+    """Write `state` with the sha256 of its content (DIGEST_KEY, as our model files carry); `keep_previous`: the
+    resume point now at `path` is good, and becomes PREVIOUS_CHECKPOINT first."""
+    from models.checkpoints import DIGEST_KEY, tensor_digest
+
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
+    atomic_torch_save({**state, DIGEST_KEY: tensor_digest(_as_tensors(state))}, path)
+
+
+def load_resume_point(out: Path, say: bool = True) -> tuple[dict | None, Path | None]:
+    """The newest good resume point in `out` (CHECKPOINT, else PREVIOUS_CHECKPOINT) and its file; (None, None):
+    start from step 0. A damaged one (unreadable, or its content not matching its sha256) is named on stderr
+    (`say`), with what happens instead. Files written before the sha256 existed load unchecked."""
+    from models.checkpoints import DIGEST_KEY, tensor_digest
+
+    damaged = False
+    for path in (out / CHECKPOINT, out / PREVIOUS_CHECKPOINT):
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            digest = state.pop(DIGEST_KEY, None)
+            if digest is not None and tensor_digest(_as_tensors(state)) != digest:
+                raise ValueError("its content does not match the sha256 written with it (bit rot or a damaged copy)")
+        except Exception as err:  # a torn zip, a bad pickle, a digest mismatch
+            damaged = True
+            if say:
+                print(f"warning: the resume point {path} is damaged ({type(err).__name__}: {err}); it is not used",
+                      file=sys.stderr, flush=True)
+            continue
+        if damaged and say:
+            print(f"warning: resuming from the previous resume point {path} (step {state['step']})",
+                  file=sys.stderr, flush=True)
+        return state, path
+    if damaged and say:
+        print(f"warning: no good resume point: the stage restarts from step 0 in {out}", file=sys.stderr, flush=True)
+    return None, None
+
+
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
@@ -283,7 +339,8 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed, info.rank)
     ckpt_path = out / CHECKPOINT
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True) if ckpt_path.exists() else None
+    ckpt, resumed_path = load_resume_point(out, say=info.is_main)
+    keep_previous = resumed_path == ckpt_path  # a damaged checkpoint.pt is overwritten, never kept as the previous
     trainer = Trainer(objective, cfg, info, ckpt)
     start, prior_wall_s = 0, 0.0  # wall time of earlier attempts (a requeued job counts all of its time)
     if ckpt is not None:
@@ -296,9 +353,11 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
             torch.distributed.all_gather_object(rng, _rng_state())
         else:
             rng = [_rng_state()]
+        nonlocal keep_previous
         if info.is_main:
-            atomic_torch_save({"step": step, **trainer.state_dict(), "rng": rng,
-                               "wall_s": prior_wall_s + time.time() - t0}, ckpt_path)
+            save_resume_point({"step": step, **trainer.state_dict(), "rng": rng,
+                               "wall_s": prior_wall_s + time.time() - t0}, ckpt_path, keep_previous)
+        keep_previous = True
         D.barrier()
 
     logs: dict[str, float] = {}
