@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import nearest_code
+from .quantizers import full_precision, nearest_code
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,11 @@ class PlainQuantizer(nn.Module):
         self.embedding = nn.Embedding(codebook_size, dim)
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code of each latent, searched in fp32 whatever the surrounding autocast."""
         b, c, h, w = z.shape
-        flat = z.float().permute(0, 2, 3, 1).reshape(-1, c)
-        return nearest_code(flat, self.embedding.weight.float()).reshape(b, h * w)
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.float().permute(0, 2, 3, 1).reshape(-1, c)
+            return nearest_code(flat, self.embedding.weight.float()).reshape(b, h * w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """[B, h*w] ids -> [B, C, h, w] code vectors (square grid)."""
@@ -146,7 +148,9 @@ class MaskGITVQGAN(nn.Module):
         self.decoder = Decoder(config)
 
     @torch.no_grad()
+    @full_precision
     def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> codes (stage 1's targets), in fp32 whatever the caller's autocast."""
         return self.quantize.codes(self.encoder(images))
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:

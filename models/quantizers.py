@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def full_precision(encode):
+    """Decorate a model's `encode(images, ...)`: it runs in fp32 whatever autocast the caller is in, on images
+    upcast to fp32. Frozen encodes give training targets and generator tokens, which the reference computes outside
+    autocast; a half-precision encoder flips near-tied codes."""
+
+    @functools.wraps(encode)
+    def wrapper(self, images: torch.Tensor, *args, **kwargs):
+        with torch.autocast(images.device.type, enabled=False):
+            return encode(self, images.float(), *args, **kwargs)
+
+    return wrapper
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .maskgit_vqgan import Decoder as PixelDecoder
 from .maskgit_vqgan import PlainQuantizer, VQGANConfig
-from .quantizers import DiagonalGaussianQuantizer, QuantizerOutput, VectorQuantizer
+from .quantizers import DiagonalGaussianQuantizer, QuantizerOutput, VectorQuantizer, full_precision
 from .sizes import ViTSize, vit_size
 from .vit import TiTokDecoder, TiTokEncoder, init_weights
 
@@ -154,8 +154,10 @@ class TiTok(nn.Module):
         return tokens.transpose(1, 2).unsqueeze(2)
 
     @torch.no_grad()
+    @full_precision
     def encode(self, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """images [B, 3, H, W] in [0, 1] -> VQ ids [B, K] or VAE latents [B, K, C]."""
+        """images [B, 3, H, W] in [0, 1] -> VQ ids [B, K] or VAE latents [B, K, C], in fp32 whatever the caller's
+        autocast (the generator's tokens, on the fly or pretokenized, and evaluation's)."""
         q = self.quantize_latents(self.forward_encoder(images), sample=sample)
         if self.is_vq:
             return q.indices

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -89,11 +88,14 @@ def _collate(rows: list):
     return ([r[0] for r in present], images, [r[2] for r in present], [r[0] for r in rows if r[1] is None])
 
 
-def _autocast(device: torch.device, precision: str):
-    precision = D.runnable_precision(precision, device)
+def _encode(tokenizer: models.TiTok, images: torch.Tensor, precision: str) -> torch.Tensor:
+    """The tokenizer's ids of `images`: fp32 is `encode` (the tokens the generator computes on the fly); a lower
+    precision runs the encoder under autocast (the code lookup stays fp32), for speed at the cost of some tokens."""
+    precision = D.runnable_precision(precision, images.device)
     if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=D.AUTOCAST_DTYPES[precision])
+        return tokenizer.encode(images)
+    with torch.autocast(images.device.type, dtype=D.AUTOCAST_DTYPES[precision]):
+        return tokenizer.quantize_latents(tokenizer.forward_encoder(images), sample=False).indices
 
 
 def _shard_record(cfg: PretokenizeConfig, identity: str, lo: int, hi: int) -> dict:
@@ -129,8 +131,8 @@ def _encode_shard(tokenizer, rows: _Rows, cfg: PretokenizeConfig, info: D.DistIn
         if images is None:
             continue
         views = crop_views(images.to(info.device, non_blocking=True), cfg.crops, cfg.data.image_size)
-        with torch.inference_mode(), _autocast(info.device, cfg.precision):
-            codes = tokenizer.encode(views.flatten(0, 1))
+        with torch.inference_mode():
+            codes = _encode(tokenizer, views.flatten(0, 1), cfg.precision)
         tokens.append(codes.view(len(index), views.shape[1], c.num_latent_tokens).cpu().numpy())
         ids += index
         labels += label

@@ -1,4 +1,4 @@
-"""Pretokenized generator training (issue 12): the pretokenize stage writes each training image's centre-crop and
+"""Pretokenized generator training: the pretokenize stage writes each training image's centre-crop and
 flip tokens, exactly the ones on-the-fly training computes; generator training on them follows the on-the-fly run
 step for step and resumes exactly; a killed pretokenize run keeps its finished shards; tokens of another tokenizer
 are refused."""
@@ -184,3 +184,27 @@ def test_two_ranks_split_the_shards(toy, tmp_path):
     spawn(_ddp_worker, 2, tokenizer, str(tmp_path))
     a, b = TokenDataset(straight), TokenDataset(tmp_path)
     assert len(a) == len(b) and all(torch.equal(a[i][0], b[i][0]) for i in range(len(a)))
+
+
+def test_on_the_fly_tokens_under_autocast_are_the_pretokenized_ones(toy, monkeypatch):
+    """The generator's loss runs under the loop's autocast; the tokens it encodes there are the fp32 ones that
+    pretokenize stored."""
+    from bench.train import generator as G
+
+    tokenizer_path, out = toy
+    tokens = TokenDataset(out)
+    tokenizer = G.load_tokenizer(tokenizer_path)
+    generator = models.build("MaskGIT-ViT", **TOY_GENERATOR, num_tokens=16, codebook_size=64)
+    objective = G.generator_objective(gen_cfg(tokenizer_path, None, 1), tokenizer, generator)
+    seen = []
+    monkeypatch.setattr(G, "random_masking", lambda ids, mask_id: (seen.append(ids), _all_masked(ids))[1])
+    images = torch.stack([training_images(DATA, "flip")[i][0] for i in range(12)])
+    crop = torch.arange(12) % 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        objective.loss("generator", {"generator": generator}, (images, torch.zeros(12, dtype=torch.long), crop), 0, {})
+    stored = torch.stack([tokens[i][0] for i in range(12)])
+    assert torch.equal(seen[0], stored[torch.arange(12), crop])
+
+
+def _all_masked(ids):
+    return ids.clone(), torch.ones_like(ids, dtype=torch.bool)
