@@ -2,7 +2,7 @@
 
     lpips = LPIPS()                    # per-image distance [B] of [0,1] images
     cnx = ConvNeXtLogits()             # ConvNeXt-Small logits [B,1000] of [0,1] images
-    loss = convnext_perceptual_loss(cnx, x_hat, x)   # TiTok stage 2's "perceptual" loss (TITOK.md 3.3)
+    loss = convnext_perceptual_loss(cnx, x_hat, x)   # TiTok stage 2's "perceptual" loss (docs/reference.md)
 
 Both are frozen (eval mode, requires_grad False) but differentiable with respect to their inputs. With
 allow_random=True a missing file is replaced by a seeded random initialisation: `.random` is then True and

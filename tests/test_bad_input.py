@@ -1,4 +1,4 @@
-"""Bad input at the command lines (issue 13, item 11): the real CLIs, run as subprocesses, answer with one line on
+"""Bad input at the command lines: the real CLIs, run as subprocesses, answer with one line on
 stderr that names the problem and the fix, exit status != 0 and no traceback."""
 
 import shutil

@@ -1,4 +1,4 @@
-"""System metrics of the training stages (issue 12, item 6): rank 0 of a training stage samples the machine's CPU
+"""System metrics of the training stages: rank 0 of a training stage samples the machine's CPU
 and memory (and GPUs) into the cell's run as MLflow's system/* metrics, through the same buffer as every other metric,
 so they survive a store that is down; other ranks and the evaluation stages log none."""
 

@@ -1,4 +1,4 @@
-"""One weights cache, pinned hub revisions, source records and the provenance tags of a stage (issue 11, item 5).
+"""One weights cache, pinned hub revisions, source records and the provenance tags of a stage.
 
 No network: a tiny official-format tokenizer (the parity folder titok_singlestage_vq) is registered as a released
 variant of a made-up hub repo, and huggingface_hub's download functions are replaced by fakes that copy it."""

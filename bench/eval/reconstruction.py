@@ -1,4 +1,4 @@
-"""Reconstruction evaluation: the paper's rFID protocol (TITOK.md 6.1) and the image-similarity metrics.
+"""Reconstruction evaluation: the paper's rFID protocol (docs/reference.md, rFID) and the image-similarity metrics.
 
     stats = real_feature_stats(val, 50_000, inception=inc, info=info)      # once per dataset (cacheable)
     save_feature_stats(stats, "val50k_stats.npz")                          # ... and load_feature_stats(path)

@@ -136,8 +136,8 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models.MaskGITVQGAN) -> Objective:
     """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook.
 
-    Two schedule aids for toy models, off in the reference recipe. Measured on toy-S K=16 (README, known
-    limitations), a small TiTok first learns the codes' marginal by pulling every image's latents to one point:
+    Two schedule aids for toy models, off in the reference recipe. Measured on toy-S K=16 (docs/measurements.md),
+    a small TiTok first learns the codes' marginal by pulling every image's latents to one point:
     within ~50 steps all images share one token sequence, and it takes 250-400 more steps to leave that plateau.
     decoder_warmup_steps W lets the decoder learn the marginal alone (the encoder, latent tokens and codebook at
     lr 0 for W steps, ramped linearly to full over the next W); continuous_steps M feeds the decoder the

@@ -1,4 +1,4 @@
-"""Uncertainty of the evaluation metrics (issue 10): bootstrap resamples of the evaluation images.
+"""Uncertainty of the evaluation metrics: bootstrap resamples of the evaluation images.
 
 The exact per-resample Frechet distance equals frechet_distance on the resampled features (both of its regimes);
 intervals hold their estimate and shrink with more images (seeded, deterministic); evaluate_reconstruction and

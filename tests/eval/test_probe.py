@@ -1,4 +1,4 @@
-"""The linear probe's feature setting (issue 11 item 2): each choice reads the features it names (checked against a
+"""The linear probe's feature setting: each choice reads the features it names (checked against a
 hook of the test's own on the encoder's last block), an unknown choice is a one-line error at every door (the
 function, the stage, the plan, the CLI), the probe stage fits on train-split images and scores on its `split`, and
 the stage records the choice as the tag titok.probe_features and counts it in its identity."""

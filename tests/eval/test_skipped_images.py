@@ -1,4 +1,4 @@
-"""Unreadable images in an evaluation (issue 13, item 10): they are skipped, not replaced by the next readable image
+"""Unreadable images in an evaluation: they are skipped, not replaced by the next readable image
 (another class), the evaluated count is the number of distinct images read, and the skip count is in the result."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Faults of checkpoint files (issue 13, items 8, 9, 11): a writer killed mid-write (its temporary file is removed by
+"""Faults of checkpoint files: a writer killed mid-write (its temporary file is removed by
 the next write of the target, only once its writer is gone), file permissions, a file that holds another variant
 than the one asked for, bit rot in the tensor data, truncated and zero-byte files, a broken config.json, and a
 missing path that must not be taken for a hub repo id."""

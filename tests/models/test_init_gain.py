@@ -1,6 +1,6 @@
 """TiTokConfig.init_gain: the toy-width init (weights ~ trunc-normal(gain / sqrt(fan_in))) beside the reference's
 trunc-normal(0.02), and the reason it exists: at toy widths the reference init leaves the latents nearly blind to
-the image (the stage-1 plateau in the README's known limitations)."""
+the image (the stage-1 plateau that docs/measurements.md describes)."""
 
 import pytest
 import torch

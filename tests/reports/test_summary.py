@@ -1,4 +1,4 @@
-"""Issue 10's report pieces on a synthetic store (tests/reports/test_reports.py's Store): the summary table's
+"""The scaling report's pieces on a synthetic store (tests/reports/test_reports.py's Store): the summary table's
 Spearman values and pass/fail, error bars from logged intervals, the PSNR and codebook-usage panels, and the
 reconstruction gallery and per-position token usage from eval_recon's artifacts."""
 

@@ -1,4 +1,4 @@
-"""Jobs import the code of their submission (issue 11, item 4): the driver snapshots the checkout's tracked files
+"""Jobs import the code of their submission: the driver snapshots the checkout's tracked files
 (working-tree contents) into the grid's folder, the runs record the snapshot next to the code version, and a job,
 however late it (re)starts, imports `bench` from the snapshot, not from a working tree edited since."""
 

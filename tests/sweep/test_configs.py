@@ -26,12 +26,8 @@ def names(group):
 COMBINATIONS = list(itertools.product(names("preset"), names("grid"), names("data")))
 # (grid, data) pairs that must not make a plan, for any preset, and the message that says why
 INVALID = {("released", "synthetic"): "grid=released evaluates the released ImageNet models: use data=imagenet"}
-# sha256 of each composed preset (sorted-key JSON) as it was before tiny.yaml became a delta on paper.yaml
-# (titok-bench issue 9); a deliberate recipe change updates its hash here (issue 11: eval.probe_features,
-# eval.speed.mode auto; the rehearsal preset; issue 10: eval.bootstrap, eval.gallery_images,
-# eval.rfid_inception_dtype, generator.train_images, tokenizer.init_gain; stage1.decoder_warmup_fraction and
-# stage1.continuous_fraction, tiny's 8x8-code teacher, codebook 8 and 300-step stage 1; tiny's shipped teacher
-# file and its 2,000-step recipe, patch 4)
+# sha256 of each composed preset (sorted-key JSON): a preset's recipe changes only on purpose, and a deliberate
+# recipe change updates its hash here
 PRESET_SHA256 = {
     "paper": "d0aa60737290bbeae7fb47f2eafa0152e56bbee0fd0d4d486a493b8ac6371cc3",
     "tiny": "367b6a8b8fe6dd8457aa068a439d4d7454746eaf2d98cd8d6c9093b095c501b3",

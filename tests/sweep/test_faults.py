@@ -1,4 +1,4 @@
-"""Faults a sweep must survive (issue 13), each made for real: a job preempted through submitit's own requeue
+"""Faults a sweep must survive, each made for real: a job preempted through submitit's own requeue
 (USR2), a process SIGKILLed, a tracking server stopped, a torn buffer file, a recycled PID. Each checks the
 guarantee it breaks: a run's status is the truth after preemptions, a stage counts as done only once its metrics are
 logged or buffered, no transient error duplicates a run, the buffer is append-only and tolerant of a torn tail, a

@@ -1,4 +1,4 @@
-"""The paper path rehearsed (issue 11): preset=rehearsal (paper.yaml with only model sizes, step counts, batch sizes
+"""The paper path rehearsed: preset=rehearsal (paper.yaml with only model sizes, step counts, batch sizes
 and evaluation counts changed) on an ImageNet-layout tree with corrupt files and a weights cache holding the
 registry's files in their real formats (random weights, tests/infra/rehearsal.py), through the local launcher:
 every stage of grid=latent_vs_size, and grid=released on one checkpoint of each family. And `action=plan` of
