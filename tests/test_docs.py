@@ -23,6 +23,8 @@ ISSUE = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)
 PUBLIC_BEFORE = re.compile(r"(official|reference)(\s+TiTok)?\s+repository(['\u2019]s)?(\s+public)?\s*$", re.IGNORECASE)
 PUBLIC_AFTER = re.compile(r"^((,|\s+and)\s+#?\d+)*\s+(of|in)\s+the\s+(official|reference)(\s+TiTok)?\s+repository",
                           re.IGNORECASE)
+# a docs page cited from anywhere, with the start of a section's heading when one is named: (docs/reference.md, Cost)
+DOC_CITATION = re.compile(r"\bdocs/([\w-]+\.md)(?:, ([A-Za-z][\w -]*\w))?")
 MISSING_FILES = {"the team's reference notes": re.compile(r"TITOK\.md"),
                  "the shared folder beside a checkout": re.compile(r"\.\./shared\b")}
 
@@ -63,6 +65,18 @@ def missing_paths(path: Path) -> list[str]:
             missing.append(f"{path.relative_to(ROOT)}: `{name}` does not exist")
         elif test and not re.search(rf"^\s*(async )?def {test}\(", where.read_text(), flags=re.MULTILINE):
             missing.append(f"{path.relative_to(ROOT)}: `{name}::{test}`: no such test")
+    return missing
+
+
+def missing_doc_citations(text: str) -> list[str]:
+    """Citations of docs pages that do not exist, or of a section whose heading no heading of the page starts with."""
+    missing = []
+    for page, section in DOC_CITATION.findall(text):
+        where = ROOT / "docs" / page
+        if not where.exists():
+            missing.append(f"docs/{page}")
+        elif section and not any(h.startswith(slug(section)) for h in anchors(where)):
+            missing.append(f"docs/{page}, {section}")
     return missing
 
 
@@ -107,6 +121,7 @@ def test_no_file_cites_a_missing_file_or_a_tracker_issue():
         for what, pattern in MISSING_FILES.items():
             found += [f"{path.relative_to(ROOT)}: {m.group(0)!r} ({what})" for m in pattern.finditer(text)]
         found += [f"{path.relative_to(ROOT)}: {hit!r} (this project's tracker)" for hit in tracker_issues(text)]
+        found += [f"{path.relative_to(ROOT)}: {hit!r} (no such page or section)" for hit in missing_doc_citations(text)]
     assert found == [], "cite the public source (docs/reference.md says which) instead:\n" + "\n".join(found)
 
 
@@ -121,6 +136,9 @@ def test_the_rules_catch_what_they_are_for(tmp_path):
     assert all(tracker_issues(text) for text in catches)
     assert not any(tracker_issues(text) for text in passes)
     assert slug("Set-up: two `commands`") == "set-up-two-commands"
+    assert missing_doc_citations("(docs/reference.md, Stage 2), docs/smoke.md") == []
+    assert missing_doc_citations("(docs/reference.md, Stage 9) docs/nope.md") == ["docs/reference.md, Stage 9",
+                                                                                  "docs/nope.md"]
     page = tmp_path / "page.md"
     page.write_text("# Top\n[a](#top) [b](#nope) [c](missing.md) [d](https://example.org/x)\n"
                     "```\n# not a heading\n```\n[e](#not-a-heading)\n")
