@@ -101,6 +101,14 @@ def test_the_docs_pages_exist():
             "architecture.md", "smoke.md", "measurements.md", "reference.md"} <= names
 
 
+def test_every_command_of_the_cluster_path_names_the_test_that_runs_it():
+    text = (ROOT / "docs" / "reproduce.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
+    tested = re.compile(r"Tests?: .*`(tests/|\.ci/run)", re.DOTALL)
+    untested = [s.splitlines()[0] for s in sections if "```bash" in s and not tested.search(s)]
+    assert untested == [], "docs/reproduce.md sections with commands but no test named: " + ", ".join(untested)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_every_relative_link_resolves(page):
     assert broken_links(page) == []
