@@ -1,10 +1,15 @@
 """torch.distributed set-up from the environment (torchrun, or submitit's exported variables).
 
 One process per GPU with NCCL, or CPU processes with gloo. Single-process runs never initialise anything.
+The process group's timeout (how long a rank waits in a collective) is the launcher's cluster setting
+`process_group_timeout_min`, passed to jobs as $TITOK_BENCH_PG_TIMEOUT_MIN: it must cover the longest wait in which
+the other ranks sit in a collective while rank 0 works alone (a stage lock held by a duplicate job, a multi-GB
+checkpoint write, an FID bootstrap), which torch's 10-minute NCCL default does not.
 """
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import os
@@ -33,6 +38,8 @@ class DistInfo:
 
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+TIMEOUT_ENV = "TITOK_BENCH_PG_TIMEOUT_MIN"  # the process group's timeout in minutes (bench.launch sets it in jobs)
+DEFAULT_TIMEOUT_MIN = 120.0  # without a setting: longer than a checkpoint write or an FID bootstrap on rank 0
 
 
 def check_device(device: str) -> str:
@@ -42,9 +49,24 @@ def check_device(device: str) -> str:
     raise ValueError(f"device {device!r} is not supported: use one of {DEVICES}")
 
 
+def timeout_minutes() -> float:
+    """The process group's timeout: $TITOK_BENCH_PG_TIMEOUT_MIN, else DEFAULT_TIMEOUT_MIN."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_TIMEOUT_MIN
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: the process group's timeout must be a positive number of minutes "
+                         "(cluster.process_group_timeout_min)")
+    return value
+
+
 def setup(device: str = "auto") -> DistInfo:
-    """Initialise the process group when WORLD_SIZE > 1 (idempotent) and pick this rank's device: cuda:N in a
-    single process, cuda:LOCAL_RANK under torchrun/submitit."""
+    """Initialise the process group when WORLD_SIZE > 1 (idempotent; its timeout: `timeout_minutes`) and pick this
+    rank's device: cuda:N in a single process, cuda:LOCAL_RANK under torchrun/submitit."""
     check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -57,8 +79,19 @@ def setup(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_minutes()))
     return DistInfo(rank, world, local_rank, dev)
+
+
+def allocated_gpus(info: DistInfo) -> int:
+    """The GPUs this job holds, which is what it costs: SLURM's allocation (GPUs on each node x nodes) where SLURM
+    says, else one per rank. A job that runs fewer ranks than it holds GPUs still pays for all of them."""
+    per_node = os.environ.get("SLURM_GPUS_ON_NODE", "")
+    nodes = os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or "1"
+    if per_node.isdigit() and nodes.isdigit() and int(per_node) > 0:
+        return int(per_node) * int(nodes)
+    return info.world_size
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -70,6 +103,12 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when the flag is set on any rank (so that every rank takes the same branch)."""
     return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def main_rank_says(flag: bool, device: torch.device) -> bool:
+    """Rank 0's flag on every rank: a decision that gates a collective (whether to gather something, whether a
+    shared file is there) is taken once, so ranks that see a shared filesystem differently cannot diverge."""
+    return bool(broadcast_(torch.tensor([float(flag)], device=device)).item() > 0)
 
 
 def barrier() -> None:
