@@ -5,8 +5,8 @@
 
 Output layout in out_dir: figures/<panel>.png|svg and figures/combined.png|svg, figures/gallery_<size>.png and
 figures/token_usage.png (from the cells' eval_recon artifacts, where logged), tables/<name>.csv|md (summary for a
-sizes x K grid, tidy, grid, cost, and released for grid `released`), index.html; artifacts/<cell>/ holds the
-downloaded artifacts.
+sizes x K grid, tidy, grid, cost, and reproduction and released for grid `released`), index.html;
+artifacts/<cell>/ holds the downloaded artifacts.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .figures import write_figures, write_gallery, write_token_usage
 from .html import write_html
 from .summary import summary_table
 from .tables import build_tables, write_tables
+from .verdicts import verdict_frame, verdict_line
 
 __all__ = ["Grid", "IgnoredRun", "ReportError", "ReportResult", "build_report", "load_grid"]
 
@@ -39,6 +40,7 @@ class ReportResult:
     fallback_cells: dict[str, str]  # cell -> why its kept run is not titok.status=finished
     ignored_runs: list[IgnoredRun]
     smoke: bool
+    verdict: str | None = None  # grid released: the one-line reproduction verdict (reports/verdicts.py)
 
 
 def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str | None,
@@ -71,7 +73,9 @@ def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str 
     if grid.scaling:
         tables.insert(0, summary_table(col, tidy))
     table_files = [tidy_csv, *write_tables(tables, tab_dir)]
-    html = write_html(col, out / "figures", tables, out / "index.html", gallery=gallery, token_usage=token_usage)
+    verdict = verdict_line(verdict_frame(col, paper)) if grid.name == "released" else None
+    html = write_html(col, out / "figures", tables, out / "index.html", gallery=gallery, token_usage=token_usage,
+                      verdict=verdict)
     return ReportResult(grid=grid.name, out_dir=out, tidy=tidy, html=html, figures=figures,
                         tables=table_files, missing_cells=dict(col.missing), fallback_cells=col.fallbacks,
-                        ignored_runs=list(col.ignored), smoke=col.smoke)
+                        ignored_runs=list(col.ignored), smoke=col.smoke, verdict=verdict)

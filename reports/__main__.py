@@ -30,6 +30,8 @@ def main(cfg: DictConfig) -> None:
     except ReportError as e:
         _fail(str(e))
     print(f"report of grid {result.grid}: {result.html}")
+    if result.verdict:
+        print(f"  {result.verdict}")
     if result.smoke:
         print("  SMOKE RESULTS: not comparable with the paper (marked in every figure and table)")
     if result.missing_cells:

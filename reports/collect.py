@@ -36,6 +36,7 @@ PAPER_TABLE_OF_GRID = {"latent_vs_size": "scaling", "released": "released"}
 PAPER_METRICS = {"rfid": "rfid", "gfid": "gfid", "is": "gfid_is", "samples_per_s": "samples_per_s"}
 # (sample count, the metric family it stands behind): a family logged without its count is not trusted
 SAMPLE_COUNTS = (("rfid_num_images", "rfid"), ("gfid_num_samples", "gfid"))
+SMOKE_PRESETS = ("tiny",)  # presets whose runs are pipeline checks at toy scale (sweeps/preset/<name>.yaml smoke: true)
 
 _CELL_NAME = re.compile(r"^(?:TA-)?TiTok-([SBL])[SBL]?-(\d+)")
 
@@ -140,8 +141,8 @@ def smoke_reasons(tags: Mapping[str, str], metrics: Mapping[str, float]) -> list
     reasons = []
     if tags.get(T.TAG_WEIGHTS_RANDOM, "").lower() == "true":
         reasons.append("random stand-in weights")
-    if tags.get(T.TAG_PRESET) == "tiny":
-        reasons.append("tiny preset")
+    if tags.get(T.TAG_PRESET) in SMOKE_PRESETS:
+        reasons.append(f"{tags[T.TAG_PRESET]} preset")
     if tags.get(T.TAG_SMOKE, "").lower() == "true":
         reasons.append("tagged smoke")
     for count, family in SAMPLE_COUNTS:
@@ -221,6 +222,13 @@ class Collection:
     @property
     def smoke(self) -> bool:
         return any(r.smoke for r in self.runs.values())
+
+    @property
+    def smoke_run(self) -> bool:
+        """A pipeline check at toy scale, by what the runs record: the sweep's preset says `smoke: true` (the sweep
+        run's param preset.smoke), or a kept cell ran a smoke preset. No scaling trend is expected of it."""
+        return (str(self.sweep_settings.get("preset.smoke", "")).lower() == "true"
+                or any(r.preset in SMOKE_PRESETS for r in self.runs.values()))
 
     @property
     def smoke_reasons(self) -> list[str]:

@@ -40,6 +40,9 @@ SIZE_STYLE = {"S": ("#1f77b4", "o"), "B": ("#ff7f0e", "s"), "L": ("#2ca02c", "^"
 OTHER_STYLE = ("#7f7f7f", "D")
 SMOKE_TITLE = "SMOKE RESULTS \u2014 not comparable with the paper"
 SMOKE_COLOR = "#c00000"
+SMOKE_DOC = "docs/smoke.md"
+# what a smoke run (a toy-scale pipeline check) is, on every figure and at the top of the page
+SMOKE_RUN_LINE = f"Smoke run: a pipeline check at toy scale; it cannot show the paper's scaling trend ({SMOKE_DOC})"
 # deterministic SVGs (fixed ids, no date) whose text stays text (searchable, and checked by the tests)
 _RC = {"svg.fonttype": "none", "svg.hashsalt": "titok-bench-report"}
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None}}
@@ -145,8 +148,10 @@ def _mark_smoke(fig: Figure, col: Collection) -> None:
     shown = "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else "")
     width = fig.get_figwidth()
     # about 9 characters of 11 pt bold per inch: wrap so that narrow single-panel figures keep the whole line
-    fig.suptitle(f"{SMOKE_TITLE}\n" + textwrap.fill(f"({shown})", int(9 * width)), color=SMOKE_COLOR, fontsize=11,
-                 fontweight="bold")
+    lines = [SMOKE_TITLE, textwrap.fill(f"({shown})", int(9 * width))]
+    if col.smoke_run:
+        lines.append(textwrap.fill(SMOKE_RUN_LINE, int(9 * width)))
+    fig.suptitle("\n".join(lines), color=SMOKE_COLOR, fontsize=11, fontweight="bold")
     fig.text(0.5, 0.5, "SMOKE RESULTS", color=SMOKE_COLOR, alpha=0.15, fontsize=9 * width, fontweight="bold",
              rotation=25, ha="center", va="center", zorder=10)
 

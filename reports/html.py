@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from .collect import Collection
-from .figures import PANELS, SMOKE_TITLE
+from .collect import REPO_ROOT, Collection
+from .figures import PANELS, SMOKE_DOC, SMOKE_RUN_LINE, SMOKE_TITLE
 from .tables import Table, fmt
 
 _CSS = """
@@ -30,6 +30,7 @@ th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; white-
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 blockquote { color: #444; border-left: 4px solid #ccc; margin: 0.5em 0; padding-left: 1em; }
 code { background: #f4f4f4; }
+.verdict { font-size: 1.2em; font-weight: bold; border-left: 6px solid #444; padding: 0.4em 0.8em; }
 """
 
 _JS = """
@@ -86,15 +87,24 @@ def _gallery(gallery: list[Path], token_usage: Path | None) -> str:
 
 
 def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Path] = (),
-           token_usage: Path | None = None) -> str:
-    """The page as a string; `fig_dir` holds the PNGs that write_figures made; a table named "summary" goes at the
-    top; `gallery` and `token_usage` are write_gallery's and write_token_usage's PNGs."""
+           token_usage: Path | None = None, verdict: str | None = None) -> str:
+    """The page as a string; `fig_dir` holds the PNGs that write_figures made; tables named "summary" and
+    "reproduction" go at the top, under `verdict` (grid released's one line); `gallery` and `token_usage` are
+    write_gallery's and write_token_usage's PNGs."""
     grid = col.grid.name
-    summary = "".join(f'<div id="summary">{_table(t)}</div>' for t in tables if t.name == "summary")
-    tables = [t for t in tables if t.name != "summary"]
+    top = ("summary", "reproduction")
+    summary = "".join(f'<div id="{t.name}">{_table(t)}</div>' for t in tables if t.name in top)
+    tables = [t for t in tables if t.name not in top]
+    if verdict:
+        summary = f'<p class="verdict" id="verdict">{escape(verdict)}</p>' + summary
     smoke = ""
     if col.smoke:
-        smoke = (f'<div class="smoke" id="smoke-banner">{escape(SMOKE_TITLE)}<br><small>'
+        run_line = ""
+        if col.smoke_run:  # the doc named in the line, linked to the repository's copy
+            doc = (REPO_ROOT / SMOKE_DOC).as_uri()
+            run_line = "<br>" + escape(SMOKE_RUN_LINE).replace(
+                SMOKE_DOC, f'<a href="{escape(doc)}">{SMOKE_DOC}</a>')
+        smoke = (f'<div class="smoke" id="smoke-banner">{escape(SMOKE_TITLE)}{run_line}<br><small>'
                  f'{escape("; ".join(col.smoke_reasons))}. Smoke runs check that the pipeline works end '
                  f'to end; their numbers are not set beside the paper\'s.</small></div>')
     statement = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in col.provenance().items())
@@ -143,6 +153,6 @@ def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Pa
 
 
 def write_html(col: Collection, fig_dir: Path, tables: list[Table], path: Path, gallery: list[Path] = (),
-               token_usage: Path | None = None) -> Path:
-    path.write_text(render(col, fig_dir, tables, gallery, token_usage), encoding="utf-8")
+               token_usage: Path | None = None, verdict: str | None = None) -> Path:
+    path.write_text(render(col, fig_dir, tables, gallery, token_usage, verdict), encoding="utf-8")
     return path

@@ -1,8 +1,9 @@
 """Tables, each as CSV and Markdown: the grid (cells x metrics), the training cost per cell, and for grid
 `released` ours beside the paper with the difference.
 
-Every table carries a `smoke` column and its Markdown a heading note; smoke rows get no paper values and
-no difference (the note says why).
+The grid, cost and released tables carry a `smoke` column and every table's Markdown a heading note. For grid
+`released` also the reproduction verdicts (reports/verdicts.py): ours against the paper's and the release's numbers
+within a tolerance per metric.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 
 from bench import tracking as T
 
+from . import verdicts as V
 from .collect import Collection, cell_size_and_tokens
 from .figures import SMOKE_TITLE
 
@@ -104,30 +106,42 @@ def _number(text: str | None) -> float:
 
 
 def released_table(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> Table:
-    """Ours, the paper's and ours minus the paper's, per released model; smoke rows are not compared."""
+    """Per released model: ours, the reference (the paper's or the release's), ours minus it and the verdict within
+    the metric's tolerance (reports/verdicts.py); the reference is shown for every row, smoke rows never pass."""
     info = cell_info(col)
     ours = _wide(tidy, col.grid.cells).reindex(columns=RELEASED_METRICS)
     theirs = paper.pivot(index="cell", columns="metric", values="value").reindex(
         index=list(col.grid.cells), columns=RELEASED_METRICS)
-    smoke = pd.Series({c: c in col.runs and col.runs[c].smoke for c in col.grid.cells})
-    theirs.loc[smoke] = float("nan")
+    judged = V.verdict_frame(col, paper)
+    models = V.model_verdicts(judged)
     frame = info[["status", "smoke", "run_id"]].copy()
+    frame["verdict"] = [models[c] for c in frame.index]
     for m in RELEASED_METRICS:
+        rows = judged[judged["metric"] == V.TOLERANCES[m].label].set_index("cell")
         frame[m] = ours[m]
-        frame[f"{m}_paper"] = theirs[m]
-        frame[f"{m}_diff"] = (ours[m] - theirs[m]).round(6)  # no float noise such as 0.10000000000000009
+        frame[f"{m}_ref"] = theirs[m]
+        frame[f"{m}_diff"] = rows["diff"]
+        frame[f"{m}_verdict"] = rows["verdict"]
     frame["note"] = [
-        f"smoke result ({info.at[c, 'smoke_reason']}): not compared with the paper" if smoke[c]
+        f"smoke result ({info.at[c, 'smoke_reason']})" if c in col.runs and col.runs[c].smoke
         else ("no finished run" if c in col.missing else "") for c in frame.index]
-    notes = _notes(col) + ["`<metric>_diff` = ours \u2212 paper (paper: reports/paper_numbers.csv); an empty "
-                           "paper value means the paper gives none, or the row is a smoke result."]
-    return Table("released", "Released models: ours vs the paper", notes, frame.reset_index())
+    notes = [f"**{V.verdict_line(judged)}**", *_notes(col), V.tolerance_note(),
+             "`<metric>_ref`: the paper's or the official release's number (reports/paper_numbers.csv; each one's "
+             "source in tables/reproduction.csv); `<metric>_diff` = ours \u2212 reference."]
+    return Table("released", "Released models: ours vs the paper and the release", notes, frame.reset_index())
+
+
+def reproduction_table(col: Collection, paper: pd.DataFrame) -> Table:
+    """One row per released model and metric: ours, the reference with its source, the tolerance, the verdict."""
+    judged = V.verdict_frame(col, paper)
+    return Table("reproduction", "Reproduction verdicts: the released checkpoints against the paper and the release",
+                 [f"**{V.verdict_line(judged)}**", V.tolerance_note()], judged)
 
 
 def build_tables(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
     tables = [grid_table(col, tidy), cost_table(col, tidy)]
     if col.grid.name == "released":
-        tables.insert(0, released_table(col, tidy, paper))
+        tables[:0] = [reproduction_table(col, paper), released_table(col, tidy, paper)]
     return tables
 
 

@@ -205,23 +205,22 @@ def test_paper_values_appear_only_beside_comparable_results(paper_report, smoke_
     assert "The paper's values are not shown" in page
 
 
-def test_released_table_compares_only_comparable_rows(paper_store, tmp_path):
+def test_released_table_sets_the_reference_beside_every_row(paper_store, tmp_path):
     report = build_report("released", paper_store["uri"], tmp_path)
     table = pd.read_csv(report.out_dir / "tables" / "released.csv").set_index("cell")
     assert list(table.index) == list(load_grid("released").cells)
     l32 = table.loc["TiTok-L-32"]
     assert l32["run_id"] == paper_store["released"]["TiTok-L-32"]
-    assert (l32["rfid"], l32["rfid_paper"]) == (2.31, 2.21) and l32["rfid_diff"] == pytest.approx(0.10)
+    assert (l32["rfid"], l32["rfid_ref"]) == (2.31, 2.21) and l32["rfid_diff"] == pytest.approx(0.10)
     assert l32["gfid_diff"] == pytest.approx(0.20) and l32["gfid_is_diff"] == pytest.approx(-4.0)
-    assert l32["samples_per_s_diff"] == pytest.approx(-1.6)
-    b64 = table.loc["TiTok-B-64"]  # stand-in weights: smoke, never beside the paper
-    assert b64["smoke"] and b64["rfid"] == 1.9
-    assert math.isnan(b64["rfid_paper"]) and math.isnan(b64["rfid_diff"])
-    assert "not compared with the paper" in b64["note"]
+    assert (l32["rfid_verdict"], l32["gfid_verdict"], l32["verdict"]) == ("pass", "fail", "fail")
+    b64 = table.loc["TiTok-B-64"]  # stand-in weights: the reference is shown, never a pass
+    assert b64["smoke"] and b64["rfid"] == 1.9 and b64["rfid_ref"] == 1.70
+    assert b64["rfid_verdict"] == "no pass: random stand-in weights" and "smoke result" in b64["note"]
     vq = table.loc["TiTok-BL-64-VQ"]
-    assert vq["rfid_diff"] == pytest.approx(-0.06) and math.isnan(vq["gfid_paper"])
-    s128 = table.loc["TiTok-S-128"]  # missing: the paper's values alone, nothing to compare
-    assert s128["note"] == "no finished run" and s128["rfid_paper"] == 1.71 and math.isnan(s128["rfid_diff"])
+    assert vq["rfid_diff"] == pytest.approx(-0.06) and math.isnan(vq["gfid_ref"]) and vq["verdict"] == "pass"
+    s128 = table.loc["TiTok-S-128"]  # missing: the reference alone, nothing to compare
+    assert s128["note"] == "no finished run" and s128["rfid_ref"] == 1.71 and math.isnan(s128["rfid_diff"])
     assert "SMOKE RESULTS" in (report.out_dir / "tables" / "released.md").read_text()  # one smoke row
     assert set(report.missing_cells) == set(load_grid("released").cells) - set(paper_store["released"])
 

@@ -19,7 +19,8 @@ from bench.eval.metrics import spearman
 from bench.stages.eval_recon import save_gallery
 from reports import build_report, load_grid
 from reports.collect import collect
-from reports.figures import PANELS, draw_panel
+from reports.figures import PANELS, SMOKE_RUN_LINE, draw_panel
+from reports.summary import NOT_EXPECTED
 from tests.reports.test_reports import Store, scaling_metrics
 
 GALLERY_CELLS = ("TiTok-S-16", "TiTok-S-64", "TiTok-L-256")  # S-32 and the rest have none: blank rows
@@ -42,12 +43,13 @@ def store(tmp_path_factory):
     s = Store(root / "mlflow.db")
     exp = s.client.create_experiment(T.experiment_name("latent_vs_size"), artifact_location=(root / "art").as_uri())
     parent = s.client.create_run(exp, tags={T.TAG_ROLE: "sweep", T.TAG_GRID: "latent_vs_size"}).info.run_id
-    s.client.log_batch(parent, tags=[RunTag(T.TAG_PRESET, "tiny")])
+    s.client.log_batch(parent, tags=[RunTag(T.TAG_PRESET, "paper")])
     files = root / "files"
     files.mkdir()
     for cell in load_grid("latent_vs_size").cells:
         size, k = cell.split("-")[1], int(cell.split("-")[2])
-        run_id = s.cell(exp, parent, "latent_vs_size", cell, metrics_with_intervals(size, k), preset="tiny",
+        # smoke results (stand-in weights, 64 images) of the paper's preset: judged, not a smoke run
+        run_id = s.cell(exp, parent, "latent_vs_size", cell, metrics_with_intervals(size, k), preset="paper",
                         weights_random=True)
         if cell in GALLERY_CELLS:
             g = torch.Generator().manual_seed(k)
@@ -118,3 +120,32 @@ def test_gallery_and_token_usage_are_written_and_shown(report):
     assert 'alt="reconstruction gallery gallery_S"' in page and 'alt="reconstruction gallery gallery_L"' in page
     assert "Per-position token usage" in page
     assert page.count("data:image/png;base64,") == len(PANELS) + 1 + 2 + 1
+
+
+def _smoke_run_store(path, preset: str, sweep_smoke: bool) -> str:
+    s = Store(path)
+    exp, parent = s.sweep("latent_vs_size", preset)
+    if sweep_smoke:
+        s.client.log_param(parent, "preset.smoke", "True")  # as the sweep logs the flattened preset
+    for size in ("S", "B", "L"):
+        for k in (16, 32, 64):
+            s.cell(exp, parent, "latent_vs_size", f"TiTok-{size}-{k}", metrics_with_intervals(size, k), preset=preset)
+    return s.uri
+
+
+@pytest.mark.parametrize("preset, sweep_smoke", [("tiny", False), ("my_cpu_check", True)])
+def test_a_smoke_run_reads_not_expected_instead_of_pass_or_fail(tmp_path, preset, sweep_smoke):
+    """Decided by what the runs record (the tiny preset's tag, or the sweep's preset.smoke), not the grid name."""
+    report = build_report("latent_vs_size", _smoke_run_store(tmp_path / "mlflow.db", preset, sweep_smoke),
+                          tmp_path / "report")
+    summary = pd.read_csv(report.out_dir / "tables" / "summary.csv", keep_default_na=False)
+    targeted = summary[summary["target"] != ""]
+    assert len(targeted) > 10 and set(targeted["result"]) == {NOT_EXPECTED}
+    assert set(summary[summary["target"] == ""]["result"]) == {""}  # gFID: reported only, as before
+    assert SMOKE_RUN_LINE in (report.out_dir / "tables" / "summary.md").read_text()
+    page = report.html.read_text()
+    banner = page[page.index('id="smoke-banner"'):page.index('id="summary"')]
+    assert "Smoke run: a pipeline check" in banner and 'smoke.md">docs/smoke.md</a>' in banner
+    for name in [*PANELS, "combined"]:
+        svg = (report.out_dir / "figures" / f"{name}.svg").read_text()
+        assert "Smoke run: a pipeline check" in svg and "docs/smoke.md" in svg, name
