@@ -82,10 +82,10 @@ def verdict_frame(col: Collection, paper: pd.DataFrame) -> pd.DataFrame:
             row = {"cell": cell, "metric": tol.label, "ours": ours, "reference": ref,
                    "source": metric_source(metric, source) if source else "", "tolerance": tol.text(),
                    "diff": float("nan")}
-            if run is None:
-                row["verdict"] = "no run"
-            elif pd.isna(ref):
+            if pd.isna(ref):
                 row["verdict"] = "no reference"
+            elif run is None:
+                row["verdict"] = "no run"
             elif pd.isna(ours):
                 row["verdict"] = "not logged"
             elif run.weights_random:
