@@ -95,6 +95,12 @@ def test_the_readme_is_a_five_minute_read():
     assert wide == [], f"README.md lines over {MAX_WIDTH} characters:\n" + "\n".join(wide)
 
 
+def test_ci_runs_exactly_the_readmes_test_command():
+    setup = ("#", "set ", "cd ")  # the script's own lines around the command
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(setup)]
+    assert len(ci) == 1 and f"```bash\n{ci[0]}\n```" in README.read_text(), ci
+
+
 def test_the_docs_pages_exist():
     names = {p.name for p in PAGES}
     assert {"reproduce.md", "evaluation.md", "training.md", "reliability.md", "speed.md", "weights.md",
