@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bench.core.dist import DistInfo, barrier, gather_tensors
+from bench.core.dist import DistInfo, barrier, gather_tensors, main_rank_says
 from bench.core.io import atomic_file
 from bench.data import eval_shard
 from bench.eval import backends, npz
@@ -128,14 +128,15 @@ def _open_reference(reference) -> tuple[ReferenceBatch, object]:
 def reference_pool_features(reference_batch, inception: InceptionFeatures, info: DistInfo = SINGLE_PROCESS,
                             batch_size: int = 64, images=None) -> torch.Tensor:
     """Pool features of a reference batch's images (for precision/recall), cached next to a reference batch file
-    (one cache per Inception: real weights or the stand-in), so a sweep's cells compute them once."""
+    (one cache per Inception: real weights or the stand-in), so a sweep's cells compute them once. Rank 0 decides
+    whether the cache is there (the other ranks follow: they join the pass that computes them, or not)."""
     if images is None:
         images = _open_reference(reference_batch)[1]
     if isinstance(reference_batch, ReferenceBatch):
         return _sharded_features(images, inception, info, batch_size, "reference features")[0]
     cache = _pool_cache(Path(reference_batch), inception)
-    if cache.is_file():
-        return torch.from_numpy(np.load(cache)).to(info.device)
+    if main_rank_says(info.is_main and cache.is_file(), info.device):
+        return on_main(lambda: torch.from_numpy(np.load(cache)), info).to(info.device)
     pool = _sharded_features(images, inception, info, batch_size, "reference features")[0]
     if info.is_main:
         _save_pool_cache(cache, pool)

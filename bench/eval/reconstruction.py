@@ -2,6 +2,8 @@
 
     stats = real_feature_stats(val, 50_000, inception=inc, info=info)      # once per dataset (cacheable)
     save_feature_stats(stats, "val50k_stats.npz")                          # ... and load_feature_stats(path)
+    stats, pool = real_features(val, 50_000, inception=inc, info=info)     # and the per-image features
+    save_pool_features(pool, pool_features_path("val50k_stats.npz"))      # (the bootstrap's real side)
     out = evaluate_reconstruction(tok, val, num_images=50_000, inception=inc, info=info, real_stats=stats)
 
 Per image: encode, decode (a stage-1-form tokenizer's proxy codes through the MaskGIT-VQGAN teacher), then
@@ -17,7 +19,9 @@ codebook_entropy (VQ tokenizers only), rfid_num_images (the images read), eval_s
 
 Sharding: every rank takes a contiguous slice of the images; feature sums, metric sums and code histograms are
 all-reduced, logits gathered in image order; the distance is computed on the main rank and broadcast. The
-result equals a single-process run up to float summation order.
+result equals a single-process run up to float summation order. Whether the real images' per-image features come
+from `real_pool_cache` is decided on rank 0 and broadcast: it decides which gathers every rank joins, and ranks
+on a shared filesystem may see that file differently.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 import models
-from bench.core.dist import DistInfo, all_reduce_sum, gather_tensors
+from bench.core.dist import DistInfo, all_reduce_sum, gather_tensors, main_rank_says
 from bench.core.io import atomic_file
 from bench.eval.inception import InceptionFeatures
 from bench.eval.metrics import (
@@ -68,10 +72,45 @@ def real_feature_stats(dataset: Dataset, num_images: int, *, inception: Inceptio
                        info: DistInfo = SINGLE_PROCESS, num_workers: int = 0) -> FeatureStats:
     """Pool-feature sums of the first `num_images` real images (uint8 as the reconstructions), summed over
     ranks: what `evaluate_reconstruction(real_stats=...)` takes, so a sweep computes it once."""
+    return _real_features(dataset, num_images, inception, batch_size, info, num_workers, keep_pool=False)[0]
+
+
+def real_features(dataset: Dataset, num_images: int, *, inception: InceptionFeatures, batch_size: int = 64,
+                  info: DistInfo = SINGLE_PROCESS, num_workers: int = 0) -> tuple[FeatureStats, torch.Tensor]:
+    """`real_feature_stats` and, from the same pass, the per-image pool features [n, 2048] (float64, in image
+    order, on every rank): what `evaluate_reconstruction(real_pool_cache=...)` reads for its rFID interval."""
+    return _real_features(dataset, num_images, inception, batch_size, info, num_workers, keep_pool=True)
+
+
+def _real_features(dataset: Dataset, num_images: int, inception: InceptionFeatures, batch_size: int,
+                   info: DistInfo, num_workers: int, keep_pool: bool) -> tuple[FeatureStats, torch.Tensor | None]:
     stats = FeatureStats(POOL_DIM, info.device)
+    pools = [empty_rows(POOL_DIM, info.device)]
     for images, _ in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="real features"):
-        stats.update(inception(to_uint8(images)).pool)
-    return stats.all_reduce()
+        pool = inception(to_uint8(images)).pool
+        stats.update(pool)
+        if keep_pool:
+            pools.append(pool.to(info.device, torch.float64))
+    return stats.all_reduce(), gather_tensors(torch.cat(pools)) if keep_pool else None
+
+
+def pool_features_path(stats_path: str | os.PathLike) -> Path:
+    """Where the per-image pool features of a statistics file go: beside it, `<stem>.pool.npy`."""
+    stats_path = Path(stats_path)
+    return stats_path.with_name(f"{stats_path.stem}.pool.npy")
+
+
+def save_pool_features(pool: torch.Tensor, path: str | os.PathLike) -> Path | None:
+    """Write per-image pool features (atomically) for `evaluate_reconstruction(real_pool_cache=...)`; None where the
+    folder is read-only (the evaluation then computes them in its own pass)."""
+    import numpy as np
+
+    try:
+        with atomic_file(Path(path)) as f:
+            np.save(f, pool.cpu().numpy())
+    except OSError:
+        return None
+    return Path(path)
 
 
 def save_feature_stats(stats: FeatureStats, path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -108,7 +147,7 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     bootstrap > 0: `<metric>_lo` / `<metric>_hi` for rfid, rfid_is, psnr, ssim, lpips: the 95% interval over that
     many resamples of the images (bench.eval.metrics.bootstrap_*; rFID resamples the real and reconstructed
     features with the same indices, so it needs the real images' per-image pool features: read from
-    `real_pool_cache` when that file holds them, else computed in this pass and written there).
+    `real_pool_cache` when rank 0 finds that file holding them, else computed in this pass and written there).
     gallery > 0: `gallery` holds the first that many images and their reconstructions, uint8 [2, n, 3, H, W].
     token_positions (VQ tokenizers): `token_positions` holds, per token position, the distinct codes used and the
     entropy (bits) of its codes over the images."""
@@ -126,8 +165,10 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     logits = [empty_rows(LOGITS_DIM, dev)]
     per_image = [torch.zeros(0, 3, dtype=torch.float64, device=dev)]  # psnr, ssim, lpips of each image
     pools, real_pools, shown = [empty_rows(POOL_DIM, dev)], [empty_rows(POOL_DIM, dev)], []
-    cached = _load_pool_cache(real_pool_cache, num_images) if bootstrap > 0 else None
-    need_real_pool = bootstrap > 0 and cached is None
+    # rank 0 reads the cache and every rank follows its word: the gathers below depend on it
+    cached = _load_pool_cache(real_pool_cache, num_images) if bootstrap > 0 and info.is_main else None
+    have_cache = main_rank_says(cached is not None, dev) if bootstrap > 0 else False
+    need_real_pool = bootstrap > 0 and not have_cache
     positions = None
     seen = 0  # images this rank has read: the first `gallery` of rank 0's slice are the first of the set
     for images, _ in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="reconstruction"):
@@ -172,9 +213,9 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     if bootstrap > 0:
         all_per_image = gather_tensors(torch.cat(per_image))
         all_pool = gather_tensors(torch.cat(pools))
-        all_real_pool = cached if cached is not None else gather_tensors(torch.cat(real_pools))
-        if cached is None and real_pool_cache is not None and info.is_main:
-            _save_pool_cache(real_pool_cache, all_real_pool)
+        all_real_pool = cached if have_cache else gather_tensors(torch.cat(real_pools))
+        if not have_cache and real_pool_cache is not None and info.is_main:
+            save_pool_features(all_real_pool, real_pool_cache)  # a statistics file written without them
 
     def compute() -> dict:
         n = fake.count
@@ -224,16 +265,6 @@ def _load_pool_cache(path, num_images: int) -> torch.Tensor | None:
 
     pool = torch.from_numpy(np.load(path)).double()
     return pool if len(pool) <= num_images else None
-
-
-def _save_pool_cache(path, pool: torch.Tensor) -> None:
-    import numpy as np
-
-    try:
-        with atomic_file(Path(path)) as f:
-            np.save(f, pool.cpu().numpy())
-    except OSError:  # statistics in a read-only place: recomputed by the next evaluation
-        pass
 
 
 def _position_histograms(tokens: torch.Tensor, codebook_size: int, acc: torch.Tensor | None) -> torch.Tensor:

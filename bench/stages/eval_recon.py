@@ -55,7 +55,7 @@ TOKEN_USAGE = "token_usage.json"
 
 def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval
-    from bench.eval.reconstruction import evaluate_reconstruction, load_feature_stats
+    from bench.eval.reconstruction import evaluate_reconstruction, load_feature_stats, pool_features_path
     from bench.perceptual import LPIPS
 
     allow = spec.allow_random_weights
@@ -77,8 +77,8 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
         tok.model, images, num_images=spec.num_images, inception=inception, batch_size=spec.batch_size,
         info=ctx.info, teacher=loaded.teacher_model, real_stats=stats, lpips=lpips,
         fid_method=spec.fid_method, num_workers=spec.data.num_workers, bootstrap=spec.bootstrap,
-        # the real images' per-image features, beside their statistics: computed by the first cell that needs them
-        real_pool_cache=stats_file.with_name(f"{stats_file.stem}.pool.npy"), gallery=spec.gallery,
+        # the real images' per-image features, written beside their statistics by the real_stats stage
+        real_pool_cache=pool_features_path(stats_file), gallery=spec.gallery,
         token_positions=True)
     gallery, positions = metrics.pop("gallery", None), metrics.pop("token_positions", None)
     random = {**loaded.random, "inception": inception.random}
