@@ -50,6 +50,7 @@ class StageResult:
     random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network -> was a stand-in
     resumed_from: int = 0
     precision: str = "fp32"  # the precision that ran (TrainResult.precision)
+    lost_s: float = 0.0  # of wall_s: work done again after a preemption or kill (TrainResult.lost_s)
 
     @property
     def any_random(self) -> bool:
@@ -120,7 +121,7 @@ def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, ra
         models.save(result.model, path, metadata=meta)
     D.barrier()
     return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights, result.resumed_from,
-                       result.precision)
+                       result.precision, result.lost_s)
 
 
 def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:
@@ -163,7 +164,9 @@ def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models
         logits, q = wrapped["tokenizer"](images)
         ce = F.cross_entropy(logits.float().flatten(2), codes)
         total = ce + cfg.quantizer_weight * q.loss
-        distinct = len(torch.unique(q.indices, dim=0)) / len(images) if q.indices is not None else float("nan")
+        indices = q.indices
+        # torch.unique reads the device: deferred to log steps (the loop calls it there)
+        distinct = (lambda: len(torch.unique(indices, dim=0)) / len(indices)) if indices is not None else float("nan")
         return total, {"stage1/loss": total.detach(), "stage1/ce": ce.detach(), "stage1/quantizer": q.loss.detach(),
                        "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean(),
                        "stage1/distinct_sequences": distinct}

@@ -101,3 +101,22 @@ def test_continuous_needs_a_vq_tokenizer():
     tokenizer, teacher = _toy_stage1(cfg, quantizer="vae")
     with pytest.raises(ValueError, match="continuous_steps=5 needs a VQ tokenizer"):
         stage1_objective(cfg, tokenizer, teacher)
+
+
+def test_distinct_sequences_is_computed_on_log_steps_only(monkeypatch, tmp_path):
+    """The metric's torch.unique reads the device (its output size depends on the data): log steps only."""
+    from bench.train.tokenizer import train_stage1
+
+    cfg = stage1_cfg(4)
+    cfg = replace(cfg, loop=replace(cfg.loop, log_every=2))
+    real, calls = torch.unique, []
+
+    def unique(*args, **kwargs):
+        calls.append(kwargs.get("dim"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "unique", unique)
+    logged = {}
+    train_stage1(cfg, tmp_path, lambda metrics, step: logged.update({step: metrics}))
+    assert sorted(logged) == [2, 4] and calls.count(0) == 2
+    assert all(0 < m["stage1/distinct_sequences"] <= 1 for m in logged.values())

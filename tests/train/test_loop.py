@@ -1,0 +1,236 @@
+"""The loop's handling of the cluster and of mixed precision, on toy objectives: the preemption signal saves at the
+next step boundary before its handler runs, and the run resumes to the uninterrupted result with the time lost
+counted; fp16 skips non-finite steps with the scaler backing off and stops after too many in a row; logged values
+are read from the device on log steps only."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from bench.core import dist as D
+from bench.train import loop as L
+from bench.train.loop import CHECKPOINT, PROGRESS, LoopConfig, NonFiniteLossError, Objective, OptimConfig, train
+
+
+def _objective(loss_at=lambda step, out: out, logs=lambda out: {}):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+
+    def loss(name, wrapped, batch, step, cache):
+        # an fp32 loss small enough that its gradients, scaled by the fp16 scaler's first scale (2^16), fit fp16
+        out = 1e-3 * (wrapped["m"](batch).float() - 1).pow(2).mean()
+        return loss_at(step, out), logs(out)
+
+    return Objective(modules={"m": model}, optim={"m": OptimConfig(lr=1e-2, warmup_steps=2)}, loss=loss, ema_of="m")
+
+
+def _batches(hook=lambda step: None):
+    def batches(start):
+        step = start
+        while True:
+            hook(step)
+            yield torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+            step += 1
+
+    return batches
+
+
+def _cfg(steps, **kw):
+    return LoopConfig(steps=steps, batch_size=8, checkpoint_every=kw.pop("checkpoint_every", 1000), **kw)
+
+
+def _same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+# ---- preemption: save at the next step boundary, then the signal's own handler ---------------------------------------
+@pytest.fixture
+def requeue_handler():
+    """A stand-in for submitit's handler of the time-limit signal: it records what is on disk and exits the job."""
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise SystemExit(-1)
+
+    previous = signal.signal(L.SAVE_SIGNAL, handler)
+    yield seen
+    signal.signal(L.SAVE_SIGNAL, previous)
+
+
+def test_the_preemption_signal_saves_then_requeues_and_the_resumed_run_is_exact(tmp_path, requeue_handler):
+    full = train(_objective(), _batches(), _cfg(9), tmp_path / "full")
+
+    def signal_at_step_5(step):
+        if step == 5:  # arrives while the loop fetches step 5's batch: step 5 runs, then the save at 6
+            os.kill(os.getpid(), L.SAVE_SIGNAL)
+
+    with pytest.raises(SystemExit):
+        train(_objective(), _batches(signal_at_step_5), _cfg(9), tmp_path / "resumed")
+    assert requeue_handler == [L.SAVE_SIGNAL]
+    ckpt = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 6
+    assert signal.getsignal(L.SAVE_SIGNAL) is not None and requeue_handler  # the job's handler is back in place
+    resumed = train(_objective(), _batches(), _cfg(9), tmp_path / "resumed")
+    assert resumed.resumed_from == 6 and _same_weights(full.model, resumed.model)
+    assert resumed.lost_s == 0.0 and resumed.wall_s >= ckpt["wall_s"]
+
+
+def test_the_signal_with_no_handler_saves_then_ends_the_process(tmp_path):
+    """Outside submitit the signal's default action (ending the process) follows the save."""
+    script = f"""
+import os, torch
+from tests.train.test_loop import _objective, _batches, _cfg
+from bench.train import loop as L
+def at_3(step):
+    if step == 3:
+        os.kill(os.getpid(), L.SAVE_SIGNAL)
+L.train(_objective(), _batches(at_3), _cfg(9), {str(tmp_path)!r})
+"""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -L.SAVE_SIGNAL, proc.stderr
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 4
+
+
+def _ddp_signal_worker(rank, world, port, out):
+    from tests.distributed import join
+
+    join(rank, world, port)
+    info = D.setup("cpu")
+    saved, handled = [], []
+    real = L.save_resume_point
+    L.save_resume_point = lambda state, *a: (saved.append(state["step"]), real(state, *a))
+    signal.signal(L.SAVE_SIGNAL, lambda signum, frame: handled.append(
+        torch.load(out / CHECKPOINT, weights_only=True)["step"]))  # as submitit's on a rank > 0: it returns
+
+    def signal_one_rank(step):
+        if step == (2 if rank == 0 else 4):
+            os.kill(os.getpid(), L.SAVE_SIGNAL)
+
+    train(_objective(), _batches(signal_one_rank), _cfg(9), out, info)
+    (out / f"rank{rank}.json").write_text(json.dumps({"saved": saved, "handled": handled}))
+    torch.distributed.destroy_process_group()
+
+
+def test_ranks_signalled_at_different_steps_save_together(tmp_path):
+    """Each rank's request reaches every rank with the next step's non-finite check: all save at the same boundary
+    (the save is collective), and each rank's handler runs after the save its own signal asked for."""
+    from tests.distributed import spawn
+
+    spawn(_ddp_signal_worker, 2, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["saved"] == [3, 5, 9] and ranks[1]["saved"] == []  # rank 0 writes the files
+    assert ranks[0]["handled"] == [3] and ranks[1]["handled"] == [5]
+
+
+def test_a_checkpoint_by_wall_time(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 100))  # each reading of the clock 100 s after the last
+    monkeypatch.setattr(L.time, "time", lambda: float(next(clock)))
+    saved = []
+    real = L.save_resume_point
+    monkeypatch.setattr(L, "save_resume_point", lambda state, *a: (saved.append(state["step"]), real(state, *a)))
+    train(_objective(), _batches(), _cfg(6, checkpoint_every_s=250.0), tmp_path)
+    assert saved[:-1] and saved[-1] == 6  # some before the end, by time alone (checkpoint_every is 1000)
+
+
+def test_time_after_the_last_checkpoint_counts_as_lost(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "HEARTBEAT_S", 0.0)  # a heartbeat every step
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(_objective(), _batches(kill_at_5), _cfg(8, checkpoint_every=3), tmp_path)
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    progress = json.loads((tmp_path / PROGRESS).read_text())
+    assert ckpt["step"] == 3 and progress["step"] == 5 and progress["wall_s"] > ckpt["wall_s"]
+    resumed = train(_objective(), _batches(), _cfg(8, checkpoint_every=3), tmp_path)
+    assert resumed.lost_s == pytest.approx(progress["wall_s"] - ckpt["wall_s"])
+    assert resumed.wall_s >= progress["wall_s"]  # the cost counts the attempt's whole time
+
+
+# ---- fp16: skip non-finite steps, stop after too many in a row ------------------------------------------------------
+@pytest.fixture
+def fp16(monkeypatch):
+    """fp16 autocast and the gradient scaler on this CPU, however slow its fp16 matmuls."""
+    monkeypatch.setattr(D, "runnable_precision", lambda precision, device: precision)
+
+
+def _inf_at(steps):
+    return lambda step, out: out * float("inf") if step in steps else out
+
+
+def test_fp16_skips_non_finite_steps_and_backs_off(tmp_path, fp16):
+    logged = []
+    result = train(_objective(_inf_at({2, 3, 6})), _batches(), _cfg(8, precision="fp16", log_every=1), tmp_path,
+                   log=lambda metrics, step: logged.append(metrics))
+    assert [m["m/skipped_steps"] for m in logged] == [0, 0, 1, 2, 2, 2, 3, 3]
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ckpt["scaler"]["scale"] == 2.0**16 * 0.5**3 and ckpt["skips"]["m"] == {"total": 3, "in_a_row": 0}
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+
+
+def test_fp16_skipped_steps_leave_the_weights(tmp_path, fp16):
+    """A skipped step changes no weight: the run with inf at step 2 has step 1's weights after step 2."""
+    two = train(_objective(_inf_at(())), _batches(), _cfg(2, precision="fp16", ema_max_decay=0.0), tmp_path / "two")
+    skipped = train(_objective(_inf_at({2})), _batches(), _cfg(3, precision="fp16", ema_max_decay=0.0),
+                    tmp_path / "skipped")
+    assert _same_weights(two.model, skipped.model)
+
+
+def test_fp16_stops_after_max_consecutive_skips(tmp_path, fp16):
+    with pytest.raises(NonFiniteLossError, match=r"4 fp16 steps in a row \(the last at step 6\).*"
+                                                 r"max_consecutive_skips=4.*last good checkpoint"):
+        train(_objective(_inf_at(range(3, 100))), _batches(),
+              _cfg(20, precision="fp16", max_consecutive_skips=4, checkpoint_every=2), tmp_path)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 6
+
+
+def test_bf16_still_stops_at_the_first_non_finite_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "runnable_precision", lambda precision, device: precision)
+    with pytest.raises(NonFiniteLossError, match="non-finite m loss at step 2 in bf16"):
+        train(_objective(_inf_at({2})), _batches(), _cfg(5, precision="bf16"), tmp_path)
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_stops_fp32(tmp_path):
+    def nan_gradient_at_1(step, out):  # sqrt at 0: a finite value, an infinite derivative
+        return out + 0.0 * (out - out.detach()).abs().sqrt() if step == 1 else out
+
+    with pytest.raises(NonFiniteLossError, match="non-finite m gradient at step 1 in fp32"):
+        train(_objective(nan_gradient_at_1), _batches(), _cfg(3), tmp_path)
+
+
+# ---- logged values: read on log steps only -----------------------------------------------------------------------
+def test_log_values_are_read_on_log_steps_only(tmp_path, monkeypatch):
+    calls = []
+    reads = []
+    real_read = L._read
+    monkeypatch.setattr(L, "_read", lambda values: (reads.append(1), real_read(values))[1])
+
+    def logs(out):
+        return {"m/loss": out.detach(), "m/deferred": lambda: calls.append(1) or 1.0}
+
+    logged = {}
+    train(_objective(logs=logs), _batches(), _cfg(7, grad_accum=2, log_every=3), tmp_path,
+          log=lambda metrics, step: logged.update({step: metrics}))
+    assert sorted(logged) == [3, 6, 7] and len(reads) == 3
+    assert len(calls) == 3 * 2  # two micro-batches on each of the three log steps
+    every = {}
+    train(_objective(logs=logs), _batches(), _cfg(7, grad_accum=2, log_every=1), tmp_path / "every",
+          log=lambda metrics, step: every.update({step: metrics}))
+    for step in (3, 6, 7):  # the values are those of logging every step
+        assert {k: v for k, v in logged[step].items() if k != "steps_per_s"} == {
+            k: v for k, v in every[step].items() if k != "steps_per_s"}
+    assert {"m/loss", "m/deferred", "m/grad_norm", "m/lr"} <= set(logged[7])
+
