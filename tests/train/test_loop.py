@@ -6,6 +6,7 @@ are read from the device on log steps only."""
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -77,6 +78,49 @@ def test_the_preemption_signal_saves_then_requeues_and_the_resumed_run_is_exact(
     resumed = train(_objective(), _batches(), _cfg(9), tmp_path / "resumed")
     assert resumed.resumed_from == 6 and _same_weights(full.model, resumed.model)
     assert resumed.lost_s == 0.0 and resumed.wall_s >= ckpt["wall_s"]
+
+
+class _ToyJob:
+    """A submitit job training the toy objective slowly, saying which step it has reached."""
+
+    def __init__(self, out, steps):
+        self.out, self.steps = out, steps
+
+    def __call__(self):
+        def reached(step):
+            (self.out / "reached.tmp").write_text(str(step))
+            os.replace(self.out / "reached.tmp", self.out / "reached")
+            time.sleep(0.02)
+
+        result = train(_objective(), _batches(reached), _cfg(self.steps), self.out / "stage")
+        return result.resumed_from, result.model.state_dict()
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def test_a_preempted_local_job_saves_where_it_was_and_resumes_exactly(tmp_path):
+    """SLURM's signal to a running submitit job: the loop saves at the step it reached (checkpoint_every is far
+    off), submitit requeues, and the requeued job resumes there to the uninterrupted result."""
+    import submitit
+
+    from bench.launch import child_processes
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(_ToyJob(tmp_path, 60))
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "reached").exists() or int((tmp_path / "reached").read_text() or -1) < 5:
+        assert time.monotonic() < deadline and not job.done(), job.stderr()
+        time.sleep(0.02)
+    (task,) = child_processes(int(job.job_id))
+    os.kill(task, L.SAVE_SIGNAL)
+    resumed_from, weights = job.result()
+    assert 5 <= resumed_from < 60
+    full = train(_objective(), _batches(), _cfg(60), tmp_path / "full")
+    assert all(torch.equal(v, weights[k]) for k, v in full.model.state_dict().items())
 
 
 def test_the_signal_with_no_handler_saves_then_ends_the_process(tmp_path):
@@ -233,4 +277,5 @@ def test_log_values_are_read_on_log_steps_only(tmp_path, monkeypatch):
         assert {k: v for k, v in logged[step].items() if k != "steps_per_s"} == {
             k: v for k, v in every[step].items() if k != "steps_per_s"}
     assert {"m/loss", "m/deferred", "m/grad_norm", "m/lr"} <= set(logged[7])
+
 
