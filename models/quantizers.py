@@ -11,14 +11,14 @@ from torch import nn
 
 
 def full_precision(encode):
-    """Decorate a model's `encode(images, ...)`: it runs in fp32 whatever autocast the caller is in, on images
-    upcast to fp32. Frozen encodes give training targets and generator tokens, which the reference computes outside
-    autocast; a half-precision encoder flips near-tied codes."""
+    """Decorate a model's `encode(images, ...)`: it runs with autocast off whatever context the caller is in, on
+    images cast to the model's weight dtype (fp32). Frozen encodes give training targets and generator tokens, which
+    the reference computes outside autocast; a half-precision encoder flips near-tied codes."""
 
     @functools.wraps(encode)
     def wrapper(self, images: torch.Tensor, *args, **kwargs):
         with torch.autocast(images.device.type, enabled=False):
-            return encode(self, images.float(), *args, **kwargs)
+            return encode(self, images.to(next(self.parameters()).dtype), *args, **kwargs)
 
     return wrapper
 
