@@ -2,8 +2,12 @@
 
     python -m bench.sweep grid=latent_vs_size                  # tiny preset, local launcher, synthetic data, CPU
     python -m bench.sweep grid=latent_vs_size action=plan      # dry run: cells, stages, resources, what is done
-    python -m bench.sweep grid=latent_vs_size action=status
+    python -m bench.sweep grid=latent_vs_size action=status    # per cell and stage: done, running, queued or
+                                                               # ended without a result (why), what a rerun does;
+                                                               # --json for scripts
     python -m bench.sweep grid=latent_vs_size action=cancel
+    python -m bench.sweep grid=latent_vs_size action=clean --dry-run   # then without --dry-run; clean_stages=true
+                                                               # also removes other settings' stage folders
     python -m bench.sweep grid=latent_vs_size preset=paper data=imagenet data.root=/data/imagenet \\
         launcher=slurm cluster=example                         # the paper's study on SLURM (returns at once)
 
@@ -24,7 +28,7 @@ SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 # checkout is
 OmegaConf.register_new_resolver("sweeps", lambda relative: str(SWEEPS / relative), replace=True)
 GROUPS = ("grid", "preset", "data", "launcher", "cluster")
-ACTIONS = ("run", "plan", "status", "cancel")
+ACTIONS = ("run", "plan", "status", "cancel", "clean")
 
 
 class SweepError(Exception):
@@ -105,10 +109,18 @@ def sweep(cfg: DictConfig) -> int:
         print("dry run: nothing submitted")
         return 0
     if cfg.action == "status":
-        print(describe(plan))
-        active = launch.active_tasks(plan) if cfg.launcher.name == "slurm" else {}
-        for key, job in sorted(active.items()):
-            print(f"  queued/running: {key} (job {job})")
+        from bench import status
+
+        states = status.reconcile(plan)  # also marks the run of each job that ended without a result, once
+        print(status.as_json(plan, states) if cfg.get("json") else status.render(plan, states))
+        return 0
+    if cfg.action == "clean":
+        from bench import clean
+
+        items = clean.candidates(plan, stages=bool(cfg.get("clean_stages")))
+        if not cfg.get("dry_run"):
+            items = clean.remove(items)
+        print(clean.describe(items, plan.root, bool(cfg.get("dry_run"))))
         return 0
     if cfg.action == "cancel":
         ids = launch.cancel(plan)
@@ -121,6 +133,11 @@ def sweep(cfg: DictConfig) -> int:
     uri = tracking.resolve_uri(cfg.tracking_uri, cfg.outputs)
     write_plan(plan)
     print(describe(plan))
+    from bench import status
+
+    for s in status.reconcile(plan):  # what an earlier invocation's jobs left: their runs marked before reruns
+        if s.state == "ended":
+            print(f"  {s.key}: {status.reason_text(s)}; this run {s.rerun}")
     code = launch.snapshot_code(plan.root / launch.CODE_DIR)  # what the jobs import, also once requeued
     print(f"code: the jobs import {code}" if code else "code: no git checkout, the jobs import the working tree")
     contexts = launch.prepare_tracking(plan, uri, code)
@@ -157,6 +174,8 @@ def sweep(cfg: DictConfig) -> int:
 def main() -> None:
     import hydra
 
+    flags = {"--json": "json=true", "--dry-run": "dry_run=true"}  # action=status --json, action=clean --dry-run
+    sys.argv = [flags.get(a, a) for a in sys.argv]
     try:
         check_group_overrides(sys.argv[1:])
         check_composed(sys.argv[1:])
