@@ -31,6 +31,7 @@ from pathlib import Path
 
 import models
 from bench.speed import flops as FL
+from bench.stages import single_process
 
 PAPER_COST_CSV = Path(__file__).with_name("paper_cost.csv")
 # the estimate of a cell's training stages, as tags of its MLflow run (bench.launch.prepare_tracking): the report's
@@ -112,13 +113,16 @@ class StageCost:
     flops_per_step: int | None  # None: no analytic count (Inception only)
     steps: int
     what: str  # the unit of a step
+    single: bool = False  # a single-process stage: its job holds one GPU (bench.stages.single_process)
 
     @property
     def flops(self) -> int:
         return (self.flops_per_step or 0) * self.steps
 
     def hours(self, device: Device) -> tuple[float, float]:
-        """(device-hours, wall hours)."""
+        """(device-hours, wall hours), on the GPUs the stage's job holds."""
+        if self.single and not device.cpu:
+            device = dataclasses.replace(device, devices=1, cores=1)
         wall = self.flops / device.job_flops / 3600
         return wall * device.cores, wall
 
@@ -168,6 +172,11 @@ def _train_images(data) -> int:
 
 
 def stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfig | None) -> StageCost:
+    cost = _stage_cost(task, tok, gen)
+    return dataclasses.replace(cost, single=single_process(task.stage))
+
+
+def _stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfig | None) -> StageCost:
     s, stage, cell = task.spec, task.stage, task.cell
     if stage == "teacher":
         vq = _teacher_config(s.overrides)

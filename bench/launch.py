@@ -38,9 +38,10 @@ from pathlib import Path
 import submitit
 
 from bench import tracking as T
+from bench.core.dist import TIMEOUT_ENV
 from bench.cost import plan_costs
 from bench.plan import SHARED, Plan
-from bench.stages import STAGES, StageTask, Tracking, any_random, cell_cost, final_metrics, run_task
+from bench.stages import STAGES, StageTask, Tracking, any_random, cell_cost, final_metrics, run_task, single_process
 from bench.stages.base import short_hash
 
 JOBS_FILE = "jobs.jsonl"
@@ -65,16 +66,21 @@ class StageJob:
     """A submitit callable running `tasks` in order. On preemption or timeout submitit calls `checkpoint`, which
     requeues the same callable: every stage resumes from its own folder (finished stages are skipped). `driver`:
     the local driver's (PID, `process_identity`), which the job does not outlive (`end_with_driver`). `code`: the
-    snapshot the job was submitted to import (`snapshot_code`); the job's log says where it imported from."""
+    snapshot the job was submitted to import (`snapshot_code`); the job's log says where it imported from.
+    `pg_timeout_min`: the process group's timeout of its ranks (`process_group_timeout`)."""
 
     def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None,
-                 driver: tuple[int, str | None] | None = None, code: str | None = None):
+                 driver: tuple[int, str | None] | None = None, code: str | None = None,
+                 pg_timeout_min: float | None = None):
         self.tasks, self.contexts, self.threads, self.driver, self.code = tasks, contexts, threads, driver, code
+        self.pg_timeout_min = pg_timeout_min
 
     def __call__(self) -> list[str]:
         if self.driver:
             end_with_driver(*self.driver)
         report_code(getattr(self, "code", None))  # a job pickled before `code` existed has none
+        if getattr(self, "pg_timeout_min", None):
+            os.environ[TIMEOUT_ENV] = f"{self.pg_timeout_min:g}"  # read by bench.core.dist.setup
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # one process per GPU: torch.distributed from SLURM
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         done = []
@@ -513,19 +519,40 @@ def _first_line(err: BaseException, job: submitit.Job) -> str:
 STAGE_ORDER = tuple(STAGES)  # a stage after every stage it can read
 
 
+def slurm_request(cluster: dict, resources: str, single: bool = False) -> dict:
+    """What a stage's job asks SLURM for: the cluster's nodes with one task per GPU, or, for a stage that runs as
+    one process (`bench.stages.single_process`), one task on one GPU with that GPU's share of a node's memory (not
+    a whole node of idle GPUs). The plan has checked tasks_per_node = gpus_per_node (bench.plan.validate)."""
+    gpus = int(cluster.get("gpus_per_node") or 0)
+    request = dict(nodes=cluster["nodes"], tasks_per_node=cluster["tasks_per_node"],
+                   cpus_per_task=cluster["cpus_per_task"], mem_gb=cluster["mem_gb"],
+                   timeout_min=cluster["time_min"][resources])
+    if gpus:
+        request["gpus_per_node"] = gpus
+    if single:
+        request.update(nodes=1, tasks_per_node=1)
+        if gpus:
+            request.update(gpus_per_node=1, mem_gb=-(-cluster["mem_gb"] // gpus))
+    return request
+
+
+def process_group_timeout(cluster: dict, resources: str) -> float:
+    """The process group's timeout of a job's ranks (minutes): cluster.process_group_timeout_min, or by default the
+    job's time limit, which bounds every wait of the other ranks on rank 0 (a duplicate job holding the stage's
+    lock included)."""
+    return float(cluster.get("process_group_timeout_min") or cluster["time_min"][resources])
+
+
 def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, name: str,
-                   dependency: str | None = None, code: str | os.PathLike | None = None) -> submitit.AutoExecutor:
+                   dependency: str | None = None, code: str | os.PathLike | None = None,
+                   single: bool = False) -> submitit.AutoExecutor:
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # a fresh folder per invocation
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=launcher["max_timeouts"])
     extra = {"kill-on-invalid-dep": "yes"}
     if cluster.get("account"):
         extra["account"] = cluster["account"]
-    params = dict(name=name, nodes=cluster["nodes"], tasks_per_node=cluster["tasks_per_node"],
-                  cpus_per_task=cluster["cpus_per_task"], mem_gb=cluster["mem_gb"],
-                  timeout_min=cluster["time_min"][resources], slurm_signal_delay_s=launcher["signal_delay_s"],
-                  slurm_additional_parameters=extra)
-    if cluster.get("gpus_per_node"):
-        params["gpus_per_node"] = cluster["gpus_per_node"]
+    params = dict(name=name, **slurm_request(cluster, resources, single),
+                  slurm_signal_delay_s=launcher["signal_delay_s"], slurm_additional_parameters=extra)
     for key in ("partition", "qos", "constraint"):
         if cluster.get(key):
             params[f"slurm_{key}"] = cluster[key]
@@ -562,10 +589,11 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
                     if n.endswith("/" + need_stage) and n in submitted:
                         deps.add(f"afterok:{submitted[n]}")
         ex = slurm_executor(plan, cluster, launcher, tasks[0].resources, f"{plan.grid}-{stage}",
-                            ",".join(sorted(deps)) or None, code)
+                            ",".join(sorted(deps)) or None, code, single_process(stage))
+        timeout = process_group_timeout(cluster, tasks[0].resources)
         with ex.batch():
             jobs = [ex.submit(StageJob([t], {t.cell: contexts[t.cell]}, cluster["cpus_per_task"],
-                                       code=str(code) if code else None)) for t in tasks]
+                                       code=str(code) if code else None, pg_timeout_min=timeout)) for t in tasks]
         array_id = jobs[0].job_id.split("_")[0]
         arrays[stage] = (array_id, cells)
         for t, job in zip(tasks, jobs):

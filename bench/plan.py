@@ -136,10 +136,24 @@ def _check_keys(p: DictConfig) -> None:
                 raise PlanError(unknown_key(f"preset.{path}", key, known))
 
 
+def check_cluster(cluster: DictConfig) -> None:
+    """The cluster request: a multi-GPU stage runs one process per GPU, so a GPU cluster's tasks_per_node must be
+    its gpus_per_node (fewer tasks leave GPUs idle, yet paid for; more fail with "invalid device ordinal")."""
+    gpus, tasks = cluster.get("gpus_per_node") or 0, cluster.get("tasks_per_node")
+    if gpus and tasks != gpus:
+        raise PlanError(f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node={gpus}: a stage runs one process "
+                        f"per GPU; set cluster.tasks_per_node={gpus} (or cluster.gpus_per_node={tasks})")
+    timeout = cluster.get("process_group_timeout_min")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+        raise PlanError(f"cluster.process_group_timeout_min={timeout!r}: a positive number of minutes, or null for "
+                        "the job's time limit")
+
+
 def validate(cfg: DictConfig) -> None:
     """The checks that must fail before anything is submitted (the engine checks again in the jobs)."""
     p = cfg.preset
     _check_keys(p)
+    check_cluster(cfg.cluster)
     try:
         check_device(p.device)
     except ValueError as err:

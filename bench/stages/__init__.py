@@ -37,7 +37,7 @@ from .probe import ProbeSpec
 from .real_stats import RealStatsSpec
 from .reference_batch import ReferenceBatchSpec
 from .speed import SpeedSpec
-from .task import StageTask, Tracking, any_random, cell_cost, final_metrics, new_task, run_task
+from .task import StageTask, Tracking, any_random, cell_cost, final_metrics, new_task, run_task, single_process
 
 # in pipeline order: every stage after the stages it can read (the SLURM launcher submits in this order)
 STAGES = {m.NAME: m for m in (teacher, real_stats, reference_batch, stage1, stage2, single, pretokenize, generator,
@@ -45,4 +45,4 @@ STAGES = {m.NAME: m for m in (teacher, real_stats, reference_batch, stage1, stag
 
 __all__ = ["STAGES", "Context", "DataConfig", "EvalGenSpec", "EvalReconSpec", "ProbeSpec", "RealStatsSpec",
            "ReferenceBatchSpec", "SpeedSpec", "StageTask", "Tracking", "any_random", "cell_cost", "final_metrics",
-           "new_task", "run_task"]
+           "new_task", "run_task", "single_process"]

@@ -7,6 +7,7 @@ A stage module (bench/stages/<stage>.py) holds
                                MLflow run) and may have "random_weights", "tags", "artifacts"
     RULE                       its identity rule: RULE.identity(spec, inputs), a hash of what determines its result
     NAME, RESOURCES            its name; "train" | "eval" (which of the cluster's time limits its jobs get)
+    SINGLE_PROCESS             (optional) True: it runs as one process, and its jobs ask for one task and one GPU
     PRODUCT                    the file in its folder that the stages reading it open (None: nothing reads it)
 
 The identity rule (each module's docstring says which of its settings count):

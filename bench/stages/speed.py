@@ -16,6 +16,7 @@ from bench.stages import base
 
 NAME = "speed"
 RESOURCES = "eval"
+SINGLE_PROCESS = True  # one benchmark on one device: more ranks would only repeat it
 PRODUCT = None
 RULE = base.IdentityRule(NAME, (), {"tokenizer": "tokenizer", "generator": "generator", "teacher": "teacher"})
 

@@ -39,6 +39,12 @@ def stage_module(name: str):
     return STAGES[name]
 
 
+def single_process(stage: str) -> bool:
+    """Whether `stage` runs as one process on one device (its module's SINGLE_PROCESS): the launcher asks for one
+    task and one GPU for it."""
+    return bool(getattr(stage_module(stage), "SINGLE_PROCESS", False))
+
+
 @dataclass(frozen=True)
 class StageTask:
     grid: str
@@ -214,9 +220,10 @@ def _device_name(info: D.DistInfo) -> str:
 
 
 def _device_count(info: D.DistInfo, threads: int | None) -> int:
-    """Accelerators behind this stage; on the CPU, cores (threads) across ranks."""
+    """Accelerators the stage's job holds (what it costs, used or not: bench.core.dist.allocated_gpus); on the
+    CPU, cores (threads) across ranks."""
     if info.device.type == "cuda":
-        return info.world_size
+        return D.allocated_gpus(info)
     return info.world_size * (threads or torch.get_num_threads())
 
 

@@ -13,6 +13,7 @@ from bench.train.tokenizer import MODEL_FILE
 
 NAME = "teacher"
 RESOURCES = "train"
+SINGLE_PROCESS = True  # its dead-code reseeding draws per rank and is not re-synced: ranks would drift apart
 PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED)
 
