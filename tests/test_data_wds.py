@@ -202,7 +202,7 @@ def test_plan_composes_with_imagenet_wds(shards, tmp_path):
 
     # a brace pattern is quoted for Hydra's override grammar ('...'), as on the command line
     good = [f"data.train_shards='{pattern(shards)}'", f"data.val_shards='{pattern(shards)}'", "data.num_classes=5"]
-    with pytest.warns(UserWarning, match="preset.generator.train_images=1600 is ignored"):
+    with pytest.warns(UserWarning, match="preset.generator.train_images=160 is ignored"):
         plan = make_plan(config(*good))  # the tiny preset's limit cannot cut streamed shards
     assert plan.task(f"{plan.cells[0].name}/generator").spec.data.num_images is None
     stage1 = plan.task(f"{plan.cells[0].name}/stage1").spec

@@ -30,7 +30,7 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # recipe change updates its hash here
 PRESET_SHA256 = {
     "paper": "d0aa60737290bbeae7fb47f2eafa0152e56bbee0fd0d4d486a493b8ac6371cc3",
-    "tiny": "367b6a8b8fe6dd8457aa068a439d4d7454746eaf2d98cd8d6c9093b095c501b3",
+    "tiny": "26c64bb91b6df60052c49cd76029f18be3a39184066862f2bf20b776dc8820c7",
     "rehearsal": "4ad028e34da4049b968586f7179e86914724af002937b183d19e438deb73f0e3",
 }
 

@@ -64,7 +64,7 @@ def test_latent_vs_size_plan(tmp_path):
 def test_generator_train_images_limits_the_generator_and_its_tokens(tmp_path):
     tiny = make_plan(config(tmp_path=tmp_path)).cells[0]
     assert tiny.tasks[0].spec.data.num_images == 5000  # stage 1: the whole split
-    assert {tiny.tasks[i].spec.data.num_images for i in (1, 2)} == {1600}  # pretokenize, generator
+    assert {tiny.tasks[i].spec.data.num_images for i in (1, 2)} == {160}  # pretokenize, generator
     cell = make_plan(config("preset.generator.train_images=null", tmp_path=tmp_path)).cells[0]
     assert [t.spec.data.num_images for t in cell.tasks[:3]] == [5000, 5000, 5000]
     more = make_plan(config("preset.generator.train_images=9000", tmp_path=tmp_path)).cells[0]
