@@ -146,12 +146,20 @@ def _cell_models(tasks) -> tuple[models.TiTokConfig | None, models.GeneratorConf
         s1 = by["stage1"]
         tok = _tokenizer_config(s1.model, dict(s1.model_overrides, vqgan=_teacher_config(s1.teacher.overrides),
                                                image_size=s1.data.image_size, pixel_decoder="stage2" in by))
+    if "single" in by:  # as bench.train.tokenizer builds it: the data's image size
+        s = by["single"]
+        tok = _tokenizer_config(s.model, dict(s.model_overrides, image_size=s.data.image_size))
     gen = None
     if "generator" in by and tok is not None:
         g = by["generator"]
         gen = models.variants.with_overrides(models.resolve(g.model).config, dict(
             g.model_overrides, num_tokens=tok.num_latent_tokens, codebook_size=tok.codebook_size))
     return tok, gen
+
+
+def _trained(cell) -> bool:
+    """Whether the cell trains its tokenizer (a grid cell, or a single-stage one) rather than loading a release."""
+    return cell.size is not None or any(t.stage == "single" for t in cell.tasks)
 
 
 def _released(name: str) -> tuple[models.TiTokConfig, models.GeneratorConfig | None]:
@@ -212,6 +220,9 @@ def _stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfi
     if stage == "probe":
         return StageCost(cell, stage, FL.titok_encode(tok) * s.batch_size,
                          math.ceil((s.num_train + s.num_val) / s.batch_size), f"batch {s.batch_size}")
+    if stage == "speed" and gen is None:  # a tokenizer's encode and decode
+        per = FL.titok_encode(tok) + _decode(tok)
+        return StageCost(cell, stage, per * s.batch_size, s.warmup + s.repeats, f"batch {s.batch_size}")
     if stage == "speed":
         per = FL.generation(gen, gen.sampler.updated(**s.sampler)) + _decode(tok)
         return StageCost(cell, stage, per * s.batch_size, s.warmup + s.repeats, f"batch {s.batch_size}")
@@ -222,7 +233,7 @@ def plan_costs(plan) -> dict[str, list[StageCost]]:
     """Per cell (and "_shared"), the cost of each stage, in plan order."""
     out = {t.cell: [stage_cost(s, None, None) for s in plan.shared] for t in plan.shared[:1]}
     for cell in plan.cells:
-        tok, gen = _cell_models(cell.tasks) if cell.size is not None else _released(cell.name)
+        tok, gen = _cell_models(cell.tasks) if _trained(cell) else _released(cell.name)
         out[cell.name] = [stage_cost(t, tok, gen) for t in cell.tasks]
     return out
 
@@ -276,7 +287,7 @@ def same_architecture(name: str, plan) -> bool:
     """Whether a cell's tokenizer is the paper's model of that name (sizes, resolution, K), whatever its recipe:
     the tiny preset's toy TiTok-L-32 is not."""
     cell = next(c for c in plan.cells if c.name == name)
-    tok, _ = _cell_models(cell.tasks) if cell.size is not None else _released(name)
+    tok, _ = _cell_models(cell.tasks) if _trained(cell) else _released(name)
     released = models.resolve(name).config
     return tok is not None and all(getattr(tok, f) == getattr(released, f) for f in ARCHITECTURE)
 

@@ -46,6 +46,7 @@ from bench.train.recipes import (
     LoopConfig,
     OptimConfig,
     PerceptualConfig,
+    SingleStageConfig,
     Stage1Config,
     Stage2Config,
     TeacherConfig,
@@ -57,7 +58,7 @@ from bench.train.recipes import (
 
 SHARED = "_shared"
 # what a grid may list, in pipeline order
-KNOWN_STAGES = ("stage1", "stage2", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed")
+KNOWN_STAGES = ("stage1", "stage2", "single", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed")
 
 
 class PlanError(ValueError):
@@ -115,7 +116,10 @@ _SETTINGS = {**{f"{stage}.{part}": cls for stage in ("teacher", "stage1", "stage
                 for part, cls in (("loop", LoopConfig), ("optim", OptimConfig))},
              "stage2.gan": GANConfig, "stage2.gan.optim": OptimConfig, "stage2.perceptual": PerceptualConfig,
              "tokenizer": models.TiTokConfig, "teacher.overrides": models.VQGANConfig,
-             "generator.overrides": models.GeneratorConfig, "sampler": models.SamplerSettings}
+             "generator.overrides": models.GeneratorConfig, "sampler": models.SamplerSettings,
+             "single.loop": LoopConfig, "single.optim": OptimConfig, "single.gan": GANConfig,
+             "single.gan.optim": OptimConfig, "single.perceptual": PerceptualConfig,
+             "single.tokenizer": models.TiTokConfig}
 
 
 def unknown_key(parent: str, key: str, known: list[str]) -> str:
@@ -203,6 +207,8 @@ def validate(cfg: DictConfig) -> None:
         raise PlanError("grid.stages has stage2 without stage1: stage 2 fine-tunes the stage-1 tokenizer")
     if "stage2" in cfg.grid.stages and "stage2" not in p:
         raise PlanError(f"grid.stages has stage2, but preset {p.name} has no stage2 settings")
+    if "single" in cfg.grid.stages:
+        _check_single(cfg)
     if cfg.data.name == "imagenet":
         from bench.data import build_dataset
 
@@ -222,6 +228,30 @@ def validate(cfg: DictConfig) -> None:
         check_shards(cfg.data.val_shards, "data.val_shards", cfg.data.num_classes, local_only=True)
     if cfg.data.name == "synthetic" and cfg.grid.name == "released":
         raise PlanError("grid=released evaluates the released ImageNet models: use data=imagenet data.root=...")
+
+
+def _check_single(cfg: DictConfig) -> None:
+    """grid.stages with `single`: each name of grid.models is a single-stage tokenizer trained from scratch."""
+    p = cfg.preset
+    if "single" not in p:
+        raise PlanError(f"grid.stages has single, but preset {p.name} has no single settings (paper.yaml's block)")
+    if {"stage1", "stage2"} & set(cfg.grid.stages):
+        raise PlanError("grid.stages has single beside stage1/stage2: a cell is trained in one stage or in two")
+    if cfg.grid.sizes or cfg.grid.num_tokens:
+        raise PlanError("grid.stages has single: list single-stage names (TiTok-{XY}-{K}-{VQ,VAE}) in grid.models and "
+                        "set grid.sizes=[] grid.num_tokens=[] (those make two-stage cells TiTok-{S,B,L}-{K})")
+    if not cfg.grid.models:
+        raise PlanError("grid.stages has single but grid.models is empty: name the single-stage tokenizers to train, "
+                        "e.g. grid.models=[TiTok-BL-64-VQ]")
+    for name in cfg.grid.models:
+        c = models.resolve(name).config
+        if getattr(c, "two_stage", True):
+            raise PlanError(f"grid.models has {name}, a two-stage tokenizer, but the single stage trains single-stage "
+                            "ones (TiTok-{XY}-{K}-{VQ,VAE}); train two-stage cells with stage1 and stage2")
+        for part in ("encoder_size", "decoder_size"):
+            if getattr(c, part) not in p.sizes:
+                raise PlanError(f"{name}: its {part} {getattr(c, part)!r} is not in preset.sizes of preset {p.name} "
+                                f"(known: {', '.join(p.sizes)})")
 
 
 def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
@@ -299,8 +329,23 @@ def make_plan(cfg: DictConfig) -> Plan:
     return Plan(grid, p.name, bool(p.smoke), root, shared, cells, OmegaConf.to_container(cfg, resolve=True))
 
 
+def _single_stage_config(cfg: DictConfig, name: str, data: DataConfig) -> SingleStageConfig:
+    """The single stage of the single-stage tokenizer `name`: its architecture (encoder and decoder sizes through
+    preset.sizes, preset.single.tokenizer's overrides) and preset.single's recipe."""
+    p, s = cfg.preset, cfg.preset.single
+    c = models.resolve(name).config
+    overrides = dict(_container(s.tokenizer), encoder_size=p.sizes[c.encoder_size],
+                     decoder_size=p.sizes[c.decoder_size])
+    return SingleStageConfig(
+        model=name, model_overrides=overrides, quantizer_weight=s.quantizer_weight, kl_weight=s.kl_weight,
+        perceptual=PerceptualConfig(**_container(s.perceptual)), gan=gan_from(_container(s.gan)), data=data,
+        optim=optim_from(_container(s.optim)), loop=loop_from(_container(s.loop), cfg.seed),
+        allow_random_weights=bool(p.allow_random_weights), device=p.device)
+
+
 def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int | None, ctx: _Shared) -> Cell:
-    """One cell: a trained grid cell (size and K given) or a released model evaluated as it is."""
+    """One cell: a trained grid cell (size and K given), a single-stage tokenizer trained from scratch (a name of
+    grid.models with the `single` stage) or a released model evaluated as it is."""
     p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
     device, allow_random = p.device, bool(p.allow_random_weights)
     cell_dir = root / name
@@ -310,8 +355,9 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
         tasks.append(new_task(cfg.grid.name, name, stage, spec, cell_dir, inputs))
         return tasks[-1]
 
-    # the tokenizer the evaluations read (and its teacher), the generator: tasks of this cell, or released names
-    tok_task = gen_task = teacher_task = None
+    # the tokenizer the evaluations read (and its teacher), the generator: tasks of this cell, or released names;
+    # encoder_task: the trained stage whose encoder gives the cell's tokens (stage 1, or the single stage)
+    tok_task = gen_task = teacher_task = encoder_task = None
     if size is not None:
         teacher_config = TeacherConfig(source=ctx.teacher_source, overrides=_container(p.teacher.overrides))
         overrides = dict(_container(p.tokenizer), encoder_size=p.sizes[size], decoder_size=p.sizes[size])
@@ -333,10 +379,17 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
                 loop=loop_from(_container(s2.loop), cfg.seed), allow_random_weights=allow_random, device=device),
                 stage1=stage1, teacher=ctx.teacher)
             teacher_task, teacher = None, None
+        encoder_task = stage1
+    elif "single" in stages:
+        tok_task = encoder_task = add("single", _single_stage_config(cfg, name, ctx.train_data))
+        teacher_task, teacher = None, None
+    # a VAE's tokens are continuous: no MaskGIT generator (nor its tokens) for it
+    makes_ids = encoder_task is not None and (size is not None or models.resolve(name).config.quantizer == "vq")
+    if encoder_task is not None:
         if "pretokenize" in stages and "generator" not in stages:
             raise PlanError("grid.stages has pretokenize without generator: its tokens are the generator's input")
         tokens_task = None
-        if "pretokenize" in stages:
+        if "pretokenize" in stages and makes_ids:
             from bench.train.recipes import PretokenizeConfig
 
             # preset.pretokenize: crops, precision, batch_size, shard_size (PretokenizeConfig's defaults if absent)
@@ -347,16 +400,17 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
                 if key not in known:
                     raise PlanError(unknown_key("preset.pretokenize", key, known))
             tokens_task = add("pretokenize", PretokenizeConfig(
-                tokenizer=stage1.product, data=ctx.generator_data, device=device, **settings), tokenizer=stage1)
-        if "generator" in stages:
+                tokenizer=encoder_task.product, data=ctx.generator_data, device=device, **settings),
+                tokenizer=encoder_task)
+        if "generator" in stages and makes_ids:
             g = p.generator
             # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
             gen_task = add("generator", GeneratorTrainConfig(
-                tokenizer=stage1.product, tokens=tokens_task.product if tokens_task else None, model=g.model,
+                tokenizer=encoder_task.product, tokens=tokens_task.product if tokens_task else None, model=g.model,
                 model_overrides=_container(g.overrides), label_smoothing=g.label_smoothing,
                 unmasked_weight=g.unmasked_weight, data=ctx.generator_data, optim=optim_from(_container(g.optim)),
                 loop=loop_from(_container(g.loop), cfg.seed), allow_random_weights=allow_random,
-                device=device), tokenizer=stage1, tokens=tokens_task)
+                device=device), tokenizer=encoder_task, tokens=tokens_task)
         tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
     else:
         tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
@@ -381,7 +435,8 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
             tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images, num_val=ev.probe_val_images,
             epochs=ev.probe_epochs, features=ev.probe_features, allow_random_weights=allow_random,
             batch_size=ev.batch_size, device=device), tokenizer=tok_task)
-    if generator and "speed" in stages:
+    # a trained single-stage cell without a generator: the speed of its encode and decode
+    if (generator or "single" in stages) and "speed" in stages:
         sp = ev.speed
         add("speed", SpeedSpec(
             tokenizer=tokenizer, generator=generator, teacher=teacher, batch_size=sp.batch_size, repeats=sp.repeats,
@@ -402,10 +457,11 @@ def describe(plan: Plan, cost: bool = False) -> str:
     for t in plan.shared:
         lines.append(f"  {t.uid:<36} {'done' if t.done else 'todo':<5} {t.resources:<5} {t.out_dir}")
     stages = [s for s in KNOWN_STAGES if any(t.stage == s for c in plan.cells for t in c.tasks)]
-    lines.append("  " + f"{'cell':<22}{'id':<10}" + "".join(f"{s:<11}" for s in stages))
+    width = max(map(len, stages), default=0) + 2  # a column wider than its longest name (pretokenize)
+    lines.append("  " + f"{'cell':<22}{'id':<10}" + "".join(f"{s:<{width}}" for s in stages))
     for c in plan.cells:
         have = {t.stage: t for t in c.tasks}
-        marks = "".join(f"{('done' if have[s].done else 'todo') if s in have else '-':<11}" for s in stages)
+        marks = "".join(f"{('done' if have[s].done else 'todo') if s in have else '-':<{width}}" for s in stages)
         lines.append(f"  {c.name:<22}{c.cell_id:<10}{marks}")
     todo = [t for t in plan.tasks() if not t.done]
     lines.append(f"{len(plan.cells)} cells, {len(plan.tasks())} stages, {len(todo)} to run")

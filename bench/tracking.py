@@ -106,6 +106,8 @@ METRICS = {
     "gfid_num_samples": "number of samples behind gfid",
     "probe_top1": "linear-probe top-1 accuracy on frozen tokenizer features",
     "samples_per_s": "generation throughput incl. de-tokenization (samples/s)",
+    "encode_images_per_s": "tokenizer encode throughput, a tokenizer without a generator (images/s)",
+    "decode_images_per_s": "tokenizer decode throughput, a tokenizer without a generator (images/s)",
     "cost_gpu_hours": "accelerator-hours of all training stages (CPU: core-hours)",
     "cost_wall_hours": "wall-clock hours of all training stages",
 }

@@ -1,5 +1,7 @@
 """Stage `speed`: sampling throughput with de-tokenization (bench.speed's measure_generation): samples_per_s, the
-median of `repeats` timed runs after `warmup` ones, on the stage's device.
+median of `repeats` timed runs after `warmup` ones, on the stage's device. A tokenizer without a generator (a
+single-stage VAE, or a single-stage cell trained without one): its encode and decode throughput instead
+(measure_tokenizer: encode_images_per_s, decode_images_per_s).
 
 Identity: everything the measurement depends on: batch size, repeats and warm-up (more repeats are a more precise
 number: asking for them re-measures), the sampler overrides, the inference mode, the device setting, the stand-in
@@ -24,7 +26,7 @@ RULE = base.IdentityRule(NAME, (), {"tokenizer": "tokenizer", "generator": "gene
 @dataclass(frozen=True)
 class SpeedSpec:
     tokenizer: str
-    generator: str
+    generator: str | None  # None: time the tokenizer's encode and decode
     teacher: str | None = None
     batch_size: int = 8
     repeats: int = 3
@@ -42,12 +44,26 @@ def run(spec: SpeedSpec, ctx: base.Context) -> dict:
 
     loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
                            allow_random=spec.allow_random_weights)
+    if spec.generator is None:
+        return _tokenizer_speed(spec, loaded, ctx)
     result = measure_generation(loaded.tokenizer.model, loaded.generator.model, batch_size=spec.batch_size,
                                 sampler_settings=spec.sampler or None, mode=spec.mode, teacher=loaded.teacher_model,
                                 warmup=spec.warmup, repeats=spec.repeats, device=ctx.info.device)
     # timings do not depend on the weights, but the row is still the speed of stand-ins: say so
     return {"metrics": {"samples_per_s": float(result["samples_per_s"])}, "speed": result,
             "random_weights": loaded.random, "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, result)}}
+
+
+def _tokenizer_speed(spec: SpeedSpec, loaded, ctx: base.Context) -> dict:
+    from bench.speed.measure import measure_tokenizer
+
+    rows = measure_tokenizer(loaded.tokenizer.model, batch_size=spec.batch_size, mode=spec.mode,
+                             teacher=loaded.teacher_model, warmup=spec.warmup, repeats=spec.repeats,
+                             device=ctx.info.device)
+    by = {row["task"]: row for row in rows}
+    return {"metrics": {f"{task}_images_per_s": float(row["throughput"]) for task, row in by.items()},
+            "speed": by, "random_weights": loaded.random,
+            "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, by["decode"])}}
 
 
 def speed_path(mode: str, result: dict) -> str:
