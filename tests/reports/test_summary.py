@@ -129,7 +129,10 @@ def _smoke_run_store(path, preset: str, sweep_smoke: bool) -> str:
         s.client.log_param(parent, "preset.smoke", "True")  # as the sweep logs the flattened preset
     for size in ("S", "B", "L"):
         for k in (16, 32, 64):
-            s.cell(exp, parent, "latent_vs_size", f"TiTok-{size}-{k}", metrics_with_intervals(size, k), preset=preset)
+            metrics = metrics_with_intervals(size, k)
+            if size == "B":  # one rFID at every K, as toy cells on a plateau give: no Spearman
+                metrics["rfid"] = 5.0
+            s.cell(exp, parent, "latent_vs_size", f"TiTok-{size}-{k}", metrics, preset=preset)
     return s.uri
 
 
@@ -142,6 +145,8 @@ def test_a_smoke_run_reads_not_expected_instead_of_pass_or_fail(tmp_path, preset
     targeted = summary[summary["target"] != ""]
     assert len(targeted) > 10 and set(targeted["result"]) == {NOT_EXPECTED}
     assert set(summary[summary["target"] == ""]["result"]) == {""}  # gFID: reported only, as before
+    b = summary[(summary["check"] == "Spearman(K, rFID)") & (summary["size"] == "B")].iloc[0]
+    assert b["value"] == "" and b["result"] == NOT_EXPECTED  # too few distinct values to tell: still not expected
     assert SMOKE_RUN_LINE in (report.out_dir / "tables" / "summary.md").read_text()
     page = report.html.read_text()
     banner = page[page.index('id="smoke-banner"'):page.index('id="summary"')]
