@@ -133,7 +133,7 @@ def end_with_driver(pid: int, identity: str | None, poll_s: float = 0.5) -> None
 def finish_cell(ctx: CellContext) -> bool:
     """Once every stage of a cell is done: metrics, costs, status and tags into its run, exactly once per set of
     stage identities (an evaluation re-run with other settings finishes the run again)."""
-    if not all(t.done for t in ctx.tasks):
+    if not ctx.tasks or not all(t.done for t in ctx.tasks):  # no tasks: a grid without shared stages
         return False
     mark = Path(ctx.dir) / f"{FINISHED_MARK}-{short_hash(sorted(t.uid for t in ctx.tasks))}"
     try:
@@ -335,12 +335,20 @@ def _size_tags(name: str) -> dict[str, str]:
 
 
 # ---- the record of submitted jobs -------------------------------------------------------------------------------
-def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]]) -> None:
-    """Append (job id, task uids) lines: what status, cancel and the next invocation look at. A local job's id is
-    its process id, recorded with the process's identity (`process_identity`): PIDs are recycled."""
+def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]],
+                submitted: dict[str, submitit.Job] | None = None, code: str | os.PathLike | None = None) -> None:
+    """Append (job id, task uids) lines: what status, cancel, clean and the next invocation look at. A local job's
+    id is its process id, recorded with the process's identity (`process_identity`): PIDs are recycled.
+    `submitted`: job id -> its submitit job, whose log and result file are recorded (bench.status reads how a job
+    ended there); `code`: the snapshot the jobs import (bench.clean keeps it while they are queued or running)."""
     with open(plan.root / JOBS_FILE, "a") as f:
         for job_id, keys in jobs:
             record = {"launcher": launcher, "job_id": job_id, "tasks": keys, "time": time.time()}
+            if code:
+                record["code"] = str(code)
+            if job_id in (submitted or {}):
+                paths = submitted[job_id].paths
+                record.update(log=str(paths.stderr), result=str(paths.result_pickle))
             if launcher == "local":
                 record["process"] = process_identity(int(job_id))
             f.write(json.dumps(record) + "\n")
@@ -456,7 +464,7 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
                 job_threads = shared_threads if tasks[0].cell == SHARED else threads
                 with job_environment(code_env(code)):
                     job = executor.submit(StageJob(tasks, contexts, job_threads, driver, str(code) if code else None))
-                record_jobs(plan, "local", [(job.job_id, [t.uid for t in tasks])])
+                record_jobs(plan, "local", [(job.job_id, [t.uid for t in tasks])], {job.job_id: job}, code)
                 running.append((job, tasks))
                 if tasks[0].cell == SHARED:
                     break
@@ -598,7 +606,8 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
         arrays[stage] = (array_id, cells)
         for t, job in zip(tasks, jobs):
             submitted[t.key] = job.job_id
-        record_jobs(plan, "slurm", [(job.job_id, [t.uid]) for t, job in zip(tasks, jobs)])
+        record_jobs(plan, "slurm", [(job.job_id, [t.uid]) for t, job in zip(tasks, jobs)],
+                    {job.job_id: job for job in jobs}, code)
         new_ids += [j.job_id for j in jobs]
         print(f"submitted {stage:<10} array {array_id} ({len(jobs)} tasks)"
               + (f" after {', '.join(sorted(deps))}" if deps else ""))

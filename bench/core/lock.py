@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +47,45 @@ def owner_lock(path: str | os.PathLike, waiting: Callable[[int | None], None]) -
         f.write(f"{os.getpid()}\n".encode())
         f.flush()
         yield
+
+
+@contextmanager
+def polled_owner_lock(path: str | os.PathLike, waiting: Callable[[int | None], None], agree: Callable[[bool], bool],
+                      poll_s: float = 1.0) -> Iterator[None]:
+    """`owner_lock` taken by tries that never block, `poll_s` apart, until `agree(got this try)` is true: the ranks
+    of a job learn rank 0's outcome through one short collective per try, so none waits inside a collective while
+    another job owns the lock (the ranks that are not rank 0 call `agree` as often, see `follow_polled_lock`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        told = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+            except BlockingIOError:
+                got = False
+            if agree(got):
+                break
+            if got:  # the others said no: never hold it unannounced
+                fcntl.flock(f, fcntl.LOCK_UN)
+            if not told:
+                waiting(holder(f))
+                told = True
+            time.sleep(poll_s)
+        try:
+            f.truncate(0)
+            f.write(f"{os.getpid()}\n".encode())
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def follow_polled_lock(agree: Callable[[bool], bool], poll_s: float = 1.0) -> None:
+    """The other ranks' side of `polled_owner_lock`: one `agree` per try of rank 0, until it has the lock."""
+    while not agree(False):
+        time.sleep(poll_s)
 
 
 def holder(f: BinaryIO) -> int | None:

@@ -12,10 +12,12 @@ stage also logs the machine's CPU/GPU utilisation and memory as system/* metrics
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,15 @@ import torch
 from bench import tracking as T
 from bench import weights
 from bench.core import dist as D
-from bench.core.io import atomic_write_json
-from bench.core.lock import owner_lock
+from bench.core.io import atomic_write_json, atomic_write_text
+from bench.core.lock import follow_polled_lock, owner_lock, polled_owner_lock
 from bench.stages.base import Context
 
 RESULT = "result.json"
 SPEC = "spec.json"
 LOCK = ".owner.lock"  # held by the process running the stage (bench.core.lock.owner_lock)
+LOCK_POLL_S = 2.0  # a multi-rank job: seconds between rank 0's tries of a stage lock another job holds
+LOGGED = ".logged_step"  # the last training-curve step logged: a resumed stage does not log a step twice
 
 
 def stage_module(name: str):
@@ -133,11 +137,24 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
     out = Path(task.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = D.setup(getattr(task.spec, "device", "auto"))
-    with owner_lock(out / LOCK, lambda pid: _waiting(task, pid)) if info.is_main else nullcontext():
-        # the other ranks wait here for rank 0 to own the stage, and take its word on whether it is done
+    if info.distributed:  # rank 0 tries the lock without blocking; every rank hears each try's outcome, between
+        # sleeps: ranks waiting for another job's owner never wait inside a collective (it would time out)
+        agree = functools.partial(D.main_rank_says, device=info.device)
+        owned = polled_owner_lock(out / LOCK, lambda pid: _waiting(task, pid), agree, LOCK_POLL_S) \
+            if info.is_main else _following(agree)
+    else:
+        owned = owner_lock(out / LOCK, lambda pid: _waiting(task, pid))
+    with owned:
+        # every rank takes rank 0's word on whether the stage is done
         if D.any_rank(info.is_main and task.done, info.device):
             return task.result()
         return _run_owned(task, tracking, info, out)
+
+
+@contextmanager
+def _following(agree) -> Iterator[None]:
+    follow_polled_lock(agree, LOCK_POLL_S)
+    yield
 
 
 def _waiting(task: StageTask, pid: int | None) -> None:
@@ -152,9 +169,16 @@ def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out
         logger.delete_tags(T.ERROR_TAGS)  # an earlier job's failure is no longer the run's state
         logger.set_status("RUNNING")
 
+    logged = out / LOGGED
+    last = [int(logged.read_text()) if logged.is_file() and logged.read_text().strip().isdigit() else 0]
+
     def log(metrics: dict, step: int) -> None:
-        if logger:
+        # a step at or below the last one logged was logged by an earlier attempt (resumed from an older
+        # checkpoint): each curve point once (the same numbers: the resume is exact)
+        if logger and step > last[0]:
             logger.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+            atomic_write_text(logged, f"{step}\n")
+            last[0] = step
 
     if info.is_main:
         atomic_write_json(out / SPEC, {"stage": task.stage, "cell": task.cell, "identity": task.identity,

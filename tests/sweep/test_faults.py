@@ -461,3 +461,64 @@ def test_slurm_without_sbatch_is_one_line_and_creates_no_run(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "sbatch" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---- 13. ranks waiting on another job's stage lock are not inside a collective -----------------------------------
+HOLD_THEN_FINISH = """
+import json, sys, time
+from pathlib import Path
+from bench.core.lock import owner_lock
+out, release = Path(sys.argv[1]), Path(sys.argv[2])
+with owner_lock(out / ".owner.lock", print):
+    print("held", flush=True)
+    while not release.exists():
+        time.sleep(0.1)
+    (out / "result.json").write_text(json.dumps({"metrics": {"x": 1.0}}))
+"""
+
+
+def _rank_waiting_on_a_held_stage(rank, world, port, outputs):
+    import datetime
+
+    import torch.distributed as dist
+
+    from bench.stages import run_task
+    from tests.distributed import join
+
+    join(rank, world, port)
+    # a process-group timeout far shorter than the other job's hold: a rank waiting inside a collective fails
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=3))
+    task = plan_of(outputs).task("_shared/teacher")
+    (Path(outputs) / f"ready-{rank}").touch()
+    assert run_task(task)["metrics"] == {"x": 1.0}
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned ranks importing torch: ~40 s on 2 busy cores
+def test_ranks_waiting_on_a_held_stage_lock_wait_outside_a_collective(tmp_path):
+    """Another job owns the stage for longer than the ranks' process-group timeout: rank 0 polls the lock and every
+    rank hears each try through a short collective, so none times out; once the owner finishes, all skip it."""
+    import threading
+
+    from tests.distributed import spawn
+
+    out = Path(plan_of(tmp_path).task("_shared/teacher").out_dir)
+    out.mkdir(parents=True)
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_FINISH, str(out), str(release)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+
+    def release_later():  # 8 s after both ranks reach the stage
+        wait_for(lambda: all((tmp_path / f"ready-{r}").exists() for r in (0, 1)) or holder.poll() is not None, 200,
+                 "the ranks")
+        time.sleep(8)
+        release.touch()
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        threading.Thread(target=release_later, daemon=True).start()
+        spawn(_rank_waiting_on_a_held_stage, 2, str(tmp_path))
+    finally:
+        release.touch()
+        holder.kill()
+        holder.wait()
