@@ -40,7 +40,8 @@ from models.checkpoints import file_sha256
 
 # fields of every spec that never change a result
 WHERE_AND_HOW = ("device", "data.root", "data.train_shards", "data.val_shards", "data.num_workers")
-TRAINING_IGNORED = WHERE_AND_HOW + ("loop.checkpoint_every", "loop.log_every")
+TRAINING_IGNORED = WHERE_AND_HOW + ("loop.checkpoint_every", "loop.checkpoint_every_s", "loop.log_every",
+                                    "loop.max_consecutive_skips")  # the last: when a failing fp16 run stops
 # an evaluation reads `num_images` images of its own: the dataset's size setting picks nothing
 EVAL_IGNORED = WHERE_AND_HOW + ("data.num_images", "batch_size")
 
@@ -176,4 +177,5 @@ def training_result(result) -> dict:
     """A training stage's result (bench.train's StageResult) as a stage result."""
     return {"metrics": {}, "final_logs": {k: float(v) for k, v in result.final_logs.items()},
             "checkpoint": result.checkpoint, "steps": result.steps, "wall_s": result.wall_s,
-            "random_weights": result.random_weights, "resumed_from": result.resumed_from, "precision": result.precision}
+            "random_weights": result.random_weights, "resumed_from": result.resumed_from, "precision": result.precision,
+            "lost_s": result.lost_s}

@@ -261,14 +261,16 @@ def final_metrics(tasks: list[StageTask]) -> dict[str, float]:
 
 
 def cell_cost(tasks: list[StageTask]) -> dict[str, float]:
-    """cost_gpu_hours (CPU: core-hours) and cost_wall_hours of a cell's training stages."""
-    gpu_s = wall_s = 0.0
+    """cost_gpu_hours (CPU: core-hours) and cost_wall_hours of a cell's training stages; cost_lost_gpu_hours, the
+    part of cost_gpu_hours spent on work done again after a preemption, time limit or kill."""
+    gpu_s = wall_s = lost_s = 0.0
     for task in tasks:
         r = task.result()
         if r and task.resources == "train":
             wall_s += r["wall_s"]
             gpu_s += r["wall_s"] * r.get("devices", 1)
-    return {"cost_gpu_hours": gpu_s / 3600, "cost_wall_hours": wall_s / 3600}
+            lost_s += r.get("lost_s", 0.0) * r.get("devices", 1)
+    return {"cost_gpu_hours": gpu_s / 3600, "cost_wall_hours": wall_s / 3600, "cost_lost_gpu_hours": lost_s / 3600}
 
 
 def any_random(tasks: list[StageTask]) -> bool:

@@ -204,6 +204,20 @@ def test_time_after_the_last_checkpoint_counts_as_lost(tmp_path, monkeypatch):
     assert resumed.wall_s >= progress["wall_s"]  # the cost counts the attempt's whole time
 
 
+def test_the_lost_time_is_in_the_cells_gpu_hours():
+    """A stage's lost_s is part of its wall_s (so of cost_gpu_hours) and shown apart as cost_lost_gpu_hours."""
+    from types import SimpleNamespace
+
+    from bench.stages.base import training_result
+    from bench.stages.task import cell_cost
+    from bench.train.tokenizer import StageResult
+
+    result = training_result(StageResult("model.safetensors", 10, 7200.0, {}, lost_s=1800.0))
+    assert (result["wall_s"], result["lost_s"]) == (7200.0, 1800.0)
+    task = SimpleNamespace(resources="train", result=lambda: {**result, "devices": 8})
+    assert cell_cost([task]) == {"cost_gpu_hours": 16.0, "cost_wall_hours": 2.0, "cost_lost_gpu_hours": 4.0}
+
+
 # ---- fp16: skip non-finite steps, stop after too many in a row ------------------------------------------------------
 @pytest.fixture
 def fp16(monkeypatch):
@@ -279,3 +293,24 @@ def test_log_values_are_read_on_log_steps_only(tmp_path, monkeypatch):
     assert {"m/loss", "m/deferred", "m/grad_norm", "m/lr"} <= set(logged[7])
 
 
+
+
+def test_save_and_skip_settings_are_not_part_of_a_stage_identity():
+    """How often a stage saves, and when a failing fp16 run gives up, change no result: identities stay as they were."""
+    from dataclasses import replace
+
+    from bench.stages import stage1
+    from tests.train.test_training import stage1_cfg
+
+    spec = stage1_cfg(4)
+    other = replace(spec, loop=replace(spec.loop, checkpoint_every_s=5.0, max_consecutive_skips=3))
+    assert stage1.RULE.settings(spec) == stage1.RULE.settings(other)
+    assert not {"checkpoint_every_s", "max_consecutive_skips"} & set(stage1.RULE.settings(spec)["loop"])
+
+
+def test_one_non_finite_check_per_update(tmp_path, monkeypatch):
+    checks = []
+    real = L.Trainer._nonfinite
+    monkeypatch.setattr(L.Trainer, "_nonfinite", lambda self, bad: (checks.append(1), real(self, bad))[1])
+    train(_objective(), _batches(), _cfg(5, grad_accum=4), tmp_path)
+    assert len(checks) == 5
