@@ -59,7 +59,7 @@ def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok | Non
         drop = torch.rand(len(labels), device=labels.device) < dropout
         logits = wrapped["generator"](masked, labels, drop)
         total = masked_token_loss(logits, ids, mask, cfg.label_smoothing, cfg.unmasked_weight)
-        acc = (logits.argmax(-1) == ids)[mask].float().mean()
+        acc = ((logits.argmax(-1) == ids) & mask).sum() / mask.sum()  # no boolean indexing: it reads the device
         return total, {"generator/loss": total.detach(), "generator/masked_acc": acc}
 
     return Objective(modules={"generator": generator}, optim={"generator": cfg.optim}, loss=loss,
