@@ -113,9 +113,11 @@ def browser(session):
 @nox.session
 def gpu(session):
     """The GPU check (bench/speed/gpu_check.py, <= 8 minutes on one GPU): every inference path against fp32 parity,
-    bf16 and fp16 training steps of each stage, CUDA graphs and torch.compile of the sampling loop, a one-GPU NCCL
-    group, TiTok-L-32 generation at batch 256 against the measured bf16 peak and stage-1 training throughput, in one
-    table. Never a default session (CI has no GPU); without a CUDA device it ends "skipped", never a green pass.
+    one training step of each stage in the paper preset's precision at its per-GPU batch (with peak memory), CUDA
+    graphs and torch.compile of the sampling loop, a one-GPU NCCL group, a two-process DDP step under torchrun over
+    NCCL where the machine has two or more GPUs, TiTok-L-32 generation at batch 256 against the measured bf16 peak and
+    stage-1 training throughput in fp16, in one table followed by what it did not check. Never a default session (CI
+    has no GPU); without a CUDA device it ends "skipped", never a green pass.
     Arguments after -- go to the script (e.g. `nox -s gpu -- --checks paths,nccl`)."""
     report = Path(tempfile.mkdtemp(prefix="titok-bench-gpu-")) / "gpu_check.json"
     try:

@@ -1,7 +1,8 @@
 """The GPU check (bench/speed/gpu_check.py, `nox -s gpu`): it skips cleanly without a CUDA device (exit 0, one line;
 the nox session ends "skipped" and is not one of CI's sessions), and its checks are the functions the CUDA run calls,
-run here on the CPU at toy size (`--device cpu --toy`): the paths against parity, the autocast training steps, the
-one-rank process group (gloo), the generation and stage-1 benchmarks, the table and its JSON, a failing check as a
+run here on the CPU at toy size (`--device cpu --toy`): the paths against parity, the training steps in the paper
+preset's precision and per-GPU batch, the one-rank process group (gloo), the two-process DDP check through torchrun
+(gloo), the generation and stage-1 benchmarks, the table, its "not checked" lines and its JSON, a failing check as a
 FAIL row. The gpu-marked tests run the same on a CUDA device."""
 
 import json
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from bench.speed import gpu_check as G
+from bench.speed.training import paper_loop
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = dict(os.environ, CUDA_VISIBLE_DEVICES="")
@@ -69,16 +71,27 @@ def test_quality_row_fails_outside_its_bounds():
 def test_training_steps_of_every_stage_on_cpu_toy(toy):
     rows = G.check_training(toy, {})
     assert all(r.status == G.OK for r in rows), G.format_table(rows)
-    labels = {(r.subject.split(":")[0], r.values["precision"] if not r.values["cpu_fallback"] else
-               r.setting.split("asked ")[1].split(")")[0]) for r in rows}
-    stages = {"stage1", "stage2", "single-stage", "generator"}
-    assert {(s, p) for s in stages for p in ("bf16", "fp16")} <= labels
+    asked = {r.subject.split(":")[0]: r.values["asked"] for r in rows}
+    assert asked == {"stage1": "fp16", "stage2": "fp16", "single-stage": "fp16", "generator": "bf16",
+                     "generator (pretokenized)": "bf16"}  # the paper preset's
     for r in rows:
         assert r.values["tries"] >= 1 and all(math.isfinite(v) for v in r.values["logs"].values())
 
 
+def test_training_rows_run_the_paper_precision_at_its_per_gpu_batch(monkeypatch):
+    assert {s: (paper_loop(s)["precision"], paper_loop(s)["micro_batch"]) for s in ("stage1", "stage2", "generator")} \
+        == {"stage1": ("fp16", 32), "stage2": ("fp16", 32), "generator": ("bf16", 256)}  # 256 and 2048 over 8 GPUs
+    ran = []
+    monkeypatch.setattr(G, "check_one_training_step", lambda cfg, label, stage, tok, gen, precision, batch=None:
+                        ran.append((label, precision, batch)) or G.Row("training step", label, "", "", status=G.OK))
+    full = G.Config.for_run("cpu", toy=False)  # what the CUDA run asks (nothing is built here)
+    G.check_training(full, {})
+    assert ran[:4] == [("stage1", "fp16", 32), ("stage2", "fp16", 32), ("single-stage", "fp16", 32),
+                       ("generator", "bf16", 256)]
+
+
 def test_one_training_step_reports_what_ran(toy):
-    label, stage, tok_cfg, gen_cfg = G.training_cases(toy)[0]
+    label, stage, tok_cfg, gen_cfg, _ = G.training_cases(toy)[0]
     row = G.check_one_training_step(toy, label, stage, tok_cfg, gen_cfg, "fp16")
     assert row.status == G.OK, row
     assert row.subject.startswith("stage1: train-stage1 TiTok-L-32 (toy)") and "updated tokenizer" in row.result
@@ -90,6 +103,26 @@ def test_process_group_of_one_rank_on_cpu(toy):
     [row] = G.check_nccl(toy, {})
     assert row.status == G.OK and row.subject == "gloo" and "init, all_reduce, barrier, destroy" in row.result, row
     assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_share_a_ddp_step_on_cpu_toy(toy):
+    [row] = G.check_ddp(toy, {})
+    assert row.status == G.OK and row.subject == "DDP over gloo", G.format_table([row])
+    ranks = row.values["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    assert all(all(r["checks"].values()) for r in ranks)
+    assert "DDP step with no_sync on rank data" in ranks[0]["checks"] and "gather_tensors (uneven)" in row.result
+
+
+def test_a_one_gpu_machine_says_it_ran_no_multi_rank_row(monkeypatch):
+    cfg = G.Config.for_run("cuda", toy=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    [row] = G.check_ddp(cfg, {})
+    assert row.status == G.SKIP and "needs 2" in row.result
+    lines = G.not_checked(cfg, G.CHECKS, [row])
+    assert any(line.startswith("no multi-rank NCCL row") and "this machine has 1" in line for line in lines)
+    assert not any("toy sizes" in line or "CUDA: NCCL" in line for line in lines)
 
 
 def test_main_toy_run_prints_one_table_and_writes_json(tmp_path, capsys):
@@ -108,6 +141,11 @@ def test_main_toy_run_prints_one_table_and_writes_json(tmp_path, capsys):
         assert ("of bf16 peak" in row["result"]) == (row["values"]["precision"] != "fp32"), row
     assert "tokens" in gen[1]["result"] and "vs parity" in gen[1]["result"]
     assert "images/s" in data["rows"][3]["result"] and data["environment"]["weights"].startswith("random")
+    assert data["rows"][3]["setting"] == "fp16, B=2"  # the paper's stage-1 precision (toy batch)
+    # what the run left out, in plain words, printed and in the JSON
+    assert data["not_checked"] and all(f"# not checked: {line}" in printed for line in data["not_checked"])
+    assert any(line.startswith("the ddp check") for line in data["not_checked"])
+    assert any(line.startswith("CUDA: NCCL") for line in data["not_checked"])
 
 
 def test_a_failing_check_is_a_fail_row_and_exit_1(monkeypatch, capsys):

@@ -3,7 +3,7 @@ trains, from bench.train.tokenizer / bench.train.generator) taken by the trainin
 (bench.train.loop.Trainer: forward, losses, backward, AdamW with the paper's weight-decay groups, clipping, the
 discriminator's update, the EMA), on a fixed random batch, with random weights. The recipe is the paper preset's
 (sweeps/preset/paper.yaml, the one home of the paper's numbers); single-stage training, which no preset trains,
-keeps bench.train.recipes' defaults.
+reads the preset's `single` block.
 
     step = training_step("stage2", tokenizer_config("TiTok-L-32"), batch_size=8)
     logs = step()                                   # one step of step.trainer at step.step on step.batch
@@ -52,6 +52,10 @@ from .timing import time_interleaved, time_runs
 TRAIN_STAGES = ("stage1", "stage2", "generator", "generator_pretokenized")
 Recipe = Stage1Config | Stage2Config | SingleStageConfig | GeneratorTrainConfig
 PAPER_PRESET = Path(__file__).resolve().parents[2] / "sweeps" / "preset" / "paper.yaml"
+# the cluster the paper preset's global batches are split over (one process per GPU): its GPUs per job
+PAPER_CLUSTER = Path(__file__).resolve().parents[2] / "sweeps" / "cluster" / "example.yaml"
+PRESET_SECTIONS = {"stage1": "stage1", "stage2": "stage2", "single": "single", "generator": "generator",
+                   "generator_pretokenized": "generator"}
 LOOP_STEP = "the loop's step (AdamW with the paper's weight-decay groups, clipping, EMA)"
 
 
@@ -70,9 +74,9 @@ class TrainingStep:
         return self.trainer.step(self.step, self.batch)
 
 
-def paper_recipe(stage: str) -> Stage1Config | Stage2Config | GeneratorTrainConfig:
-    """The settings of "stage1", "stage2" or "generator" as the paper preset holds them (bench.plan builds the sweep's
-    from the same file), loss networks allowed to be stand-ins."""
+def paper_recipe(stage: str) -> Stage1Config | Stage2Config | SingleStageConfig | GeneratorTrainConfig:
+    """The settings of "stage1", "stage2", "single" or "generator" as the paper preset holds them (bench.plan builds
+    the sweep's from the same file), loss networks allowed to be stand-ins."""
     stage = "generator" if stage == "generator_pretokenized" else stage
     section = OmegaConf.to_container(OmegaConf.load(PAPER_PRESET)[stage], resolve=True)
     common = {"optim": optim_from(section["optim"]), "loop": loop_from(section["loop"])}
@@ -82,8 +86,26 @@ def paper_recipe(stage: str) -> Stage1Config | Stage2Config | GeneratorTrainConf
     if stage == "stage2":
         return Stage2Config(**common, perceptual=PerceptualConfig(**section["perceptual"]),
                             gan=gan_from(section["gan"]), allow_random_weights=True)
+    if stage == "single":
+        return SingleStageConfig(**common, quantizer_weight=section["quantizer_weight"],
+                                 kl_weight=section["kl_weight"], perceptual=PerceptualConfig(**section["perceptual"]),
+                                 gan=gan_from(section["gan"]), allow_random_weights=True)
     return GeneratorTrainConfig(**common, label_smoothing=section["label_smoothing"],
                                 unmasked_weight=section["unmasked_weight"])
+
+
+def paper_loop(section: str, gpus: int | None = None) -> dict:
+    """The paper preset's loop for a stage (`section`: a key of PRESET_SECTIONS) as one GPU runs it: its precision,
+    the global batch, the GPUs it is split over (`gpus`, default the example cluster's nodes x gpus_per_node) and
+    the per-GPU batch (global / GPUs) and micro-batch (per-GPU / grad_accum), which is what must fit in memory."""
+    loop = OmegaConf.to_container(OmegaConf.load(PAPER_PRESET)[PRESET_SECTIONS[section]].loop, resolve=True)
+    if gpus is None:
+        cluster = OmegaConf.load(PAPER_CLUSTER)
+        gpus = int(cluster.nodes) * int(cluster.gpus_per_node)
+    accum = int(loop.get("grad_accum") or 1)
+    per_gpu = loop["batch_size"] // gpus
+    return {"precision": loop["precision"], "batch_size": loop["batch_size"], "gpus": gpus, "per_gpu": per_gpu,
+            "grad_accum": accum, "micro_batch": max(1, per_gpu // accum)}
 
 
 def _reconstruction_terms(recipe: Stage2Config | SingleStageConfig, *extra: str) -> str:
@@ -114,7 +136,7 @@ def _stage2(c: models.TiTokConfig, _, recipe: Stage2Config | SingleStageConfig |
         flops = FL.train_stage2(c, recipe.perceptual, recipe.gan)
         what = f"stage2_objective: frozen encoder; {_reconstruction_terms(recipe)}"
     else:
-        recipe = recipe or SingleStageConfig(allow_random_weights=True)
+        recipe = recipe or paper_recipe("single")
         objective = single_stage_objective(recipe, models.build_from_config(c))
         flops = FL.train_single_stage(c, recipe.perceptual, recipe.gan)
         quantizer = "quantiser loss" if c.quantizer == "vq" else "KL"
@@ -152,19 +174,21 @@ _BUILDERS: dict[str, Callable] = {"stage1": _stage1, "stage2": _stage2, "generat
 def training_step(stage: str, tokenizer_config: models.TiTokConfig,
                   generator_config: models.GeneratorConfig | None = None, *, batch_size: int,
                   precision: str = "fp32", device: torch.device | str = "cpu", seed: int = 0,
-                  recipe: Recipe | None = None) -> TrainingStep:
+                  recipe: Recipe | None = None, info: DistInfo | None = None, grad_accum: int = 1) -> TrainingStep:
     """The stage's objective (its recipe's losses and optimizers, random weights seeded by `seed`) in a Trainer
-    with the recipe's loop settings at this batch size and precision (fp32, bf16 or fp16), on a random batch.
-    `recipe`: the stage's settings (a SingleStageConfig for stage2 of a single-stage tokenizer); default the
-    paper's."""
+    with the recipe's loop settings at this batch size (this rank's) and precision (fp32, bf16 or fp16), on a random
+    batch split into `grad_accum` micro-batches. `recipe`: the stage's settings (a SingleStageConfig for stage2 of a
+    single-stage tokenizer); default the paper's. `info`: this rank in a process group (DDP; its device is used)."""
     if stage not in _BUILDERS:
         raise ValueError(f"unknown training stage {stage!r}; expected one of {TRAIN_STAGES}")
-    device = torch.device(device)
+    device = info.device if info is not None else torch.device(device)
     c = tokenizer_config
     torch.manual_seed(seed)
     recipe, objective, flops, what = _BUILDERS[stage](c, generator_config, recipe)
-    loop = dataclasses.replace(recipe.loop, batch_size=batch_size, grad_accum=1, precision=precision)
-    trainer = Trainer(objective, loop, DistInfo(device=device))
+    world = info.world_size if info is not None else 1
+    loop = dataclasses.replace(recipe.loop, batch_size=batch_size * world, grad_accum=grad_accum,
+                               precision=precision)
+    trainer = Trainer(objective, loop, info or DistInfo(device=device))
     g = torch.Generator(device).manual_seed(seed)
     images = torch.rand(batch_size, 3, c.image_size, c.image_size, generator=g, device=device)
     num_classes = generator_config.num_classes if generator_config is not None else 1000
