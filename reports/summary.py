@@ -24,7 +24,7 @@ from .tables import Table
 
 GAP_TOKENS = (16, 32)
 SPEARMAN_TARGETS = {"rfid": ("<= -0.8", lambda r: r <= -0.8), "psnr": (">= +0.8", lambda r: r >= 0.8),
-                    "gfid": ("", None)}  # the issue sets no gFID target: reported only
+                    "gfid": ("", None)}  # no gFID target: reported only
 LOWER_IS_BETTER = {"rfid": True, "psnr": False}
 LABEL = {"rfid": "rFID", "psnr": "PSNR", "gfid": "gFID"}
 NOT_EXPECTED = "not expected at smoke scale"

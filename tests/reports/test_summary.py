@@ -75,7 +75,7 @@ def test_spearman():
     assert spearman([1, 2, 3], [1, 1, 1]) != spearman([1, 2, 3], [1, 1, 1])  # constant: NaN
 
 
-def test_summary_table_checks_the_issue_targets(report):
+def test_summary_table_checks_the_figure_4_targets(report):
     summary = pd.read_csv(report.out_dir / "tables" / "summary.csv")
     rows = summary.set_index(["check", "size", "K"])
     for size in ("S", "B", "L"):
