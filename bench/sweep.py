@@ -16,6 +16,7 @@ Reruns are idempotent: finished stages are skipped, interrupted ones resume, a c
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import sys
@@ -111,7 +112,10 @@ def sweep(cfg: DictConfig) -> int:
     if cfg.action == "status":
         from bench import status
 
-        states = status.reconcile(plan)  # also marks the run of each job that ended without a result, once
+        # also marks the run of each job that ended without a result, once (MLflow's notes go to stderr: stdout
+        # holds the JSON)
+        with contextlib.redirect_stdout(sys.stderr):
+            states = status.reconcile(plan)
         print(status.as_json(plan, states) if cfg.get("json") else status.render(plan, states))
         return 0
     if cfg.action == "clean":
