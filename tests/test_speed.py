@@ -32,7 +32,6 @@ from bench.speed.scaling import scaling, scaling_flops
 from bench.stages.speed import speed_path
 from bench.train.loop import train
 from bench.train.losses import NLayerDiscriminator
-from bench.train.recipes import SingleStageConfig
 from models.maskgit_vqgan import VQGANConfig
 
 # Bounds of the bf16 fast path against fp32 on these toy models with random weights, measured over seeds 0-3
@@ -336,7 +335,7 @@ def test_measure_training_stages():
     gen_cfg = factories.generator_config("MaskGIT-ViT", cfg, toy=True)
     single = factories.tokenizer_config("TiTok-BL-64-VQ", toy=True)
     stage2 = small_losses(training.paper_recipe("stage2"))
-    single_recipe = small_losses(SingleStageConfig(allow_random_weights=True))
+    single_recipe = small_losses(training.paper_recipe("single"))
     cases = {"train-stage1": ("stage1", cfg, None, FL.train_stage1(cfg)),
              "train-stage2": ("stage2", cfg, stage2, FL.train_stage2(cfg, stage2.perceptual, stage2.gan)),
              "train-generator": ("generator", cfg, None, FL.train_generator(cfg, gen_cfg)),

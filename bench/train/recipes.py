@@ -1,10 +1,9 @@
 """Settings of each training stage; a stage function takes one of these dataclasses and nothing else.
 
 The recipe (optimiser, schedule, loss weights, discriminator) has no defaults here: it lives once, in the
-sweep's presets (sweeps/preset/paper.yaml is the paper's, TITOK.md sections 3 and 4; tiny.yaml a CPU delta on
-it), and bench/plan.py builds these from a preset, so a default could only repeat or contradict it. What no preset
-sets keeps a default: the paper's quantiser/KL weights and, whole, the single-stage recipe (TITOK.md 3.4), which
-no grid trains.
+sweep's presets (sweeps/preset/paper.yaml is the paper's and, in its `single` block, the single-stage recipe;
+tiny.yaml a CPU delta on it), and bench/plan.py builds these from a preset, so a default could only repeat or
+contradict it. What no preset sets keeps a default: stage 1's quantiser weight.
 """
 
 from __future__ import annotations
@@ -100,24 +99,20 @@ class Stage2Config:
     device: str = "auto"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SingleStageConfig:
-    """Single-stage VQ or VAE: L2 + LPIPS + ConvNeXt + GAN (+ quantiser loss or KL) (TITOK.md 3.4)."""
+    """Single-stage VQ or VAE: L2 + LPIPS + ConvNeXt + GAN (+ quantiser loss or KL), the whole tokenizer trained
+    from scratch (the recipe: paper.yaml's `single` block)."""
 
     model: str = "TiTok-BL-64-VQ"
     model_overrides: dict = field(default_factory=dict)
-    quantizer_weight: float = 1.0  # VQ
-    kl_weight: float = 1e-6  # VAE
-    perceptual: PerceptualConfig = field(default_factory=lambda: PerceptualConfig(convnext_weight=0.1,
-                                                                                  lpips_weight=1.0, resolution=224))
-    gan: GANConfig = field(default_factory=lambda: GANConfig(
-        weight=0.1, start_step=200_000, lecam_weight=0.001, disc_base_channels=128, disc_groups=32,
-        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4, warmup_steps=10_000, end_lr=1e-5)))
+    quantizer_weight: float  # VQ: codebook + commitment loss
+    kl_weight: float  # VAE
+    perceptual: PerceptualConfig
+    gan: GANConfig
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4,
-                                                                   warmup_steps=10_000, end_lr=1e-5))
-    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=650_000, batch_size=256, precision="fp16",
-                                                                checkpoint_every=10_000))
+    optim: OptimConfig
+    loop: LoopConfig
     allow_random_weights: bool = False
     device: str = "auto"
 

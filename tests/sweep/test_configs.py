@@ -29,9 +29,9 @@ INVALID = {("released", "synthetic"): "grid=released evaluates the released Imag
 # sha256 of each composed preset (sorted-key JSON): a preset's recipe changes only on purpose, and a deliberate
 # recipe change updates its hash here
 PRESET_SHA256 = {
-    "paper": "d0aa60737290bbeae7fb47f2eafa0152e56bbee0fd0d4d486a493b8ac6371cc3",
-    "tiny": "26c64bb91b6df60052c49cd76029f18be3a39184066862f2bf20b776dc8820c7",
-    "rehearsal": "4ad028e34da4049b968586f7179e86914724af002937b183d19e438deb73f0e3",
+    "paper": "ef1d5b3cd3a9c0ae4610cae1fef7316697c430baeda85ac753626d371ca0fe8f",
+    "tiny": "ffa85634f5ca9cabff352d3a02003a5055168da7a9b625b479ae51f9f3a91803",
+    "rehearsal": "909dc43f11ef9e42a1a8d4c66686e4cf24834ae70999ca11cc2882fda7a61e80",
 }
 
 

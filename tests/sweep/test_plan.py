@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from bench.launch import longest_first
 from bench.plan import PlanError, make_plan
@@ -221,3 +222,80 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "21 cells, 149 stages, 149 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
     assert not list(tmp_path.rglob("*.json*"))
+
+
+SINGLE_STAGE = ["TiTok-BL-64-VQ", "TiTok-BL-128-VQ", "TiTok-SL-256-VQ", "TiTok-LL-32-VAE", "TiTok-BL-64-VAE",
+                "TiTok-BL-128-VAE"]
+
+
+def test_single_stage_plan_trains_each_named_tokenizer_with_the_presets_recipe(tmp_path):
+    plan = make_plan(config("grid=single_stage", tmp_path=tmp_path))
+    assert [c.name for c in plan.cells] == SINGLE_STAGE
+    paper = make_plan(config("grid=single_stage", "preset=paper", "preset.eval.reference_batch=null",
+                             tmp_path=tmp_path))
+    for cell in plan.cells:
+        assert [t.stage for t in cell.tasks] == ["single", "eval_recon", "speed"]
+        single = plan.task(f"{cell.name}/single")
+        assert single.spec.model == cell.name and not single.needs
+        for stage in ("eval_recon", "speed"):
+            task = plan.task(f"{cell.name}/{stage}")
+            assert task.spec.tokenizer == single.product and f"{cell.name}/single" in task.needs
+        assert plan.task(f"{cell.name}/speed").spec.generator is None  # encode and decode throughput
+        # the architecture is the name's, its sizes through preset.sizes: toy sizes in tiny, the release's in paper
+        encoder, decoder = cell.name.split("-")[1]
+        assert (single.spec.model_overrides["encoder_size"], single.spec.model_overrides["decoder_size"]) == (
+            f"toy-{encoder}", f"toy-{decoder}")
+        spec = paper.task(f"{cell.name}/single").spec
+        assert spec.model_overrides == {"encoder_size": encoder, "decoder_size": decoder}
+        # the recipe is paper.yaml's single block
+        assert (spec.loop.steps, spec.loop.batch_size, spec.loop.precision) == (650_000, 256, "fp16")
+        assert (spec.perceptual.lpips_weight, spec.perceptual.convnext_weight, spec.gan.weight,
+                spec.gan.start_step, spec.kl_weight, spec.optim.lr) == (1.0, 0.1, 0.1, 200_000, 1e-6, 1e-4)
+    # a training setting of the single stage retrains it and re-runs what reads it, in a new cell run
+    base = identities("grid=single_stage", tmp_path=tmp_path)
+    other = identities("grid=single_stage", "preset.single.loop.steps=7", tmp_path=tmp_path)
+    assert stages_of({k for k in other if base[k] != other[k]}) == {"cell", "single", "eval_recon", "speed"}
+
+
+def test_single_stage_generators_are_trained_for_vq_cells_only(tmp_path):
+    plan = make_plan(config("grid=single_stage", "grid.models=[TiTok-BL-64-VQ,TiTok-BL-64-VAE]",
+                            "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]", tmp_path=tmp_path))
+    vq, vae = plan.cells
+    assert [t.stage for t in vq.tasks] == ["single", "pretokenize", "generator", "eval_recon", "eval_gen", "speed"]
+    assert [t.stage for t in vae.tasks] == ["single", "eval_recon", "speed"]  # continuous tokens: no MaskGIT
+    single = plan.task(f"{vq.name}/single")
+    assert plan.task(f"{vq.name}/generator").spec.tokenizer == single.product
+    assert plan.task(f"{vq.name}/speed").spec.generator == plan.task(f"{vq.name}/generator").product
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["grid.models=[TiTok-L-32]"], "TiTok-L-32, a two-stage tokenizer"),
+    (["grid.sizes=[S]", "grid.num_tokens=[32]"], "set grid.sizes=[] grid.num_tokens=[]"),
+    (["grid.stages=[stage1,single]"], "single beside stage1/stage2"),
+    (["grid.models=[]"], "grid.models is empty"),
+    (["+preset.single.loop.stepz=3"], "did you mean preset.single.loop.steps?"),
+])
+def test_bad_single_stage_grids_fail_in_the_plan(overrides, message, tmp_path):
+    with pytest.raises(PlanError, match=message.replace("[", r"\[")):
+        make_plan(config("grid=single_stage", *overrides, tmp_path=tmp_path))
+
+
+def test_the_single_stage_paper_plan_prints_its_cost(tmp_path):
+    """The acceptance command: grid=single_stage preset=paper data=imagenet action=plan prints, per cell, the single
+    stage's FLOPs per step, its 650k steps and GPU-hours on the example cluster."""
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "imagenet" / split / f"n{c:08d}").mkdir(parents=True)
+            Image.new("RGB", (8, 8), (c, 2, 3)).save(tmp_path / "imagenet" / split / f"n{c:08d}" / "0.png")
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=single_stage", "preset=paper", "data=imagenet",
+                        f"data.root={tmp_path / 'imagenet'}", "data.num_classes=2", "cluster=example", "action=plan",
+                        f"outputs={tmp_path / 'outputs'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    print(r.stdout)  # the plan a cluster user sees (pytest -s shows it)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "grid single_stage  preset paper" in r.stdout and "6 cells, 19 stages, 19 to run" in r.stdout
+    assert "GPU-h" in r.stdout and "dry run: nothing submitted" in r.stdout
+    singles = [line.split() for line in r.stdout.splitlines() if line.strip().startswith("single ")]
+    assert len(singles) == 6, r.stdout
+    for _, flops_per_step, steps, _pflop, gpu_h, _wall_h in singles:
+        assert float(flops_per_step) > 1e13 and steps == "650,000" and float(gpu_h.replace(",", "")) > 100
+    assert not (tmp_path / "outputs" / "single_stage" / "jobs.jsonl").exists()

@@ -1,8 +1,9 @@
 """The paper path rehearsed: preset=rehearsal (paper.yaml with only model sizes, step counts, batch sizes
 and evaluation counts changed) on an ImageNet-layout tree with corrupt files and a weights cache holding the
 registry's files in their real formats (random weights, tests/infra/rehearsal.py), through the local launcher:
-every stage of grid=latent_vs_size, and grid=released on one checkpoint of each family. And `action=plan` of
-preset=paper data=imagenet is valid for every grid. The SLURM rehearsal is in test_sweep_slurm.py."""
+every stage of grid=latent_vs_size and of grid=single_stage, and grid=released on one checkpoint of each family.
+And `action=plan` of preset=paper data=imagenet is valid for every grid. The SLURM rehearsals are in
+test_sweep_slurm.py."""
 
 import json
 import subprocess
@@ -19,6 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 GRIDS = sorted(p.stem for p in (REPO / "sweeps" / "grid").glob("*.yaml"))
 # the paper's stages run at 256 px through the released-size teacher: one cell of the grid keeps CI's budget
 ONE_CELL = ["grid.sizes=[S]", "grid.num_tokens=[32]"]
+# grid=single_stage: one VQ cell through every stage it can list (a VAE's continuous tokens have no generator)
+SINGLE_STAGE_CELL = ["grid.models=[TiTok-BL-64-VQ]",
+                     "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]"]
+SINGLE_STAGE_STAGES = {"single", "pretokenize", "generator", "eval_recon", "eval_gen", "speed"}
 
 
 def sweep(files, grid, outputs, *extra, timeout=1500):
@@ -89,3 +94,21 @@ def test_rehearsal_of_the_released_grid(rehearsal_files, tmp_path):
     # the two-stage tokenizer has a released generator: sampled and timed with it
     assert {"gfid", "samples_per_s"} <= set(runs["TiTok-B-64"].data.metrics)
     assert len(runs["TiTok-B-64"].data.tags[T.weights_tag("MaskGIT-ViT:TiTok-B-64", "sha256")]) > 64
+
+
+@pytest.mark.slow
+def test_rehearsal_of_single_stage_runs_every_stage(rehearsal_files, tmp_path):
+    r = sweep(rehearsal_files, "single_stage", tmp_path, "preset=rehearsal", *SINGLE_STAGE_CELL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 cells: 1 finished, 0 stages unfinished, 0 jobs failed" in r.stdout
+    results = stage_results(tmp_path, "single_stage", "TiTok-BL-64-VQ")
+    assert set(results) == SINGLE_STAGE_STAGES
+    # the paper's settings ran: LPIPS and ConvNeXt-S from the cache (not stand-ins), autocast asked for
+    assert results["single"]["random_weights"] == {"convnext": False, "lpips": False}
+    assert results["single"]["tags"][T.precision_tag("single")] in ("fp16", "fp32")
+    [run] = cell_runs(tmp_path, "single_stage")
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED" and tags[T.TAG_PRESET] == "rehearsal" and tags[T.TAG_SMOKE] == "true"
+    for name in ("convnext-small", "vgg16", "lpips-vgg", "inception-fid", "VIRTUAL_imagenet256_labeled"):
+        assert len(tags[T.weights_tag(name, "sha256")]) == 64, name
+    assert {"rfid", "psnr", "lpips", "codebook_usage", "gfid", "samples_per_s"} <= set(metrics)

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slurm
 FOUR_CELLS = ["grid.sizes=[S,B]", "grid.num_tokens=[16,64]"]
 
 
-def sweep(*args, outputs, uri, timeout=600, env=None):
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "launcher=slurm", "cluster=local",
+def sweep(*args, outputs, uri, timeout=600, env=None, grid="latent_vs_size"):
+    r = subprocess.run([sys.executable, "-m", "bench.sweep", f"grid={grid}", "launcher=slurm", "cluster=local",
                         f"outputs={outputs}", f"tracking_uri={uri}", *args], cwd=REPO, capture_output=True,
                        text=True, timeout=timeout, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -160,3 +160,21 @@ def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_p
              if r.data.tags[T.TAG_PRESET] == "rehearsal"]
     assert run.info.status == "FINISHED" and len(run.data.tags[T.weights_tag("MaskGIT-VQGAN", "sha256")]) == 64
     assert {"rfid", "gfid", "probe_top1", "samples_per_s"} <= set(run.data.metrics)
+
+
+def test_single_stage_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_path):
+    """grid=single_stage's rehearsal (test_rehearsal.py) through the cluster: one VQ cell, every stage it can list,
+    each in its SLURM job, logged to the server."""
+    from tests.sweep.test_rehearsal import SINGLE_STAGE_CELL, SINGLE_STAGE_STAGES, stage_results
+
+    outputs = tmp_path / "outputs"
+    out = sweep("preset=rehearsal", "data=imagenet", f"data.root={rehearsal_files.imagenet}", "data.num_classes=4",
+                *SINGLE_STAGE_CELL, "wait=true", outputs=outputs, uri=mlflow_server.uri, timeout=1800,
+                env=rehearsal_files.env, grid="single_stage")
+    assert "all jobs ended; 0 stages unfinished" in out, out
+    assert set(stage_results(outputs, "single_stage", "TiTok-BL-64-VQ")) == SINGLE_STAGE_STAGES
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(T.experiment_name("single_stage"))
+    [run] = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+    assert run.info.status == "FINISHED" and len(run.data.tags[T.weights_tag("convnext-small", "sha256")]) == 64
+    assert {"rfid", "gfid", "samples_per_s"} <= set(run.data.metrics)

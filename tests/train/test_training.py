@@ -97,7 +97,7 @@ def test_stage2_overfits(stage1_checkpoint, tmp_path):
 def test_single_stage_overfits(variant, tmp_path):
     rec = Recorder("single/l2")
     overrides = {k: v for k, v in TOY_TOKENIZER.items() if not (variant.endswith("VAE") and k == "codebook_size")}
-    cfg = SingleStageConfig(model=variant, model_overrides=overrides,
+    cfg = SingleStageConfig(model=variant, model_overrides=overrides, quantizer_weight=1.0, kl_weight=1e-6,
                             perceptual=PerceptualConfig(convnext_weight=0.0, lpips_weight=0.1, resolution=224),
                             gan=toy_gan(0.1),
                             data=FIXED_BATCH, optim=FAST, loop=loop(30), allow_random_weights=True, device="cpu")
