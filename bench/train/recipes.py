@@ -36,7 +36,7 @@ class TeacherConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Stage1Config:
-    """Proxy-code training: CE against the teacher's codes + the quantiser loss (TITOK.md 3.2)."""
+    """Proxy-code training: CE against the teacher's codes + the quantiser loss (docs/reference.md, Stage 1)."""
 
     model: str = "TiTok-L-32"
     model_overrides: dict = field(default_factory=dict)
@@ -86,7 +86,7 @@ class PerceptualConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Stage2Config:
-    """Decoder fine-tuning: frozen encoder + quantiser; L2 + ConvNeXt perceptual + GAN (TITOK.md 3.3)."""
+    """Decoder fine-tuning: frozen encoder + quantiser; L2 + ConvNeXt perceptual + GAN (docs/reference.md, Stage 2)."""
 
     init_from: str = ""  # the stage-1 checkpoint (our .safetensors)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -119,7 +119,7 @@ class SingleStageConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class GeneratorTrainConfig:
-    """MaskGIT training on a frozen tokenizer's tokens (TITOK.md 4.3)."""
+    """MaskGIT training on a frozen tokenizer's tokens (docs/reference.md, Generator)."""
 
     tokenizer: str = ""  # a tokenizer checkpoint (ours), a released name, a hub-style folder or a file
     # the pretokenize stage's product (its manifest.json or folder) of this tokenizer on `data`: train on those
