@@ -31,7 +31,8 @@ PAPER_SAMPLES = 50_000  # the paper's FIDs use 50k images; fewer makes a number 
 TIDY_COLUMNS = ["grid", "cell", "model_size", "num_tokens", "metric", "value", "lo", "hi", "run_id", "smoke",
                 "preset", "weights_random", "smoke_reason"]  # lo, hi: the metric's 95% interval where logged
 # which rows of paper_numbers.csv (its `table` column) describe which grid; other grids have no paper values
-PAPER_TABLE_OF_GRID = {"latent_vs_size": "scaling", "released": "released"}
+# (single_stage trains the released single-stage architectures: the release's numbers are its references)
+PAPER_TABLE_OF_GRID = {"latent_vs_size": "scaling", "released": "released", "single_stage": "released"}
 # paper_numbers.csv column -> our metric name
 PAPER_METRICS = {"rfid": "rfid", "gfid": "gfid", "is": "gfid_is", "samples_per_s": "samples_per_s"}
 # (sample count, the metric family it stands behind): a family logged without its count is not trusted

@@ -140,7 +140,7 @@ def reproduction_table(col: Collection, paper: pd.DataFrame) -> Table:
 
 def build_tables(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
     tables = [grid_table(col, tidy), cost_table(col, tidy)]
-    if col.grid.name == "released":
+    if col.grid.name in ("released", "single_stage"):  # single_stage: our training of the released architectures
         tables[:0] = [reproduction_table(col, paper), released_table(col, tidy, paper)]
     return tables
 

@@ -94,3 +94,17 @@ def test_the_verdict_line_heads_the_page_and_the_tables(report):
     assert page.index('id="verdict"') < page.index("<h2>What these numbers are</h2>") and line in page
     for name in ("reproduction", "released"):
         assert line in (report.out_dir / "tables" / f"{name}.md").read_text()
+
+
+def test_a_single_stage_run_is_judged_against_the_releases_numbers(tmp_path):
+    """grid=single_stage trains the released single-stage architectures: its cells get the same verdicts against
+    the release's numbers (BL-64-VQ rFID 2.06, BL-64-VAE 1.25)."""
+    store = Store(tmp_path / "mlflow.db")
+    exp, parent = store.sweep("single_stage", "paper")
+    store.cell(exp, parent, "single_stage", "TiTok-BL-64-VQ", {"rfid": 2.06 + 0.05, "rfid_num_images": 50_000})
+    store.cell(exp, parent, "single_stage", "TiTok-BL-64-VAE", {"rfid": 1.25 + 0.2, "rfid_num_images": 50_000})
+    v = _verdicts(build_report("single_stage", store.uri, tmp_path / "report"))
+    assert v.at[("TiTok-BL-64-VQ", "rFID"), "reference"] == 2.06
+    assert v.at[("TiTok-BL-64-VQ", "rFID"), "verdict"] == "pass"
+    assert v.at[("TiTok-BL-64-VAE", "rFID"), "verdict"] == "fail"
+    assert v.at[("TiTok-SL-256-VQ", "rFID"), "verdict"] == "no run"
