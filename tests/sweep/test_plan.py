@@ -84,9 +84,9 @@ def test_rfid_inception_dtype_is_one_setting_for_the_stats_and_the_evaluation(tm
 def test_local_jobs_start_with_the_largest_cells(tmp_path):
     plan = make_plan(config("grid.sizes=[S,L]", "grid.num_tokens=[16,256]", tmp_path=tmp_path))
     groups = longest_first(plan)
-    # by estimated cost: L-16's 64 patches + 16 tokens through 4 layers of width 128 outweigh S-256's 320 through 2
-    # of width 64
-    assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-L-16", "TiTok-S-256", "TiTok-S-16"]
+    # by estimated FLOPs: with stage 1 a few dozen steps, S-256's generator, sampling and speed stages (256 tokens)
+    # outweigh L-16's wider stage 1
+    assert [g[0].cell for g in groups] == ["TiTok-L-256", "TiTok-S-256", "TiTok-L-16", "TiTok-S-16"]
     cells = {c.name: c for c in plan.cells}
     assert all(g == cells[g[0].cell].tasks for g in groups)  # a cell's stages keep their order
     # finished stages are left out and the order is by what is left: L-256 with only its evaluations to run goes
@@ -96,7 +96,7 @@ def test_local_jobs_start_with_the_largest_cells(tmp_path):
         Path(task.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(task.out_dir) / RESULT).write_text("{}")
     groups = longest_first(plan)
-    assert [g[0].cell for g in groups if g] == ["TiTok-L-16", "TiTok-S-256", "TiTok-L-256"]
+    assert [g[0].cell for g in groups if g] == ["TiTok-S-256", "TiTok-L-16", "TiTok-L-256"]
     assert groups[2] == cells["TiTok-L-256"].tasks[3:] and groups[3] == []
 
 
