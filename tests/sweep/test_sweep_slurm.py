@@ -3,7 +3,9 @@ cells (two sizes x two K: shared stages, several cells and job arrays; all 21 to
 nothing four do not): every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint
 into the same MLflow run, which ends FINISHED without an error tag; the tracking server is down when the sweep starts
 and comes back mid-sweep, and no metric is lost; a second sweep started beside the first submits nothing and
-duplicates no run or metric. (`nox -s slurm` runs this with the cluster and server started by tests/infra.)"""
+duplicates no run or metric. Jobs SLURM ends without a result (scancel, a time limit with no requeue left) are named
+by `action=status`, marked in their runs, and resumed by a rerun. (`nox -s slurm` runs this with the cluster and
+server started by tests/infra.)"""
 
 import json
 import subprocess
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from bench import tracking as T
@@ -178,3 +181,67 @@ def test_single_stage_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal
     [run] = client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
     assert run.info.status == "FINISHED" and len(run.data.tags[T.weights_tag("convnext-small", "sha256")]) == 64
     assert {"rfid", "gfid", "samples_per_s"} <= set(run.data.metrics)
+
+
+# ~2 min of training on a 2-core CPU: long enough to be caught after a checkpoint and to outlive a one-minute time
+# limit (slurmctld enforces limits and sends their signals on a 30 s tick)
+ONE_STAGE = ["grid.sizes=[S]", "grid.num_tokens=[16]", "grid.stages=[stage1]", "preset.stage1.loop.steps=1400",
+             "preset.stage1.loop.checkpoint_every=40", "preset.stage1.loop.log_every=40"]
+# a one-minute limit, signalled 10 s before it (once training has started), with no requeue left: submitit does
+# not requeue it
+NO_TIME_LEFT = ["cluster.time_min.train=1", "launcher.signal_delay_s=10", "launcher.max_timeouts=0"]
+
+
+def stage1_job(outputs: Path) -> tuple[str, Path]:
+    ((key, jid),) = [(k, j) for k, j in jobs_of(outputs).items() if "/stage1-" in k]
+    return jid, outputs / "latent_vs_size" / key
+
+
+def status_of(outputs: Path, uri: str) -> dict:
+    out = sweep(*ONE_STAGE, "action=status", "--json", outputs=outputs, uri=uri)
+    return next(s for s in json.loads(out)["stages"] if s["key"] == "TiTok-S-16/stage1")
+
+
+def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_server, tmp_path):
+    """A stage-1 job scancel'ed mid-training, and one past its time limit with no requeue left: `action=status`
+    names each reason, the cell's run is marked with it, and a rerun (with the usual limit) resumes from the
+    checkpoint: both cells end FINISHED without an error tag, with the same weights and curve (each point once)."""
+    uri = mlflow_server.uri
+    cancelled, timed_out = tmp_path / "cancelled", tmp_path / "timeout"
+    sweep(*ONE_STAGE, outputs=cancelled, uri=uri)
+    sweep(*ONE_STAGE, *NO_TIME_LEFT, outputs=timed_out, uri=uri)
+    cases = {"CANCELLED": cancelled, "TIMEOUT": timed_out}
+    jobs = {reason: stage1_job(out) for reason, out in cases.items()}
+    deadline = time.time() + 900
+    jid, stage = jobs["CANCELLED"]
+    while not (stage / "checkpoint.pt").exists() and time.time() < deadline:
+        assert not (stage / "result.json").exists(), "stage 1 ended before it was caught training"
+        time.sleep(0.3)
+    subprocess.run(["scancel", jid], check=True)
+    while time.time() < deadline and any(jid in {j for j, _, _ in squeue()} for jid, _ in jobs.values()):
+        time.sleep(2)
+    for reason, out in cases.items():
+        jid, stage = jobs[reason]
+        if reason == "TIMEOUT" and (stage / "result.json").exists():
+            pytest.skip("stage 1 finished within its one-minute limit on this machine: nothing timed out")
+        s = status_of(out, uri)
+        assert (s["state"], s["reason"]) == ("ended", reason), s
+        assert s["step"] and s["rerun"] == f"resumes stage1 at step {s['step']}", s
+        (run_dir,) = (out / "latent_vs_size" / "TiTok-S-16").glob("run-*")
+        run = MlflowClient(uri).get_run(json.loads((run_dir / T.RUN_ID_FILE).read_text())["run_id"])
+        assert run.info.status == ("KILLED" if reason == "CANCELLED" else "FAILED"), run.info
+        assert run.data.tags[T.TAG_ERROR].startswith(f"{reason}: slurm job {jid}"), run.data.tags
+        sweep(*ONE_STAGE, "wait=true", outputs=out, uri=uri, timeout=900)  # the rerun
+        assert json.loads((stage / "result.json").read_text())["resumed_from"] == s["step"]
+        run = MlflowClient(uri).get_run(run.info.run_id)
+        assert run.info.status == "FINISHED" and not set(T.ERROR_TAGS) & set(run.data.tags), run.data.tags
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "stage1/ce")]
+        assert len(steps) == len(set(steps)), f"{reason}: a curve point logged twice: {sorted(steps)}"
+    curves = [{m.step: m.value for m in MlflowClient(uri).get_metric_history(
+        json.loads(next((out / "latent_vs_size" / "TiTok-S-16").glob("run-*/" + T.RUN_ID_FILE)).read_text())["run_id"],
+        "stage1/ce")} for out in cases.values()]
+    assert curves[0] == curves[1]  # interrupted at different steps, resumed to the same numbers
+    from safetensors.torch import load_file
+
+    a, b = (load_file(stage / "model.safetensors") for _, stage in jobs.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
