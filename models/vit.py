@@ -168,9 +168,7 @@ def init_weights(module: nn.Module, gain: float | None = None) -> None:
     reference either); its CLS, positional, latent and mask embeddings keep their width**-0.5 * randn init.
 
     gain: instead trunc-normal(gain / sqrt(fan_in)) for every weight matrix, the fused attention projection
-    included. 0.02 is sized for widths 512-1024 (a per-layer gain of 0.45-0.64); at the CPU toy widths (64-128)
-    it gives gains near 0.2, the latents carry about 1% image information at init and stage 1 sits on a
-    plateau that predicts the mean code for hundreds of steps (docs/measurements.md)."""
+    included: 0.02 is sized for widths 512-1024 and is too small at toy widths (docs/measurements.md)."""
     def normal(weight: torch.Tensor) -> None:
         std = 0.02 if gain is None else gain / weight[0].numel() ** 0.5
         nn.init.trunc_normal_(weight, std=std)

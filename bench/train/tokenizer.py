@@ -137,9 +137,8 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models.MaskGITVQGAN) -> Objective:
     """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook.
 
-    Two schedule aids for toy models, off in the reference recipe. Measured on toy-S K=16 (docs/measurements.md),
-    a small TiTok first learns the codes' marginal by pulling every image's latents to one point:
-    within ~50 steps all images share one token sequence, and it takes 250-400 more steps to leave that plateau.
+    Two schedule aids for toy models, off in the reference recipe: a small TiTok first learns the codes' marginal by
+    pulling every image's latents to one point, a plateau it is slow to leave (docs/measurements.md).
     decoder_warmup_steps W lets the decoder learn the marginal alone (the encoder, latent tokens and codebook at
     lr 0 for W steps, ramped linearly to full over the next W); continuous_steps M feeds the decoder the
     unquantised latents before step M (the VQ's straight-through copies of one code cannot tell images apart),
