@@ -5,6 +5,7 @@ timeout is the cluster's setting, passed from the launcher into init_process_gro
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,7 +49,9 @@ class _Executor:
 
     def submit(self, job):
         self.jobs.append(job)
-        return type("Job", (), {"job_id": f"{len(_Executor.made)}_{len(self.jobs) - 1}"})()
+        job_id = f"{len(_Executor.made)}_{len(self.jobs) - 1}"
+        paths = SimpleNamespace(stderr=Path(f"{job_id}.err"), result_pickle=Path(f"{job_id}_result.pkl"))
+        return SimpleNamespace(job_id=job_id, paths=paths)  # what record_jobs reads of a submitit Job
 
 
 def test_single_process_stages_ask_for_one_task_and_one_gpu(tmp_path, monkeypatch):

@@ -94,7 +94,7 @@ def test_pipeline_grid_runs_every_training_stage(tmp_path):
     (stage2,) = cell.glob("stage2-*")
     assert json.loads((stage2 / "result.json").read_text())["steps"] == 4
     (tokens,) = cell.glob("pretokenize-*")
-    assert json.loads((tokens / "manifest.json").read_text())["count"] == 200  # data.train_images, centre + flip
+    assert json.loads((tokens / "manifest.json").read_text())["count"] == 160  # tiny's generator.train_images
     (generator,) = cell.glob("generator-*")
     assert json.loads((generator / "spec.json").read_text())["spec"]["tokens"] == str(tokens / "manifest.json")
     for stage, metric in (("eval_recon", "rfid"), ("eval_gen", "gfid")):
