@@ -359,11 +359,15 @@ def test_a_killed_driver_leaves_no_job_running(tmp_path, store):
     unobserved (and, before stage locks, beside the rerun's trainer); the job ends itself within seconds."""
     driver = subprocess.Popen(sweep_command(tmp_path, "preset.teacher.loop.steps=100000", f"tracking_uri={store}"),
                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = tmp_path / "latent_vs_size" / "_shared"
+    kill_driver_when(driver, lambda: list(started.glob("teacher-*/spec.json")), 120, "the job to start its stage")
+
+
+def kill_driver_when(driver: subprocess.Popen, ready, timeout: float, what: str) -> None:
+    """Once `ready()`, SIGKILL the local sweep driver; its controller and job must then end within seconds."""
     try:
-        started = tmp_path / "latent_vs_size" / "_shared"
-        wait_for(lambda: list(started.glob("teacher-*/spec.json")) or driver.poll() is not None, 120,
-                 "the job to start its stage")
-        assert driver.poll() is None
+        wait_for(lambda: ready() or driver.poll() is not None, timeout, what)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
         (controller,) = launch.child_processes(driver.pid)
         (job,) = launch.child_processes(controller)
     finally:

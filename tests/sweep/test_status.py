@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from bench import launch, status
 from bench import tracking as T
 from bench.stages.task import LOCK, SPEC
-from tests.sweep.test_faults import REPO, alive, end, plan_of, run_of, sweep_command, wait_for
+from tests.sweep.test_faults import REPO, kill_driver_when, plan_of, run_of, sweep_command
 
 STAGE1 = ["preset.stage1.loop.steps=30", "preset.stage1.loop.checkpoint_every=5",
           "preset.stage1.loop.log_every=5"]
@@ -57,20 +57,8 @@ def test_a_killed_driver_then_status_and_a_rerun(tmp_path):
     cut = tmp_path / "cut"
     driver = subprocess.Popen(sweep_command(cut, *STAGE1), cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    try:
-        cell = cut / "latent_vs_size" / "TiTok-S-16"
-        wait_for(lambda: list(cell.glob("stage1-*/checkpoint.pt")) or driver.poll() is not None, 300,
-                 "stage 1's first checkpoint")
-        assert driver.poll() is None, "the sweep ended before it could be killed"
-        (controller,) = launch.child_processes(driver.pid)
-        (job,) = launch.child_processes(controller)
-    finally:
-        driver.kill()
-        driver.wait()
-    try:
-        wait_for(lambda: not alive(job) and not alive(controller), 10, "the driver's job to end")
-    finally:
-        end(job, controller)
+    cell = cut / "latent_vs_size" / "TiTok-S-16"
+    kill_driver_when(driver, lambda: list(cell.glob("stage1-*/checkpoint.pt")), 300, "stage 1's first checkpoint")
 
     r = sweep(cut, "action=status", "--json")
     (stage1,) = [s for s in json.loads(r.stdout)["stages"] if s["key"] == "TiTok-S-16/stage1"]
