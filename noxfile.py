@@ -1,11 +1,11 @@
 """Project sessions. Everything runs in the project's .venv (made by `bash scripts/setup.sh`).
 
-    .venv/bin/nox                    # what CI runs: lint, tests, slurm, browser
-    .venv/bin/nox -s tests           # unit and integration tests on the CPU
-    .venv/bin/nox -s slurm           # the sweep on a real single-node SLURM cluster + mlflow server
-    .venv/bin/nox -s report          # figures and tables of the default grid into reports/out/
-    .venv/bin/nox -s gpu             # the GPU check on one CUDA device (not in CI's sessions: CI has no GPU)
-    .venv/bin/nox -s mlflow_ui       # browse the default sqlite store
+.venv/bin/nox                    # what CI runs: lint, tests, slurm, browser
+.venv/bin/nox -s tests           # unit and integration tests on the CPU
+.venv/bin/nox -s slurm           # the sweep on a real single-node SLURM cluster + mlflow server
+.venv/bin/nox -s report          # figures and tables of the default grid into reports/out/
+.venv/bin/nox -s gpu             # the GPU check on one CUDA device (not in CI's sessions: CI has no GPU)
+.venv/bin/nox -s mlflow_ui       # browse the default sqlite store
 """
 
 import json
@@ -34,8 +34,13 @@ def isolated_checkout(session):
     (no shared folder beside it, no path of a development machine). Its packages shadow the editable install (cwd and
     PYTHONPATH come first), for the test process and every process it starts."""
     root = Path(__file__).resolve().parent
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     dest = Path(tempfile.mkdtemp(prefix="titok-bench-isolated-")) / "titok-bench"
     for name in filter(None, listed):
         source = root / name
@@ -75,14 +80,19 @@ def skipped_tests(junit_xml: Path) -> list[str]:
     """`test (reason)` for each skipped test of a pytest junit report."""
     import xml.etree.ElementTree as ET
 
-    return [f"{case.get('classname')}.{case.get('name')} ({skip.get('message')})"
-            for case in ET.parse(junit_xml).iter("testcase") for skip in case.iter("skipped")]
+    return [
+        f"{case.get('classname')}.{case.get('name')} ({skip.get('message')})"
+        for case in ET.parse(junit_xml).iter("testcase")
+        for skip in case.iter("skipped")
+    ]
 
 
 @nox.session
 def lint(session):
-    """ruff, and the import-layer contracts of pyproject.toml (models <- bench <- reports, bench's floors)."""
+    """ruff (lint and format), and the import-layer contracts of pyproject.toml (models <- bench <- reports, bench's
+    floors)."""
     session.run(PY, "-m", "ruff", "check", ".")
+    session.run(PY, "-m", "ruff", "format", "--check", ".")
     session.run(str(Path(PY).with_name("lint-imports")), "--no-cache")
 
 
@@ -96,8 +106,9 @@ def tests(session):
 def slurm(session):
     """Starts a real single-node SLURM cluster with accounting and an mlflow server (tests/infra), runs the
     tiny sweep through submitit's SLURM executor, and stops exactly what it started."""
-    session.run(PY, "-m", "tests.infra.apt", "slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd",
-                "mariadb-server")
+    session.run(
+        PY, "-m", "tests.infra.apt", "slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server"
+    )
     with isolated_checkout(session):
         run_promised(session, "slurm")
 

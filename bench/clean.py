@@ -70,8 +70,9 @@ def candidates(plan: Plan, stages: bool = False) -> list[Item]:
     if code.is_dir():
         active = active_records(plan)
         used = {Path(r["code"]).resolve() for r in active if r.get("code")}
-        snapshots = sorted((p for p in code.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                           key=lambda p: p.stat().st_mtime)
+        snapshots = sorted(
+            (p for p in code.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime
+        )
         unknown = any(not r.get("code") for r in active)  # a job recorded before snapshots were: keep them all
         for p in snapshots[:-1]:
             if p.resolve() not in used and not unknown:
@@ -90,8 +91,12 @@ def candidates(plan: Plan, stages: bool = False) -> list[Item]:
         current = {Path(t.out_dir).resolve() for t in plan.tasks()}
         for folder in [plan.root / SHARED, *(c.dir for c in plan.cells)]:
             for p in sorted(folder.glob("*-*")) if folder.is_dir() else []:
-                if p.is_dir() and p.name.rpartition("-")[0] in STAGES \
-                        and p.resolve() not in current and lock_holder(p / LOCK) is None:
+                if (
+                    p.is_dir()
+                    and p.name.rpartition("-")[0] in STAGES
+                    and p.resolve() not in current
+                    and lock_holder(p / LOCK) is None
+                ):
                     items.append(Item(p, size_of(p), "stage folder of an identity the current plan does not use"))
     return items
 
@@ -149,8 +154,11 @@ def remove(items: list[Item]) -> list[Item]:
 
 def describe(items: list[Item], root: Path, dry_run: bool) -> str:
     verb = "would remove" if dry_run else "removed"
-    lines = [f"  {verb} {human(i.size):>9}  {i.path.relative_to(root) if i.path.is_relative_to(root) else i.path}"
-             f"  ({i.what})" for i in items]
+    lines = [
+        f"  {verb} {human(i.size):>9}  {i.path.relative_to(root) if i.path.is_relative_to(root) else i.path}"
+        f"  ({i.what})"
+        for i in items
+    ]
     total = sum(i.size for i in items)
     lines.append(f"{verb} {len(items)} items, {human(total)}" + (" (dry run: nothing removed)" if dry_run else ""))
     return "\n".join(lines)

@@ -60,11 +60,16 @@ class Device:
         return self.peak_flops * self.utilization * self.devices
 
     def describe(self) -> str:
-        where = (f"{self.devices} GPUs per job" if not self.cpu else
-                 f"one job on {self.cores} cores; device-hours are core-hours, as cost_gpu_hours counts them")
-        return (f"device {self.name}: peak {self.peak_flops / 1e12:.4g} TFLOP/s ({self.peak_source}), utilisation "
-                f"{self.utilization:.0%} assumed (cluster.device.utilization) -> {self.job_flops / 1e12:.4g} "
-                f"TFLOP/s per job; {where}")
+        where = (
+            f"{self.devices} GPUs per job"
+            if not self.cpu
+            else f"one job on {self.cores} cores; device-hours are core-hours, as cost_gpu_hours counts them"
+        )
+        return (
+            f"device {self.name}: peak {self.peak_flops / 1e12:.4g} TFLOP/s ({self.peak_source}), utilisation "
+            f"{self.utilization:.0%} assumed (cluster.device.utilization) -> {self.job_flops / 1e12:.4g} "
+            f"TFLOP/s per job; {where}"
+        )
 
 
 class CostError(ValueError):
@@ -85,17 +90,24 @@ def device_from_cluster(cluster: dict) -> Device:
     """The estimate's device from a cluster config's `device` block and its GPUs per node."""
     d = dict(cluster.get("device") or {})
     gpus = int(cluster.get("nodes") or 1) * int(cluster.get("gpus_per_node") or 0)
-    cores = int(cluster.get("nodes") or 1) * int(cluster.get("tasks_per_node") or 1) * int(
-        cluster.get("cpus_per_task") or 1)
+    cores = (
+        int(cluster.get("nodes") or 1)
+        * int(cluster.get("tasks_per_node") or 1)
+        * int(cluster.get("cpus_per_task") or 1)
+    )
     util = d.get("utilization")
     if not isinstance(util, int | float) or not 0 < util <= 1:
-        raise CostError(f"cluster.device.utilization={util!r}: state the assumed share of the peak a training step "
-                        f"achieves, a number in (0, 1] (e.g. cluster.device.utilization=0.4)")
+        raise CostError(
+            f"cluster.device.utilization={util!r}: state the assumed share of the peak a training step "
+            f"achieves, a number in (0, 1] (e.g. cluster.device.utilization=0.4)"
+        )
     peak = d.get("peak_tflops")
     if peak is None:
         if gpus:
-            raise CostError("cluster.device.peak_tflops is not set: give the accelerator's dense peak in TFLOP/s "
-                            "(A100: 312 bf16/fp16); only a CPU cluster's peak is measured here")
+            raise CostError(
+                "cluster.device.peak_tflops is not set: give the accelerator's dense peak in TFLOP/s "
+                "(A100: 312 bf16/fp16); only a CPU cluster's peak is measured here"
+            )
         value, source = measured_peak(), "measured here: bench.speed fp32 matmul probe"
     elif not isinstance(peak, int | float) or peak <= 0:
         raise CostError(f"cluster.device.peak_tflops={peak!r}: a positive number of TFLOP/s, or null to measure it")
@@ -144,16 +156,25 @@ def _cell_models(tasks) -> tuple[models.TiTokConfig | None, models.GeneratorConf
     tok = None
     if "stage1" in by:  # built as the stage builds it (bench.train.tokenizer): the teacher's VQGAN, the data's size
         s1 = by["stage1"]
-        tok = _tokenizer_config(s1.model, dict(s1.model_overrides, vqgan=_teacher_config(s1.teacher.overrides),
-                                               image_size=s1.data.image_size, pixel_decoder="stage2" in by))
+        tok = _tokenizer_config(
+            s1.model,
+            dict(
+                s1.model_overrides,
+                vqgan=_teacher_config(s1.teacher.overrides),
+                image_size=s1.data.image_size,
+                pixel_decoder="stage2" in by,
+            ),
+        )
     if "single" in by:  # as bench.train.tokenizer builds it: the data's image size
         s = by["single"]
         tok = _tokenizer_config(s.model, dict(s.model_overrides, image_size=s.data.image_size))
     gen = None
     if "generator" in by and tok is not None:
         g = by["generator"]
-        gen = models.variants.with_overrides(models.resolve(g.model).config, dict(
-            g.model_overrides, num_tokens=tok.num_latent_tokens, codebook_size=tok.codebook_size))
+        gen = models.variants.with_overrides(
+            models.resolve(g.model).config,
+            dict(g.model_overrides, num_tokens=tok.num_latent_tokens, codebook_size=tok.codebook_size),
+        )
     return tok, gen
 
 
@@ -193,33 +214,55 @@ def _stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfi
         return StageCost(cell, stage, per * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}")
     if stage == "stage1":
         c = dataclasses.replace(tok, pixel_decoder=False)
-        return StageCost(cell, stage, FL.train_stage1(c) * s.loop.batch_size, s.loop.steps,
-                         f"batch {s.loop.batch_size}")
+        return StageCost(
+            cell, stage, FL.train_stage1(c) * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}"
+        )
     if stage == "stage2":
         c = dataclasses.replace(tok, pixel_decoder=True)
-        return StageCost(cell, stage, FL.train_stage2(c, s.perceptual, s.gan) * s.loop.batch_size, s.loop.steps,
-                         f"batch {s.loop.batch_size}")
+        return StageCost(
+            cell,
+            stage,
+            FL.train_stage2(c, s.perceptual, s.gan) * s.loop.batch_size,
+            s.loop.steps,
+            f"batch {s.loop.batch_size}",
+        )
     if stage == "single":
-        return StageCost(cell, stage, FL.train_single_stage(tok, s.perceptual, s.gan) * s.loop.batch_size,
-                         s.loop.steps, f"batch {s.loop.batch_size}")
+        return StageCost(
+            cell,
+            stage,
+            FL.train_single_stage(tok, s.perceptual, s.gan) * s.loop.batch_size,
+            s.loop.steps,
+            f"batch {s.loop.batch_size}",
+        )
     if stage == "generator":
         per = 3 * FL.generator_forward(gen) if getattr(s, "tokens", None) else FL.train_generator(tok, gen)
         return StageCost(cell, stage, per * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}")
     if stage == "pretokenize":
         images = _train_images(s.data) * CROPS.get(s.crops, 1)
-        return StageCost(cell, stage, FL.titok_encode(tok) * s.batch_size, math.ceil(images / s.batch_size),
-                         f"batch {s.batch_size} ({s.crops} crops)")
+        return StageCost(
+            cell,
+            stage,
+            FL.titok_encode(tok) * s.batch_size,
+            math.ceil(images / s.batch_size),
+            f"batch {s.batch_size} ({s.crops} crops)",
+        )
     if stage == "eval_recon":
         per = FL.titok_encode(tok) + _decode(tok)
-        return StageCost(cell, stage, per * s.batch_size, math.ceil(s.num_images / s.batch_size),
-                         f"batch {s.batch_size}")
+        return StageCost(
+            cell, stage, per * s.batch_size, math.ceil(s.num_images / s.batch_size), f"batch {s.batch_size}"
+        )
     if stage == "eval_gen":
         batch = s.sample_batch_size or s.batch_size
         per = FL.generation(gen, gen.sampler.updated(**s.sampler)) + _decode(tok)
         return StageCost(cell, stage, per * batch, math.ceil(s.num_samples / batch), f"batch {batch}")
     if stage == "probe":
-        return StageCost(cell, stage, FL.titok_encode(tok) * s.batch_size,
-                         math.ceil((s.num_train + s.num_val) / s.batch_size), f"batch {s.batch_size}")
+        return StageCost(
+            cell,
+            stage,
+            FL.titok_encode(tok) * s.batch_size,
+            math.ceil((s.num_train + s.num_val) / s.batch_size),
+            f"batch {s.batch_size}",
+        )
     if stage == "speed" and gen is None:  # a tokenizer's encode and decode
         per = FL.titok_encode(tok) + _decode(tok)
         return StageCost(cell, stage, per * s.batch_size, s.warmup + s.repeats, f"batch {s.batch_size}")
@@ -274,10 +317,18 @@ def paper_recipe_costs(model: str) -> list[StageCost]:
     c = models.resolve(model).config
     s2 = paper_recipe("stage2")
     batch = row["batch_size"]
-    return [StageCost(model, "stage1", FL.train_stage1(dataclasses.replace(c, pixel_decoder=False)) * batch,
-                      row["stage1_steps"], f"batch {batch}"),
-            StageCost(model, "stage2", FL.train_stage2(c, s2.perceptual, s2.gan) * batch, row["stage2_steps"],
-                      f"batch {batch}")]
+    return [
+        StageCost(
+            model,
+            "stage1",
+            FL.train_stage1(dataclasses.replace(c, pixel_decoder=False)) * batch,
+            row["stage1_steps"],
+            f"batch {batch}",
+        ),
+        StageCost(
+            model, "stage2", FL.train_stage2(c, s2.perceptual, s2.gan) * batch, row["stage2_steps"], f"batch {batch}"
+        ),
+    ]
 
 
 ARCHITECTURE = ("encoder", "decoder", "image_size", "patch_size", "num_latent_tokens", "two_stage")
@@ -301,10 +352,14 @@ def same_recipe(stages: list[StageCost], row: dict, plan) -> bool:
         return False
     tok, _ = _cell_models(cell.tasks)
     released = models.resolve(cell.name).config
-    same_model = all(getattr(tok, f) == getattr(released, f) for f in ("codebook_size", "token_size", "encoder",
-                                                                       "decoder", "image_size", "patch_size"))
-    return same_model and all(by[s].loop.steps == row[f"{s}_steps"] and by[s].loop.batch_size == row["batch_size"]
-                              for s in ("stage1", "stage2"))
+    same_model = all(
+        getattr(tok, f) == getattr(released, f)
+        for f in ("codebook_size", "token_size", "encoder", "decoder", "image_size", "patch_size")
+    )
+    return same_model and all(
+        by[s].loop.steps == row[f"{s}_steps"] and by[s].loop.batch_size == row["batch_size"]
+        for s in ("stage1", "stage2")
+    )
 
 
 # ---- the printed view ----------------------------------------------------------------------------------------------
@@ -333,11 +388,13 @@ def describe_cost(plan, device: Device) -> str:
             g, w = s.hours(device)
             cell_g, cell_w, cell_f = cell_g + g, cell_w + w, cell_f + s.flops
             if s.flops_per_step is None:
-                lines.append(f"    {s.stage:<22}{'-':>11}{'-':>11}{'-':>11}{'-':>11}{'-':>10}   "
-                             f"(Inception only: not counted)")
+                lines.append(
+                    f"    {s.stage:<22}{'-':>11}{'-':>11}{'-':>11}{'-':>11}{'-':>10}   (Inception only: not counted)"
+                )
                 continue
-            lines.append(f"    {s.stage:<22}{s.flops_per_step:>11.3e}{s.steps:>11,}{s.flops / 1e15:>11.4g}"
-                         f"{_h(g):>11}{_h(w):>10}")
+            lines.append(
+                f"    {s.stage:<22}{s.flops_per_step:>11.3e}{s.steps:>11,}{s.flops / 1e15:>11.4g}{_h(g):>11}{_h(w):>10}"
+            )
         theirs = ""
         if cell in paper and cell in names and same_architecture(cell, plan):
             same = same_recipe(stages, paper[cell], plan)
@@ -345,22 +402,28 @@ def describe_cost(plan, device: Device) -> str:
             marked.append(cell)
         if cell not in names and not cell_f:
             continue
-        lines.append(f"    {'cell total':<22}{'':>11}{'':>11}{cell_f / 1e15:>11.4g}{_h(cell_g):>11}{_h(cell_w):>10}"
-                     + theirs)
+        lines.append(
+            f"    {'cell total':<22}{'':>11}{'':>11}{cell_f / 1e15:>11.4g}{_h(cell_g):>11}{_h(cell_w):>10}" + theirs
+        )
         total_g, total_w, total_f = total_g + cell_g, total_w + cell_w, total_f + cell_f
-    lines.append(f"  {'total':<24}{'':>11}{'':>11}{total_f / 1e15:>11.4g}{_h(total_g):>11}{_h(total_w):>10}"
-                 f"   ({len(plan.cells)} cells and the shared stages, run one after another)")
+    lines.append(
+        f"  {'total':<24}{'':>11}{'':>11}{total_f / 1e15:>11.4g}{_h(total_g):>11}{_h(total_w):>10}"
+        f"   ({len(plan.cells)} cells and the shared stages, run one after another)"
+    )
     for model in marked:
         row = paper[model]
         recipe = paper_recipe_costs(model)
         g = sum(s.hours(device)[0] for s in recipe)
         w = sum(s.hours(device)[1] for s in recipe)
-        parts = " + ".join(f"{s.stage} {s.steps:,} steps x {s.what} ({s.flops_per_step:.3e} FLOP/step)"
-                           for s in recipe)
-        lines.append(f"  paper recipe {model} (released config, {row['covers']}): {parts}: {_h(g)} {unit}, "
-                     f"{_h(w)} wall-h; the paper: {row['a100_hours']:,} A100-h ({row['gpus']} {row['gpu']} x "
-                     f"{row['hours']} h), paper / estimate = {row['a100_hours'] / g:.2f}")
-    lines.append("  FLOPs: bench.speed.flops (matmuls and convolutions; training 3x the forward of trained modules, "
-                 "1x frozen ones); hours = FLOPs / (peak x utilisation); data loading, in-training evaluation, "
-                 "checkpoints and queueing not included")
+        parts = " + ".join(f"{s.stage} {s.steps:,} steps x {s.what} ({s.flops_per_step:.3e} FLOP/step)" for s in recipe)
+        lines.append(
+            f"  paper recipe {model} (released config, {row['covers']}): {parts}: {_h(g)} {unit}, "
+            f"{_h(w)} wall-h; the paper: {row['a100_hours']:,} A100-h ({row['gpus']} {row['gpu']} x "
+            f"{row['hours']} h), paper / estimate = {row['a100_hours'] / g:.2f}"
+        )
+    lines.append(
+        "  FLOPs: bench.speed.flops (matmuls and convolutions; training 3x the forward of trained modules, "
+        "1x frozen ones); hours = FLOPs / (peak x utilisation); data loading, in-training evaluation, "
+        "checkpoints and queueing not included"
+    )
     return "\n".join(lines)

@@ -47,8 +47,17 @@ from bench.stages.base import short_hash
 JOBS_FILE = "jobs.jsonl"
 FINISHED_MARK = "cell_finished"
 TAG_STAGE_IDS = "titok.stage_ids"  # the cell's current stages, `stage-identity` comma-separated
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
-                 "REQUEUE_HOLD", "REQUEUE_FED")
+ACTIVE_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "RESIZING",
+    "SUSPENDED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+)
 
 
 # ---- the job -----------------------------------------------------------------------------------------------------
@@ -69,9 +78,15 @@ class StageJob:
     snapshot the job was submitted to import (`snapshot_code`); the job's log says where it imported from.
     `pg_timeout_min`: the process group's timeout of its ranks (`process_group_timeout`)."""
 
-    def __init__(self, tasks: list[StageTask], contexts: dict[str, CellContext], threads: int | None = None,
-                 driver: tuple[int, str | None] | None = None, code: str | None = None,
-                 pg_timeout_min: float | None = None):
+    def __init__(
+        self,
+        tasks: list[StageTask],
+        contexts: dict[str, CellContext],
+        threads: int | None = None,
+        driver: tuple[int, str | None] | None = None,
+        code: str | None = None,
+        pg_timeout_min: float | None = None,
+    ):
         self.tasks, self.contexts, self.threads, self.driver, self.code = tasks, contexts, threads, driver, code
         self.pg_timeout_min = pg_timeout_min
 
@@ -123,8 +138,11 @@ def end_with_driver(pid: int, identity: str | None, poll_s: float = 0.5) -> None
     def watch() -> None:
         while os.getppid() == controller and process_identity(pid) == identity:
             time.sleep(poll_s)
-        print(f"the sweep driver (PID {pid}) or this job's controller (PID {controller}) is gone: ending the job",
-              file=sys.stderr, flush=True)
+        print(
+            f"the sweep driver (PID {pid}) or this job's controller (PID {controller}) is gone: ending the job",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)  # as a kill would: every file the job writes survives one (atomic writes, the stage lock)
 
     threading.Thread(target=watch, name="end-with-driver", daemon=True).start()
@@ -150,9 +168,15 @@ def finish_cell(ctx: CellContext) -> bool:
         if metrics:
             log.log_metrics(metrics)
         random = any_random(ctx.tasks)
-        tags = dict(ctx.tags, **{T.TAG_STATUS: "finished", T.TAG_STAGES_DONE: ",".join(t.stage for t in ctx.tasks),
-                                 TAG_STAGE_IDS: ",".join(Path(t.out_dir).name for t in ctx.tasks),
-                                 T.TAG_WEIGHTS_RANDOM: str(random).lower()})
+        tags = dict(
+            ctx.tags,
+            **{
+                T.TAG_STATUS: "finished",
+                T.TAG_STAGES_DONE: ",".join(t.stage for t in ctx.tasks),
+                TAG_STAGE_IDS: ",".join(Path(t.out_dir).name for t in ctx.tasks),
+                T.TAG_WEIGHTS_RANDOM: str(random).lower(),
+            },
+        )
         if random:
             tags[T.TAG_SMOKE] = "true"
         log.set_tags(tags)
@@ -175,8 +199,9 @@ def snapshot_code(dest: str | os.PathLike, root: str | os.PathLike | None = None
     complete. None where `root` is no git checkout (the jobs then import what the working tree holds)."""
     root = Path(root).resolve() if root else Path(__file__).resolve().parents[1]
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached"], cwd=root, capture_output=True, timeout=60,
-                                check=True).stdout
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached"], cwd=root, capture_output=True, timeout=60, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     files: dict[str, tuple[bytes | str, int]] = {}  # name -> (contents, mode), or (link target, 0) for a symlink
@@ -226,8 +251,10 @@ def code_env(code: str | os.PathLike | None) -> dict[str, str]:
     jobs import the working tree. A local job inherits it from the driver (`job_environment`)."""
     if not code:
         return {}
-    return {"PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            "PYTHONSAFEPATH": "1"}
+    return {
+        "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "PYTHONSAFEPATH": "1",
+    }
 
 
 def code_setup(code: str | os.PathLike | None) -> list[str]:
@@ -261,9 +288,13 @@ def report_code(code: str | None) -> set[Path]:
     names = ", ".join(map(str, sorted(roots)))
     print(f"code: bench and models imported from {names}" + (f" (snapshot {code})" if code else ""), flush=True)
     if code and roots != {Path(code).resolve()}:
-        print(f"warning: this job was submitted to import the code snapshot {code}, not {names}: it runs whatever "
-              f"code is there now, which titok.code_version may not name (on Python < 3.11 a job's current folder "
-              f"comes first on sys.path: start the sweep outside the checkout)", file=sys.stderr, flush=True)
+        print(
+            f"warning: this job was submitted to import the code snapshot {code}, not {names}: it runs whatever "
+            f"code is there now, which titok.code_version may not name (on Python < 3.11 a job's current folder "
+            f"comes first on sys.path: start the sweep outside the checkout)",
+            file=sys.stderr,
+            flush=True,
+        )
     return roots
 
 
@@ -271,10 +302,16 @@ def report_code(code: str | None) -> set[Path]:
 def code_version(root: str | os.PathLike | None = None) -> str:
     root = Path(root) if root else Path(__file__).resolve().parents[1]
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha or "unknown") + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -284,21 +321,34 @@ def prepare_tracking(plan: Plan, uri: str, code: str | os.PathLike | None = None
     """The parent run and one run per cell, recorded in their folders and created here when the store answers
     (else by the first job that reaches it); params logged once. `code`: the snapshot the jobs import."""
     artifacts = plan.root.parent / "mlartifacts"
-    common = {T.TAG_GRID: plan.grid, T.TAG_PRESET: plan.preset, T.TAG_CODE_VERSION: code_version(),
-              T.TAG_SMOKE: str(plan.smoke).lower()}
+    common = {
+        T.TAG_GRID: plan.grid,
+        T.TAG_PRESET: plan.preset,
+        T.TAG_CODE_VERSION: code_version(),
+        T.TAG_SMOKE: str(plan.smoke).lower(),
+    }
     if code:
         common[T.TAG_CODE_SNAPSHOT] = str(code)
     reference = plan.config["preset"]["eval"].get("reference_batch") or f"{plan.config['data']['name']} val split"
     common[T.TAG_REFERENCE] = f"rFID: {plan.config['data']['name']} val; gFID: {reference}"
-    T.declare_run(uri, plan.root, plan.grid, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}),
-                  artifact_root=artifacts)
+    T.declare_run(
+        uri, plan.root, plan.grid, f"sweep {plan.grid}", dict(common, **{T.TAG_ROLE: "sweep"}), artifact_root=artifacts
+    )
     shared_tracking = Tracking(uri, str(plan.root))
     shared_tracking.logger().log_params(T.flatten(plan.config))
     contexts = {SHARED: CellContext(plan.shared, shared_tracking, {}, str(plan.root))}
     estimates = cost_tags(plan)
     for cell in plan.cells:
-        tags = dict(common, **{T.TAG_ROLE: "cell", T.TAG_CELL: cell.name, T.TAG_CELL_ID: cell.cell_id,
-                               T.TAG_TOKENIZER: cell.tokenizer, T.TAG_GENERATOR: str(cell.generator or "")})
+        tags = dict(
+            common,
+            **{
+                T.TAG_ROLE: "cell",
+                T.TAG_CELL: cell.name,
+                T.TAG_CELL_ID: cell.cell_id,
+                T.TAG_TOKENIZER: cell.tokenizer,
+                T.TAG_GENERATOR: str(cell.generator or ""),
+            },
+        )
         if cell.size:
             tags.update({T.TAG_MODEL_SIZE: cell.size, T.TAG_NUM_TOKENS: str(cell.num_tokens)})
         else:
@@ -322,9 +372,14 @@ def cost_tags(plan: Plan) -> dict[str, dict[str, str]]:
     except C.CostError:
         return {}
     basis = device.describe()
-    return {cell: {C.TAG_EST_GPU_HOURS: f"{est['cost_est_gpu_hours']:.6g}",
-                   C.TAG_EST_WALL_HOURS: f"{est['cost_est_wall_hours']:.6g}", C.TAG_EST_BASIS: basis}
-            for cell, est in C.cell_estimates(plan, device).items()}
+    return {
+        cell: {
+            C.TAG_EST_GPU_HOURS: f"{est['cost_est_gpu_hours']:.6g}",
+            C.TAG_EST_WALL_HOURS: f"{est['cost_est_wall_hours']:.6g}",
+            C.TAG_EST_BASIS: basis,
+        }
+        for cell, est in C.cell_estimates(plan, device).items()
+    }
 
 
 def _size_tags(name: str) -> dict[str, str]:
@@ -335,8 +390,13 @@ def _size_tags(name: str) -> dict[str, str]:
 
 
 # ---- the record of submitted jobs -------------------------------------------------------------------------------
-def record_jobs(plan: Plan, launcher: str, jobs: list[tuple[str, list[str]]],
-                submitted: dict[str, submitit.Job] | None = None, code: str | os.PathLike | None = None) -> None:
+def record_jobs(
+    plan: Plan,
+    launcher: str,
+    jobs: list[tuple[str, list[str]]],
+    submitted: dict[str, submitit.Job] | None = None,
+    code: str | os.PathLike | None = None,
+) -> None:
     """Append (job id, task uids) lines: what status, cancel, clean and the next invocation look at. A local job's
     id is its process id, recorded with the process's identity (`process_identity`): PIDs are recycled.
     `submitted`: job id -> its submitit job, whose log and result file are recorded (bench.status reads how a job
@@ -395,15 +455,20 @@ def slurm_states(job_ids: list[str], env: dict | None = None) -> dict[str, str]:
         return {}
     states: dict[str, str] = {}
     # -r: one line per array element (pending elements are otherwise folded into one "12_[3-20]" line)
-    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True,
-                         text=True, env=env)
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)], capture_output=True, text=True, env=env
+    )
     for line in out.stdout.splitlines():
         jid, state = line.split()[:2]
         states[jid] = state
     missing = [j for j in job_ids if j not in states]
     if missing:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(missing)],
-                             capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(missing)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         for line in out.stdout.splitlines():
             parts = line.split("|")
             if len(parts) >= 2:
@@ -436,8 +501,14 @@ def longest_first(plan: Plan) -> list[list[StageTask]]:
     return [tasks for tasks, _ in sorted(todo, key=lambda item: -item[1])]
 
 
-def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, threads: int | None,
-              poll_s: float = 1.0, code: str | os.PathLike | None = None) -> int:
+def run_local(
+    plan: Plan,
+    contexts: dict[str, CellContext],
+    max_parallel: int,
+    threads: int | None,
+    poll_s: float = 1.0,
+    code: str | os.PathLike | None = None,
+) -> int:
     """Run every unfinished task on this machine, the jobs importing the snapshot `code` (`snapshot_code`) when
     given; returns the number of failed jobs."""
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")
@@ -450,8 +521,10 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     cell_jobs = sum(g[0].cell != SHARED for g in groups)
     shared_threads = threads or cpus
     threads = threads or max(1, cpus // max(1, min(max_parallel, cell_jobs)))
-    print(f"running {sum(map(len, groups))} stages in {len(groups)} local jobs, {max_parallel} at a time, "
-          f"{threads} threads each; logs: {folder}")
+    print(
+        f"running {sum(map(len, groups))} stages in {len(groups)} local jobs, {max_parallel} at a time, "
+        f"{threads} threads each; logs: {folder}"
+    )
     failed, running, queue = 0, [], list(groups)
     shared_pending = bool(groups and groups[0][0].cell == SHARED)
     t0 = time.time()
@@ -489,8 +562,9 @@ def run_local(plan: Plan, contexts: dict[str, CellContext], max_parallel: int, t
     return failed
 
 
-KILLED = ("the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the "
-          "out-of-memory killer)")
+KILLED = (
+    "the job's process was killed without a Python error (a signal such as SIGKILL: kill -9, the out-of-memory killer)"
+)
 
 
 def report_ended(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, CellContext], elapsed: float) -> bool:
@@ -500,8 +574,10 @@ def report_ended(job: submitit.Job, tasks: list[StageTask], contexts: dict[str, 
     try:
         job.result()
     except Exception as err:
-        print(f"[{elapsed:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n          log: {job.paths.stderr}",
-              file=sys.stderr)
+        print(
+            f"[{elapsed:7.1f}s] FAILED {tasks[0].cell}: {_first_line(err, job)}\n          log: {job.paths.stderr}",
+            file=sys.stderr,
+        )
         unfinished = [t for t in tasks if not t.done]
         if not job.paths.result_pickle.exists() and unfinished:
             record_failure(contexts[unfinished[0].cell], unfinished[0].stage, f"{KILLED}; log: {job.paths.stderr}")
@@ -532,9 +608,13 @@ def slurm_request(cluster: dict, resources: str, single: bool = False) -> dict:
     one process (`bench.stages.single_process`), one task on one GPU with that GPU's share of a node's memory (not
     a whole node of idle GPUs). The plan has checked tasks_per_node = gpus_per_node (bench.plan.validate)."""
     gpus = int(cluster.get("gpus_per_node") or 0)
-    request = dict(nodes=cluster["nodes"], tasks_per_node=cluster["tasks_per_node"],
-                   cpus_per_task=cluster["cpus_per_task"], mem_gb=cluster["mem_gb"],
-                   timeout_min=cluster["time_min"][resources])
+    request = dict(
+        nodes=cluster["nodes"],
+        tasks_per_node=cluster["tasks_per_node"],
+        cpus_per_task=cluster["cpus_per_task"],
+        mem_gb=cluster["mem_gb"],
+        timeout_min=cluster["time_min"][resources],
+    )
     if gpus:
         request["gpus_per_node"] = gpus
     if single:
@@ -551,16 +631,27 @@ def process_group_timeout(cluster: dict, resources: str) -> float:
     return float(cluster.get("process_group_timeout_min") or cluster["time_min"][resources])
 
 
-def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, name: str,
-                   dependency: str | None = None, code: str | os.PathLike | None = None,
-                   single: bool = False) -> submitit.AutoExecutor:
+def slurm_executor(
+    plan: Plan,
+    cluster: dict,
+    launcher: dict,
+    resources: str,
+    name: str,
+    dependency: str | None = None,
+    code: str | os.PathLike | None = None,
+    single: bool = False,
+) -> submitit.AutoExecutor:
     folder = plan.root / "submitit" / time.strftime("%Y%m%d-%H%M%S")  # a fresh folder per invocation
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=launcher["max_timeouts"])
     extra = {"kill-on-invalid-dep": "yes"}
     if cluster.get("account"):
         extra["account"] = cluster["account"]
-    params = dict(name=name, **slurm_request(cluster, resources, single),
-                  slurm_signal_delay_s=launcher["signal_delay_s"], slurm_additional_parameters=extra)
+    params = dict(
+        name=name,
+        **slurm_request(cluster, resources, single),
+        slurm_signal_delay_s=launcher["signal_delay_s"],
+        slurm_additional_parameters=extra,
+    )
     for key in ("partition", "qos", "constraint"):
         if cluster.get(key):
             params[f"slurm_{key}"] = cluster[key]
@@ -572,8 +663,9 @@ def slurm_executor(plan: Plan, cluster: dict, launcher: dict, resources: str, na
     return ex
 
 
-def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict,
-                 code: str | os.PathLike | None = None) -> list[str]:
+def submit_slurm(
+    plan: Plan, contexts: dict[str, CellContext], cluster: dict, launcher: dict, code: str | os.PathLike | None = None
+) -> list[str]:
     """Submit every unfinished task that has no queued/running job, the jobs importing the snapshot `code` when given
     (also once requeued); returns the new job ids."""
     active = active_tasks(plan)
@@ -596,21 +688,46 @@ def submit_slurm(plan: Plan, contexts: dict[str, CellContext], cluster: dict, la
                 for n in t.needs:
                     if n.endswith("/" + need_stage) and n in submitted:
                         deps.add(f"afterok:{submitted[n]}")
-        ex = slurm_executor(plan, cluster, launcher, tasks[0].resources, f"{plan.grid}-{stage}",
-                            ",".join(sorted(deps)) or None, code, single_process(stage))
+        ex = slurm_executor(
+            plan,
+            cluster,
+            launcher,
+            tasks[0].resources,
+            f"{plan.grid}-{stage}",
+            ",".join(sorted(deps)) or None,
+            code,
+            single_process(stage),
+        )
         timeout = process_group_timeout(cluster, tasks[0].resources)
         with ex.batch():
-            jobs = [ex.submit(StageJob([t], {t.cell: contexts[t.cell]}, cluster["cpus_per_task"],
-                                       code=str(code) if code else None, pg_timeout_min=timeout)) for t in tasks]
+            jobs = [
+                ex.submit(
+                    StageJob(
+                        [t],
+                        {t.cell: contexts[t.cell]},
+                        cluster["cpus_per_task"],
+                        code=str(code) if code else None,
+                        pg_timeout_min=timeout,
+                    )
+                )
+                for t in tasks
+            ]
         array_id = jobs[0].job_id.split("_")[0]
         arrays[stage] = (array_id, cells)
         for t, job in zip(tasks, jobs):
             submitted[t.key] = job.job_id
-        record_jobs(plan, "slurm", [(job.job_id, [t.uid]) for t, job in zip(tasks, jobs)],
-                    {job.job_id: job for job in jobs}, code)
+        record_jobs(
+            plan,
+            "slurm",
+            [(job.job_id, [t.uid]) for t, job in zip(tasks, jobs)],
+            {job.job_id: job for job in jobs},
+            code,
+        )
         new_ids += [j.job_id for j in jobs]
-        print(f"submitted {stage:<10} array {array_id} ({len(jobs)} tasks)"
-              + (f" after {', '.join(sorted(deps))}" if deps else ""))
+        print(
+            f"submitted {stage:<10} array {array_id} ({len(jobs)} tasks)"
+            + (f" after {', '.join(sorted(deps))}" if deps else "")
+        )
     return new_ids
 
 
@@ -650,4 +767,3 @@ def flush_buffers(contexts: dict[str, CellContext]) -> int:
         if ctx.tracking and T.pending(ctx.tracking.run_dir):
             left += not ctx.tracking.logger().flush()
     return left
-

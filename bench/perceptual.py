@@ -70,7 +70,7 @@ class LPIPS(nn.Module):
                 nn.init.uniform_(lin.weight, 0.0, 2.0 / lin.in_channels)
         if vgg_w.path:
             state = _load_state(vgg_w.path)
-            features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+            features.load_state_dict({k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")})
         if lin_w.path:
             state = _load_state(lin_w.path)
             for i, lin in enumerate(lins):  # upstream keys: lin{i}.model.1.weight (model = Dropout, Conv)
@@ -122,8 +122,9 @@ class ConvNeXtLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.resolution, self.resolution):
-            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False,
-                              antialias=True)
+            x = F.interpolate(
+                x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True
+            )
         return self.net((x - self.mean) / self.std)
 
     def perceptual_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

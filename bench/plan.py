@@ -112,14 +112,26 @@ def _positive(cfg: DictConfig, path: str) -> None:
 
 # the preset's sections that become settings dataclasses or model configs (paths under preset): a key they do not
 # have (a typo, or one added with `+`) fails here with the closest known name, not as a TypeError in a job
-_SETTINGS = {**{f"{stage}.{part}": cls for stage in ("teacher", "stage1", "stage2", "generator")
-                for part, cls in (("loop", LoopConfig), ("optim", OptimConfig))},
-             "stage2.gan": GANConfig, "stage2.gan.optim": OptimConfig, "stage2.perceptual": PerceptualConfig,
-             "tokenizer": models.TiTokConfig, "teacher.overrides": models.VQGANConfig,
-             "generator.overrides": models.GeneratorConfig, "sampler": models.SamplerSettings,
-             "single.loop": LoopConfig, "single.optim": OptimConfig, "single.gan": GANConfig,
-             "single.gan.optim": OptimConfig, "single.perceptual": PerceptualConfig,
-             "single.tokenizer": models.TiTokConfig}
+_SETTINGS = {
+    **{
+        f"{stage}.{part}": cls
+        for stage in ("teacher", "stage1", "stage2", "generator")
+        for part, cls in (("loop", LoopConfig), ("optim", OptimConfig))
+    },
+    "stage2.gan": GANConfig,
+    "stage2.gan.optim": OptimConfig,
+    "stage2.perceptual": PerceptualConfig,
+    "tokenizer": models.TiTokConfig,
+    "teacher.overrides": models.VQGANConfig,
+    "generator.overrides": models.GeneratorConfig,
+    "sampler": models.SamplerSettings,
+    "single.loop": LoopConfig,
+    "single.optim": OptimConfig,
+    "single.gan": GANConfig,
+    "single.gan.optim": OptimConfig,
+    "single.perceptual": PerceptualConfig,
+    "single.tokenizer": models.TiTokConfig,
+}
 
 
 def unknown_key(parent: str, key: str, known: list[str]) -> str:
@@ -145,12 +157,16 @@ def check_cluster(cluster: DictConfig) -> None:
     its gpus_per_node (fewer tasks leave GPUs idle, yet paid for; more fail with "invalid device ordinal")."""
     gpus, tasks = cluster.get("gpus_per_node") or 0, cluster.get("tasks_per_node")
     if gpus and tasks != gpus:
-        raise PlanError(f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node={gpus}: a stage runs one process "
-                        f"per GPU; set cluster.tasks_per_node={gpus} (or cluster.gpus_per_node={tasks})")
+        raise PlanError(
+            f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node={gpus}: a stage runs one process "
+            f"per GPU; set cluster.tasks_per_node={gpus} (or cluster.gpus_per_node={tasks})"
+        )
     timeout = cluster.get("process_group_timeout_min")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
-        raise PlanError(f"cluster.process_group_timeout_min={timeout!r}: a positive number of minutes, or null for "
-                        "the job's time limit")
+        raise PlanError(
+            f"cluster.process_group_timeout_min={timeout!r}: a positive number of minutes, or null for "
+            "the job's time limit"
+        )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -168,8 +184,14 @@ def validate(cfg: DictConfig) -> None:
         for key in ("steps", "batch_size"):
             _positive(cfg, f"preset.{stage}.loop.{key}")
     _positive(cfg, "preset.generator.train_images")
-    for key in ("rfid_images", "gfid_samples", "gfid_reference_images", "probe_train_images", "probe_val_images",
-                "batch_size"):
+    for key in (
+        "rfid_images",
+        "gfid_samples",
+        "gfid_reference_images",
+        "probe_train_images",
+        "probe_val_images",
+        "batch_size",
+    ):
         _positive(cfg, f"preset.eval.{key}")
     for key in ("bootstrap", "gallery_images"):  # 0 turns the intervals / the gallery off
         value = OmegaConf.select(cfg, f"preset.eval.{key}")
@@ -188,8 +210,10 @@ def validate(cfg: DictConfig) -> None:
             raise PlanError(f"preset.sizes.{letter}: {err}") from None
     for letter in cfg.grid.sizes:
         if letter not in p.sizes:
-            raise PlanError(f"grid.sizes has model size {letter!r}, which preset {p.name} does not define; known model "
-                            f"sizes: {', '.join(p.sizes)}")
+            raise PlanError(
+                f"grid.sizes has model size {letter!r}, which preset {p.name} does not define; known model "
+                f"sizes: {', '.join(p.sizes)}"
+            )
     for k in cfg.grid.num_tokens:
         if not isinstance(k, int) or k < 1:
             raise PlanError(f"grid.num_tokens has {k!r}: the number of latent tokens must be a positive integer")
@@ -198,8 +222,10 @@ def validate(cfg: DictConfig) -> None:
     source = str(p.teacher.source)
     # the rule bench.core.loading applies: a source that looks like a path must exist (else it is a name)
     if models.checkpoints.looks_like_path(source) and not Path(source).expanduser().exists():
-        raise PlanError(f"preset.teacher.source={source}: no such file (the tiny preset's is rebuilt by "
-                        "`python -m bench.tiny_teacher`); or preset.teacher.source=train to train it in the run")
+        raise PlanError(
+            f"preset.teacher.source={source}: no such file (the tiny preset's is rebuilt by "
+            "`python -m bench.tiny_teacher`); or preset.teacher.source=train to train it in the run"
+        )
     unknown = set(cfg.grid.stages) - set(KNOWN_STAGES)
     if unknown:
         raise PlanError(f"grid.stages has unknown stages {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
@@ -213,18 +239,27 @@ def validate(cfg: DictConfig) -> None:
         from bench.data import build_dataset
 
         for split in ("train", "val"):  # a missing or empty root, or too few classes: a DatasetError naming the path
-            build_dataset("imagenet", split=split, image_size=p.image_size, train=False, root=cfg.data.root,
-                          num_classes=cfg.data.num_classes)
+            build_dataset(
+                "imagenet",
+                split=split,
+                image_size=p.image_size,
+                train=False,
+                root=cfg.data.root,
+                num_classes=cfg.data.num_classes,
+            )
     if cfg.data.name == "imagenet_wds":
         from bench.data.shards import check_shards
 
         if cfg.data.get("train_images") is not None:
-            raise PlanError(f"data.train_images={cfg.data.train_images}: shards are streamed whole, so training "
-                            "cannot take a subset; set data.train_images=null and name fewer shards in "
-                            "data.train_shards")
+            raise PlanError(
+                f"data.train_images={cfg.data.train_images}: shards are streamed whole, so training "
+                "cannot take a subset; set data.train_images=null and name fewer shards in "
+                "data.train_shards"
+            )
         # no shard matches, an unreadable shard, a first sample without an image or a class: one line each
-        check_shards(cfg.data.train_shards, "data.train_shards", cfg.data.num_classes,
-                     local_only="probe" in cfg.grid.stages)  # the probe reads training images by random access
+        check_shards(
+            cfg.data.train_shards, "data.train_shards", cfg.data.num_classes, local_only="probe" in cfg.grid.stages
+        )  # the probe reads training images by random access
         check_shards(cfg.data.val_shards, "data.val_shards", cfg.data.num_classes, local_only=True)
     if cfg.data.name == "synthetic" and cfg.grid.name == "released":
         raise PlanError("grid=released evaluates the released ImageNet models: use data=imagenet data.root=...")
@@ -238,27 +273,43 @@ def _check_single(cfg: DictConfig) -> None:
     if {"stage1", "stage2"} & set(cfg.grid.stages):
         raise PlanError("grid.stages has single beside stage1/stage2: a cell is trained in one stage or in two")
     if cfg.grid.sizes or cfg.grid.num_tokens:
-        raise PlanError("grid.stages has single: list single-stage names (TiTok-{XY}-{K}-{VQ,VAE}) in grid.models and "
-                        "set grid.sizes=[] grid.num_tokens=[] (those make two-stage cells TiTok-{S,B,L}-{K})")
+        raise PlanError(
+            "grid.stages has single: list single-stage names (TiTok-{XY}-{K}-{VQ,VAE}) in grid.models and "
+            "set grid.sizes=[] grid.num_tokens=[] (those make two-stage cells TiTok-{S,B,L}-{K})"
+        )
     if not cfg.grid.models:
-        raise PlanError("grid.stages has single but grid.models is empty: name the single-stage tokenizers to train, "
-                        "e.g. grid.models=[TiTok-BL-64-VQ]")
+        raise PlanError(
+            "grid.stages has single but grid.models is empty: name the single-stage tokenizers to train, "
+            "e.g. grid.models=[TiTok-BL-64-VQ]"
+        )
     for name in cfg.grid.models:
         c = models.resolve(name).config
         if getattr(c, "two_stage", True):
-            raise PlanError(f"grid.models has {name}, a two-stage tokenizer, but the single stage trains single-stage "
-                            "ones (TiTok-{XY}-{K}-{VQ,VAE}); train two-stage cells with stage1 and stage2")
+            raise PlanError(
+                f"grid.models has {name}, a two-stage tokenizer, but the single stage trains single-stage "
+                "ones (TiTok-{XY}-{K}-{VQ,VAE}); train two-stage cells with stage1 and stage2"
+            )
         for part in ("encoder_size", "decoder_size"):
             if getattr(c, part) not in p.sizes:
-                raise PlanError(f"{name}: its {part} {getattr(c, part)!r} is not in preset.sizes of preset {p.name} "
-                                f"(known: {', '.join(p.sizes)})")
+                raise PlanError(
+                    f"{name}: its {part} {getattr(c, part)!r} is not in preset.sizes of preset {p.name} "
+                    f"(known: {', '.join(p.sizes)})"
+                )
 
 
 def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
     d = cfg.data
-    return DataConfig(name=d.name, root=d.root, image_size=cfg.preset.image_size, num_classes=d.num_classes,
-                      num_images=d.get(split_images), num_workers=d.num_workers, seed=cfg.seed,
-                      train_shards=d.get("train_shards"), val_shards=d.get("val_shards"))
+    return DataConfig(
+        name=d.name,
+        root=d.root,
+        image_size=cfg.preset.image_size,
+        num_classes=d.num_classes,
+        num_images=d.get(split_images),
+        num_workers=d.num_workers,
+        seed=cfg.seed,
+        train_shards=d.get("train_shards"),
+        val_shards=d.get("val_shards"),
+    )
 
 
 @dataclass(frozen=True)
@@ -282,8 +333,11 @@ def _generator_data(cfg: DictConfig, train_data: DataConfig) -> DataConfig:
     if limit is None:
         return train_data
     if cfg.data.name == "imagenet_wds":
-        warnings.warn(f"preset.generator.train_images={limit} is ignored: shards are streamed whole, so the "
-                      "generator reads every training shard", stacklevel=2)
+        warnings.warn(
+            f"preset.generator.train_images={limit} is ignored: shards are streamed whole, so the "
+            "generator reads every training shard",
+            stacklevel=2,
+        )
         return train_data
     return dataclasses.replace(train_data, num_images=min(limit, train_data.num_images or limit))
 
@@ -304,25 +358,55 @@ def make_plan(cfg: DictConfig) -> Plan:
 
     teacher = None
     if cfg.grid.sizes and cfg.grid.num_tokens and p.teacher.source == "train":  # every trained cell has a stage 1
-        teacher = add_shared("teacher", TeacherTrainConfig(
-            overrides=_container(p.teacher.overrides), data=train_data, optim=optim_from(_container(p.teacher.optim)),
-            loop=loop_from(_container(p.teacher.loop), cfg.seed), device=device))
+        teacher = add_shared(
+            "teacher",
+            TeacherTrainConfig(
+                overrides=_container(p.teacher.overrides),
+                data=train_data,
+                optim=optim_from(_container(p.teacher.optim)),
+                loop=loop_from(_container(p.teacher.loop), cfg.seed),
+                device=device,
+            ),
+        )
     real_stats = reference_batch = None
     if "eval_recon" in stages:
-        real_stats = add_shared("real_stats", RealStatsSpec(
-            data=val_data, num_images=ev.rfid_images, allow_random_weights=allow_random, batch_size=ev.batch_size,
-            inception_dtype=ev.rfid_inception_dtype, device=device))
+        real_stats = add_shared(
+            "real_stats",
+            RealStatsSpec(
+                data=val_data,
+                num_images=ev.rfid_images,
+                allow_random_weights=allow_random,
+                batch_size=ev.batch_size,
+                inception_dtype=ev.rfid_inception_dtype,
+                device=device,
+            ),
+        )
     if "eval_gen" in stages:
         source = ev.reference_batch
         if source and not Path(source).is_file():
             from bench import weights
 
             source = str(weights.require(source))  # MissingWeightsError says where to put it
-        reference_batch = add_shared("reference_batch", ReferenceBatchSpec(
-            data=val_data, num_images=ev.gfid_reference_images, source=source, allow_random_weights=allow_random,
-            batch_size=ev.batch_size, device=device))
-    ctx = _Shared(teacher, teacher.product if teacher else p.teacher.source, real_stats, reference_batch, train_data,
-                  _generator_data(cfg, train_data), val_data)
+        reference_batch = add_shared(
+            "reference_batch",
+            ReferenceBatchSpec(
+                data=val_data,
+                num_images=ev.gfid_reference_images,
+                source=source,
+                allow_random_weights=allow_random,
+                batch_size=ev.batch_size,
+                device=device,
+            ),
+        )
+    ctx = _Shared(
+        teacher,
+        teacher.product if teacher else p.teacher.source,
+        real_stats,
+        reference_batch,
+        train_data,
+        _generator_data(cfg, train_data),
+        val_data,
+    )
     entries = [(f"TiTok-{s}-{k}", s, k) for s in cfg.grid.sizes for k in cfg.grid.num_tokens]
     entries += [(name, None, None) for name in cfg.grid.models]
     cells = [_make_cell(cfg, root, name, size, k, ctx) for name, size, k in entries]
@@ -334,13 +418,22 @@ def _single_stage_config(cfg: DictConfig, name: str, data: DataConfig) -> Single
     preset.sizes, preset.single.tokenizer's overrides) and preset.single's recipe."""
     p, s = cfg.preset, cfg.preset.single
     c = models.resolve(name).config
-    overrides = dict(_container(s.tokenizer), encoder_size=p.sizes[c.encoder_size],
-                     decoder_size=p.sizes[c.decoder_size])
+    overrides = dict(
+        _container(s.tokenizer), encoder_size=p.sizes[c.encoder_size], decoder_size=p.sizes[c.decoder_size]
+    )
     return SingleStageConfig(
-        model=name, model_overrides=overrides, quantizer_weight=s.quantizer_weight, kl_weight=s.kl_weight,
-        perceptual=PerceptualConfig(**_container(s.perceptual)), gan=gan_from(_container(s.gan)), data=data,
-        optim=optim_from(_container(s.optim)), loop=loop_from(_container(s.loop), cfg.seed),
-        allow_random_weights=bool(p.allow_random_weights), device=p.device)
+        model=name,
+        model_overrides=overrides,
+        quantizer_weight=s.quantizer_weight,
+        kl_weight=s.kl_weight,
+        perceptual=PerceptualConfig(**_container(s.perceptual)),
+        gan=gan_from(_container(s.gan)),
+        data=data,
+        optim=optim_from(_container(s.optim)),
+        loop=loop_from(_container(s.loop), cfg.seed),
+        allow_random_weights=bool(p.allow_random_weights),
+        device=p.device,
+    )
 
 
 def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int | None, ctx: _Shared) -> Cell:
@@ -361,23 +454,42 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
     if size is not None:
         teacher_config = TeacherConfig(source=ctx.teacher_source, overrides=_container(p.teacher.overrides))
         overrides = dict(_container(p.tokenizer), encoder_size=p.sizes[size], decoder_size=p.sizes[size])
-        tok_task = stage1 = add("stage1", Stage1Config(
-            model=name, model_overrides=overrides, teacher=teacher_config, data=ctx.train_data,
-            optim=optim_from(_container(p.stage1.optim)), loop=loop_from(_container(p.stage1.loop), cfg.seed),
-            decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
-            continuous_fraction=p.stage1.continuous_fraction,
-            allow_random_weights=allow_random,
-            device=device), teacher=ctx.teacher)
+        tok_task = stage1 = add(
+            "stage1",
+            Stage1Config(
+                model=name,
+                model_overrides=overrides,
+                teacher=teacher_config,
+                data=ctx.train_data,
+                optim=optim_from(_container(p.stage1.optim)),
+                loop=loop_from(_container(p.stage1.loop), cfg.seed),
+                decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
+                continuous_fraction=p.stage1.continuous_fraction,
+                allow_random_weights=allow_random,
+                device=device,
+            ),
+            teacher=ctx.teacher,
+        )
         teacher_task, teacher = ctx.teacher, ctx.teacher_source
         if "stage2" in stages:
             # stage 2 adds the pixel decoder: the cell's tokenizer becomes the stage-2 model, decoding to pixels
             s2 = p.stage2
-            tok_task = add("stage2", Stage2Config(
-                init_from=stage1.product, teacher=teacher_config,
-                perceptual=PerceptualConfig(**_container(s2.perceptual)),
-                gan=gan_from(_container(s2.gan)), data=ctx.train_data, optim=optim_from(_container(s2.optim)),
-                loop=loop_from(_container(s2.loop), cfg.seed), allow_random_weights=allow_random, device=device),
-                stage1=stage1, teacher=ctx.teacher)
+            tok_task = add(
+                "stage2",
+                Stage2Config(
+                    init_from=stage1.product,
+                    teacher=teacher_config,
+                    perceptual=PerceptualConfig(**_container(s2.perceptual)),
+                    gan=gan_from(_container(s2.gan)),
+                    data=ctx.train_data,
+                    optim=optim_from(_container(s2.optim)),
+                    loop=loop_from(_container(s2.loop), cfg.seed),
+                    allow_random_weights=allow_random,
+                    device=device,
+                ),
+                stage1=stage1,
+                teacher=ctx.teacher,
+            )
             teacher_task, teacher = None, None
         encoder_task = stage1
     elif "single" in stages:
@@ -394,60 +506,143 @@ def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int 
 
             # preset.pretokenize: crops, precision, batch_size, shard_size (PretokenizeConfig's defaults if absent)
             settings = _container(p.pretokenize) if OmegaConf.select(p, "pretokenize") is not None else {}
-            known = [f.name for f in dataclasses.fields(PretokenizeConfig)
-                     if f.name not in ("tokenizer", "data", "device")]
+            known = [
+                f.name for f in dataclasses.fields(PretokenizeConfig) if f.name not in ("tokenizer", "data", "device")
+            ]
             for key in settings:
                 if key not in known:
                     raise PlanError(unknown_key("preset.pretokenize", key, known))
-            tokens_task = add("pretokenize", PretokenizeConfig(
-                tokenizer=encoder_task.product, data=ctx.generator_data, device=device, **settings),
-                tokenizer=encoder_task)
+            tokens_task = add(
+                "pretokenize",
+                PretokenizeConfig(tokenizer=encoder_task.product, data=ctx.generator_data, device=device, **settings),
+                tokenizer=encoder_task,
+            )
         if "generator" in stages and makes_ids:
             g = p.generator
             # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
-            gen_task = add("generator", GeneratorTrainConfig(
-                tokenizer=encoder_task.product, tokens=tokens_task.product if tokens_task else None, model=g.model,
-                model_overrides=_container(g.overrides), label_smoothing=g.label_smoothing,
-                unmasked_weight=g.unmasked_weight, data=ctx.generator_data, optim=optim_from(_container(g.optim)),
-                loop=loop_from(_container(g.loop), cfg.seed), allow_random_weights=allow_random,
-                device=device), tokenizer=encoder_task, tokens=tokens_task)
+            gen_task = add(
+                "generator",
+                GeneratorTrainConfig(
+                    tokenizer=encoder_task.product,
+                    tokens=tokens_task.product if tokens_task else None,
+                    model=g.model,
+                    model_overrides=_container(g.overrides),
+                    label_smoothing=g.label_smoothing,
+                    unmasked_weight=g.unmasked_weight,
+                    data=ctx.generator_data,
+                    optim=optim_from(_container(g.optim)),
+                    loop=loop_from(_container(g.loop), cfg.seed),
+                    allow_random_weights=allow_random,
+                    device=device,
+                ),
+                tokenizer=encoder_task,
+                tokens=tokens_task,
+            )
         tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
     else:
         tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
     sampler = _container(p.sampler)
     reads_tokens = dict(tokenizer=tok_task, teacher=teacher_task)
     if "eval_recon" in stages:
-        add("eval_recon", EvalReconSpec(
-            tokenizer=tokenizer, real_stats=ctx.real_stats.product, data=ctx.val_data, num_images=ev.rfid_images,
-            teacher=teacher, lpips=ev.lpips, fid_method=ev.fid_method, inception_dtype=ev.rfid_inception_dtype,
-            allow_random_weights=allow_random,
-            bootstrap=ev.bootstrap, gallery=ev.gallery_images, batch_size=ev.batch_size, device=device),
-            **reads_tokens, real_stats=ctx.real_stats)
+        add(
+            "eval_recon",
+            EvalReconSpec(
+                tokenizer=tokenizer,
+                real_stats=ctx.real_stats.product,
+                data=ctx.val_data,
+                num_images=ev.rfid_images,
+                teacher=teacher,
+                lpips=ev.lpips,
+                fid_method=ev.fid_method,
+                inception_dtype=ev.rfid_inception_dtype,
+                allow_random_weights=allow_random,
+                bootstrap=ev.bootstrap,
+                gallery=ev.gallery_images,
+                batch_size=ev.batch_size,
+                device=device,
+            ),
+            **reads_tokens,
+            real_stats=ctx.real_stats,
+        )
     if generator and "eval_gen" in stages:
-        add("eval_gen", EvalGenSpec(
-            generator=generator, tokenizer=tokenizer, reference_batch=ctx.reference_batch.product,
-            num_samples=ev.gfid_samples, num_classes=cfg.data.num_classes, teacher=teacher, sampler=sampler,
-            seed=cfg.seed, fid_method=ev.fid_method, clean_fid=ev.clean_fid, allow_random_weights=allow_random,
-            bootstrap=ev.bootstrap, batch_size=ev.batch_size, model_name=name, device=device),
-            generator=gen_task, **reads_tokens, reference_batch=ctx.reference_batch)
+        add(
+            "eval_gen",
+            EvalGenSpec(
+                generator=generator,
+                tokenizer=tokenizer,
+                reference_batch=ctx.reference_batch.product,
+                num_samples=ev.gfid_samples,
+                num_classes=cfg.data.num_classes,
+                teacher=teacher,
+                sampler=sampler,
+                seed=cfg.seed,
+                fid_method=ev.fid_method,
+                clean_fid=ev.clean_fid,
+                allow_random_weights=allow_random,
+                bootstrap=ev.bootstrap,
+                batch_size=ev.batch_size,
+                model_name=name,
+                device=device,
+            ),
+            generator=gen_task,
+            **reads_tokens,
+            reference_batch=ctx.reference_batch,
+        )
     if "probe" in stages:
-        add("probe", ProbeSpec(
-            tokenizer=tokenizer, data=ctx.val_data, num_train=ev.probe_train_images, num_val=ev.probe_val_images,
-            epochs=ev.probe_epochs, features=ev.probe_features, allow_random_weights=allow_random,
-            batch_size=ev.batch_size, device=device), tokenizer=tok_task)
+        add(
+            "probe",
+            ProbeSpec(
+                tokenizer=tokenizer,
+                data=ctx.val_data,
+                num_train=ev.probe_train_images,
+                num_val=ev.probe_val_images,
+                epochs=ev.probe_epochs,
+                features=ev.probe_features,
+                allow_random_weights=allow_random,
+                batch_size=ev.batch_size,
+                device=device,
+            ),
+            tokenizer=tok_task,
+        )
     # a trained single-stage cell without a generator: the speed of its encode and decode
     if (generator or "single" in stages) and "speed" in stages:
         sp = ev.speed
-        add("speed", SpeedSpec(
-            tokenizer=tokenizer, generator=generator, teacher=teacher, batch_size=sp.batch_size, repeats=sp.repeats,
-            warmup=sp.warmup, sampler=sampler, mode=sp.mode, allow_random_weights=allow_random, device=device),
-            generator=gen_task, **reads_tokens)
+        add(
+            "speed",
+            SpeedSpec(
+                tokenizer=tokenizer,
+                generator=generator,
+                teacher=teacher,
+                batch_size=sp.batch_size,
+                repeats=sp.repeats,
+                warmup=sp.warmup,
+                sampler=sampler,
+                mode=sp.mode,
+                allow_random_weights=allow_random,
+                device=device,
+            ),
+            generator=gen_task,
+            **reads_tokens,
+        )
     training = [t for t in tasks if t.resources == "train"]
-    params = {"model": name, "allow_random_weights": allow_random,
-              **{t.stage: {"identity": t.identity, **STAGES[t.stage].RULE.settings(t.spec)} for t in training}}
+    params = {
+        "model": name,
+        "allow_random_weights": allow_random,
+        **{t.stage: {"identity": t.identity, **STAGES[t.stage].RULE.settings(t.spec)} for t in training},
+    }
     cell_id = short_hash(params)
-    return Cell(name, cell_id, cell_dir, cell_dir / f"run-{cell_id}", size, k, name, generator, tasks,
-                dict(params, cell_id=cell_id))
+    return Cell(
+        name,
+        cell_id,
+        cell_dir,
+        cell_dir / f"run-{cell_id}",
+        size,
+        k,
+        name,
+        generator,
+        tasks,
+        dict(params, cell_id=cell_id),
+    )
 
 
 def describe(plan: Plan, cost: bool = False) -> str:
@@ -476,8 +671,19 @@ def describe(plan: Plan, cost: bool = False) -> str:
 
 
 def write_plan(plan: Plan) -> Path:
-    data = {"grid": plan.grid, "preset": plan.preset, "config": plan.config,
-            "shared": {t.stage: t.identity for t in plan.shared},
-            "cells": {c.name: {"id": c.cell_id, "dir": str(c.dir), "run_dir": str(c.run_dir),
-                               "stages": {t.stage: t.identity for t in c.tasks}} for c in plan.cells}}
+    data = {
+        "grid": plan.grid,
+        "preset": plan.preset,
+        "config": plan.config,
+        "shared": {t.stage: t.identity for t in plan.shared},
+        "cells": {
+            c.name: {
+                "id": c.cell_id,
+                "dir": str(c.dir),
+                "run_dir": str(c.run_dir),
+                "stages": {t.stage: t.identity for t in c.tasks},
+            }
+            for c in plan.cells
+        },
+    }
     return atomic_write_json(plan.root / "plan.json", data)

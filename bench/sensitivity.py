@@ -37,8 +37,10 @@ from bench.eval.run import eval_batches, to_uint8
 from bench.stages import base
 from bench.train.recipes import DataConfig
 
-STRENGTHS = {"blur": (0.5, 1.0, 1.5, 2.0, 3.0),  # Gaussian sigma, px
-             "noise": (0.02, 0.05, 0.1, 0.2, 0.3)}  # additive Gaussian std, on [0, 1] images
+STRENGTHS = {
+    "blur": (0.5, 1.0, 1.5, 2.0, 3.0),  # Gaussian sigma, px
+    "noise": (0.02, 0.05, 0.1, 0.2, 0.3),
+}  # additive Gaussian std, on [0, 1] images
 NOISE_SEED = 0
 
 
@@ -64,9 +66,13 @@ def preset_settings(preset: str = "tiny") -> RfidSettings:
     with initialize_config_dir(str(SWEEPS), version_base=None):
         cfg = compose("sweep", overrides=[f"preset={preset}"])
     p = cfg.preset
-    return RfidSettings(data=data_config(cfg, "val_images"), inception_dtype=p.eval.rfid_inception_dtype,
-                        fid_method=p.eval.fid_method, allow_random_weights=bool(p.allow_random_weights),
-                        device=p.device)
+    return RfidSettings(
+        data=data_config(cfg, "val_images"),
+        inception_dtype=p.eval.rfid_inception_dtype,
+        fid_method=p.eval.fid_method,
+        allow_random_weights=bool(p.allow_random_weights),
+        device=p.device,
+    )
 
 
 def degrade(images: torch.Tensor, kind: str, strength: float, seed: int = NOISE_SEED) -> torch.Tensor:
@@ -87,8 +93,14 @@ def degrade(images: torch.Tensor, kind: str, strength: float, seed: int = NOISE_
 
 
 @torch.no_grad()
-def sensitivity(settings: RfidSettings, num_images: int, strengths: dict = STRENGTHS, *, batch_size: int = 64,
-                seed: int = NOISE_SEED) -> dict:
+def sensitivity(
+    settings: RfidSettings,
+    num_images: int,
+    strengths: dict = STRENGTHS,
+    *,
+    batch_size: int = 64,
+    seed: int = NOISE_SEED,
+) -> dict:
     """FID and PSNR of the first `num_images` evaluation images against each degraded copy of them (the module
     doc): {"rows": [{degradation, strength, psnr, fid}], "spearman": {degradation: rho}, "weights_random",
     "random", "tags" (the rFID's titok.rfid_* feature tags), what was measured, and wall_s}."""
@@ -104,25 +116,44 @@ def sensitivity(settings: RfidSettings, num_images: int, strengths: dict = STREN
         for strength in values:
             fake_u8 = to_uint8(degrade(images, kind, strength, seed))
             fake = FeatureStats(POOL_DIM, info.device).update(inception(fake_u8).pool)
-            rows.append({"degradation": kind, "strength": float(strength),
-                         "psnr": psnr(real_u8.double() / 255, fake_u8.double() / 255).mean().item(),
-                         "fid": fid_from_stats(real, fake, method=settings.fid_method)})
-    rho = {kind: spearman([r["strength"] for r in rows if r["degradation"] == kind],
-                          [r["fid"] for r in rows if r["degradation"] == kind]) for kind in strengths}
+            rows.append(
+                {
+                    "degradation": kind,
+                    "strength": float(strength),
+                    "psnr": psnr(real_u8.double() / 255, fake_u8.double() / 255).mean().item(),
+                    "fid": fid_from_stats(real, fake, method=settings.fid_method),
+                }
+            )
+    rho = {
+        kind: spearman(
+            [r["strength"] for r in rows if r["degradation"] == kind],
+            [r["fid"] for r in rows if r["degradation"] == kind],
+        )
+        for kind in strengths
+    }
     random = {"inception": inception.random}
     reference = f"the same {real.count} images, undegraded"
-    return {"rows": rows, "spearman": rho, "num_images": real.count, "data": dataset.describe(),
-            "inception_dtype": settings.inception_dtype, "fid_method": settings.fid_method,
-            "weights_random": random, "random": any(random.values()),
-            "tags": base.feature_tags("rfid", settings, inception, reference),
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "rows": rows,
+        "spearman": rho,
+        "num_images": real.count,
+        "data": dataset.describe(),
+        "inception_dtype": settings.inception_dtype,
+        "fid_method": settings.fid_method,
+        "weights_random": random,
+        "random": any(random.values()),
+        "tags": base.feature_tags("rfid", settings, inception, reference),
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def print_result(out: dict) -> None:
     d = out["data"]
-    print(f"rFID feature-network sensitivity: {out['num_images']} {d['name']} {d['split']} images, "
-          f"{d['image_size']} px, Inception {out['inception_dtype']}, FID {out['fid_method']}, "
-          f"{out['wall_s']:.0f} s")
+    print(
+        f"rFID feature-network sensitivity: {out['num_images']} {d['name']} {d['split']} images, "
+        f"{d['image_size']} px, Inception {out['inception_dtype']}, FID {out['fid_method']}, "
+        f"{out['wall_s']:.0f} s"
+    )
     if out["random"]:
         standins = ", ".join(k for k, v in out["weights_random"].items() if v)
         print(f"  RANDOM STAND-IN WEIGHTS ({standins}): smoke-test numbers, never comparable with the paper")
@@ -157,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = preset_settings(args.preset)
-    s = replace(s, data=replace(s.data, image_size=args.image_size or s.data.image_size),
-                inception_dtype=args.inception_dtype or s.inception_dtype, device=args.device or s.device)
-    out = sensitivity(s, args.images, {"blur": args.blur, "noise": args.noise}, batch_size=args.batch_size,
-                      seed=args.seed)
+    s = replace(
+        s,
+        data=replace(s.data, image_size=args.image_size or s.data.image_size),
+        inception_dtype=args.inception_dtype or s.inception_dtype,
+        device=args.device or s.device,
+    )
+    out = sensitivity(
+        s, args.images, {"blur": args.blur, "noise": args.noise}, batch_size=args.batch_size, seed=args.seed
+    )
     print_result(out)
     if args.json:
         atomic_write_json(args.json, out, sort_keys=True)

@@ -117,8 +117,9 @@ def _state(task: StageTask, record: dict | None, slurm: dict[str, str]) -> Stage
         s.reason = _raised_reason(record)
     else:
         log = Path(record["log"]) if record.get("log") else None
-        s.reason = "driver lost" if log and log.is_file() and DRIVER_GONE in log.read_text(errors="replace") \
-            else "killed"
+        s.reason = (
+            "driver lost" if log and log.is_file() and DRIVER_GONE in log.read_text(errors="replace") else "killed"
+        )
     return s
 
 
@@ -252,6 +253,11 @@ def render(plan: Plan, states: list[StageState]) -> str:
 
 
 def as_json(plan: Plan, states: list[StageState]) -> str:
-    return json.dumps({"grid": plan.grid, "outputs": str(plan.root),
-                       "stages": [dict(asdict(s), reason_text=reason_text(s) if s.reason else None) for s in states]},
-                      indent=2)
+    return json.dumps(
+        {
+            "grid": plan.grid,
+            "outputs": str(plan.root),
+            "stages": [dict(asdict(s), reason_text=reason_text(s) if s.reason else None) for s in states],
+        },
+        indent=2,
+    )

@@ -69,8 +69,9 @@ def check_composed(argv: list[str]) -> None:
             raise SweepError(unknown_key(parent, name, known)) from None
         for arg in overrides:  # `+preset.<key>=` adds a key Hydra cannot know is a typo: the same check
             if arg.startswith("+") and not arg.startswith("++") and arg[1:].startswith("preset."):
-                _check_added(compose("sweep", overrides=[a for a in overrides if a is not arg]),
-                             arg[1:].partition("=")[0])
+                _check_added(
+                    compose("sweep", overrides=[a for a in overrides if a is not arg]), arg[1:].partition("=")[0]
+                )
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SweepError(f"{missing[0]} is required and not set: add {missing[0]}=<value> to the command line")
@@ -132,8 +133,10 @@ def sweep(cfg: DictConfig) -> int:
         return 0
 
     if cfg.launcher.name == "slurm" and shutil.which("sbatch") is None:  # before any MLflow run exists
-        raise SweepError("launcher=slurm: sbatch is not on PATH (no SLURM client here); use launcher=local or run "
-                         "from a SLURM login node")
+        raise SweepError(
+            "launcher=slurm: sbatch is not on PATH (no SLURM client here); use launcher=local or run "
+            "from a SLURM login node"
+        )
     uri = tracking.resolve_uri(cfg.tracking_uri, cfg.outputs)
     write_plan(plan)
     print(describe(plan))
@@ -148,21 +151,30 @@ def sweep(cfg: DictConfig) -> int:
     launch.flush_buffers(contexts)  # what earlier jobs could not send (a tracking outage)
     print(f"tracking: {uri} (experiment {tracking.experiment_name(plan.grid)})")
     if tracking.OUTAGES.down(uri):
-        print(f"warning: {uri} does not answer; every run's metrics are buffered next to it and sent once it "
-              f"answers (a rerun sends what is left)", file=sys.stderr)
+        print(
+            f"warning: {uri} does not answer; every run's metrics are buffered next to it and sent once it "
+            f"answers (a rerun sends what is left)",
+            file=sys.stderr,
+        )
     if cfg.launcher.name == "local":
-        failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job,
-                                  code=code)
+        failed = launch.run_local(plan, contexts, cfg.launcher.max_parallel, cfg.launcher.threads_per_job, code=code)
         for ctx in contexts.values():  # cells finished by an earlier invocation, and the shared run
             launch.finish_cell(ctx)
         left = launch.flush_buffers(contexts)
         todo = sum(not t.done for t in plan.tasks())
-        print(f"{len(plan.cells)} cells: {sum(c.done for c in plan.cells)} finished, {todo} stages unfinished, "
-              f"{failed} jobs failed" + (f"; {left} runs still have unsent metrics (rerun to flush)" if left else ""))
+        print(
+            f"{len(plan.cells)} cells: {sum(c.done for c in plan.cells)} finished, {todo} stages unfinished, "
+            f"{failed} jobs failed" + (f"; {left} runs still have unsent metrics (rerun to flush)" if left else "")
+        )
         print(f"report: python -m reports grid={plan.grid} tracking_uri={shlex.quote(uri)}")  # whatever outputs= was
         return 1 if failed or todo else 0
-    ids = launch.submit_slurm(plan, contexts, OmegaConf.to_container(cfg.cluster, resolve=True),
-                              OmegaConf.to_container(cfg.launcher, resolve=True), code)
+    ids = launch.submit_slurm(
+        plan,
+        contexts,
+        OmegaConf.to_container(cfg.cluster, resolve=True),
+        OmegaConf.to_container(cfg.launcher, resolve=True),
+        code,
+    )
     print(f"submitted {len(ids)} jobs" + (f": {ids[0]} ... {ids[-1]}" if ids else " (everything is done or queued)"))
     print(f"follow: squeue -u $USER; python -m bench.sweep grid={plan.grid} action=status; outputs in {plan.root}")
     if cfg.wait:

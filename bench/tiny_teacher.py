@@ -29,8 +29,13 @@ from bench.sweep import SWEEPS
 
 SHIPPED = SWEEPS / "preset" / "tiny_teacher.safetensors"
 # a one-cell grid: the plan adds the shared teacher stage only for a grid with trained cells
-ONE_CELL = ["preset=tiny", "preset.teacher.source=train", "grid.sizes=[S]", "grid.num_tokens=[16]",
-            "grid.stages=[stage1]"]
+ONE_CELL = [
+    "preset=tiny",
+    "preset.teacher.source=train",
+    "grid.sizes=[S]",
+    "grid.num_tokens=[16]",
+    "grid.stages=[stage1]",
+]
 
 
 def max_weight_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -53,8 +58,10 @@ def build(out: Path, overrides: list[str]) -> Path:
             cfg = compose("sweep", overrides=[*ONE_CELL, f"outputs={work}", *overrides])
         task = make_plan(cfg).task("_shared/teacher")
         result = run_task(task)
-        print(f"teacher: {result['steps']} steps in {result['wall_s']:.0f} s, final train l2 "
-              f"{result['final_logs']['teacher/l2']:.5f}")
+        print(
+            f"teacher: {result['steps']} steps in {result['wall_s']:.0f} s, final train l2 "
+            f"{result['final_logs']['teacher/l2']:.5f}"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(out) as f, open(task.product, "rb") as src:
             shutil.copyfileobj(src, f)
@@ -74,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     if shipped is not None:
         diff = max_weight_difference(tensors_of(out.read_bytes()), shipped)
-        print("the same tensors as the file shipped before" if diff == 0 else
-              f"largest weight difference {diff:.3g} from the file shipped before")
+        print(
+            "the same tensors as the file shipped before"
+            if diff == 0
+            else f"largest weight difference {diff:.3g} from the file shipped before"
+        )
     return 0
 
 

@@ -115,8 +115,7 @@ METRICS = {
 
 # the uncertainty of a final metric: `<metric>_lo` and `<metric>_hi` (a 95% interval), logged beside it; how an
 # evaluation made its intervals is the tag eval_tag(<rfid | gfid | probe>, "interval")
-INTERVAL_METRICS = ("rfid", "rfid_is", "psnr", "ssim", "lpips", "gfid", "gfid_is", "precision", "recall",
-                    "probe_top1")
+INTERVAL_METRICS = ("rfid", "rfid_is", "psnr", "ssim", "lpips", "gfid", "gfid_is", "precision", "recall", "probe_top1")
 
 
 def interval_keys(metric: str) -> tuple[str, str]:
@@ -133,8 +132,11 @@ ACKED_FILE = "mlflow_buffer.acked.json"  # beside it: how many bytes of the buff
 
 # Jobs must not block for minutes on a dead server (MLflow's default retries take ~4 min): fail fast and
 # let RunLogger buffer and retry.
-JOB_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+JOB_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 
 
 def fail_fast() -> None:
@@ -149,7 +151,7 @@ def resolve_uri(uri: str | None, outputs: str | os.PathLike | None = None) -> st
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+            return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
         return uri
     folder = Path(outputs or "outputs").resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,7 @@ def client(uri: str):
     fail_fast()
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
-    with file_lock(uri[len("sqlite:///"):] + STORE_LOCK_SUFFIX):
+    with file_lock(uri[len("sqlite:///") :] + STORE_LOCK_SUFFIX):
         return MlflowClient(tracking_uri=uri)
 
 
@@ -228,8 +230,15 @@ def ensure_experiment(uri: str, grid: str, artifact_root: str | os.PathLike | No
         return exp.experiment_id
 
 
-def declare_run(uri: str, folder: str | os.PathLike, grid: str, name: str, tags: dict[str, str],
-                parent: str | os.PathLike | None = None, artifact_root: str | os.PathLike | None = None) -> str | None:
+def declare_run(
+    uri: str,
+    folder: str | os.PathLike,
+    grid: str,
+    name: str,
+    tags: dict[str, str],
+    parent: str | os.PathLike | None = None,
+    artifact_root: str | os.PathLike | None = None,
+) -> str | None:
     """The run of `folder` (`parent`: the folder of its parent run): the one recorded there, else a new one. What
     the run is (experiment, name, tags, parent) is recorded first, so that a store that does not answer now gets the
     run from the first logger that reaches it. Returns the run id, None while the store does not answer. Only the
@@ -238,9 +247,15 @@ def declare_run(uri: str, folder: str | os.PathLike, grid: str, name: str, tags:
     path = Path(folder) / RUN_ID_FILE
     with _run_lock(folder):
         old = json.loads(path.read_text()) if path.exists() else {}
-        record = {"run_id": old.get("run_id"), "tracking_uri": uri, "grid": grid, "name": name, "tags": tags,
-                  "parent": str(parent) if parent else None,
-                  "artifact_root": str(artifact_root) if artifact_root else None}
+        record = {
+            "run_id": old.get("run_id"),
+            "tracking_uri": uri,
+            "grid": grid,
+            "name": name,
+            "tags": tags,
+            "parent": str(parent) if parent else None,
+            "artifact_root": str(artifact_root) if artifact_root else None,
+        }
         if record["run_id"] and not OUTAGES.down(uri):
             try:
                 client(uri).get_run(record["run_id"])
@@ -248,11 +263,13 @@ def declare_run(uri: str, folder: str | os.PathLike, grid: str, name: str, tags:
             except Exception as err:
                 if not refused(err):
                     OUTAGES.failed(uri)
-                    log.warning("MLflow at %s does not answer (%s); keeping run %s", uri, type(err).__name__,
-                                record["run_id"])
+                    log.warning(
+                        "MLflow at %s does not answer (%s); keeping run %s", uri, type(err).__name__, record["run_id"]
+                    )
                 else:
-                    log.warning("run %s recorded in %s is not in %s (%s); creating a new run", record["run_id"],
-                                path, uri, err)
+                    log.warning(
+                        "run %s recorded in %s is not in %s (%s); creating a new run", record["run_id"], path, uri, err
+                    )
                     record["run_id"] = None
         if record != old:
             atomic_write_json(path, record)
@@ -264,8 +281,9 @@ def declare_run(uri: str, folder: str | os.PathLike, grid: str, name: str, tags:
             if refused(err):
                 raise
             OUTAGES.failed(uri)
-            log.warning("MLflow at %s does not answer (%s); run %r is created when it does", uri,
-                        type(err).__name__, name)
+            log.warning(
+                "MLflow at %s does not answer (%s); run %r is created when it does", uri, type(err).__name__, name
+            )
             return None
 
 
@@ -310,8 +328,7 @@ class RunLogger:
     # public API
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         ts = int(time.time() * 1000)
-        self._do({"op": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step or 0,
-                  "ts": ts})
+        self._do({"op": "metrics", "metrics": {k: float(v) for k, v in metrics.items()}, "step": step or 0, "ts": ts})
 
     def log_params(self, params: dict[str, object]) -> None:
         self._do({"op": "params", "params": {k: str(v)[:6000] for k, v in params.items()}})
@@ -326,7 +343,7 @@ class RunLogger:
         self._do({"op": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def set_status(self, status: str) -> None:
-        """"RUNNING", "FINISHED" or "FAILED"."""
+        """ "RUNNING", "FINISHED" or "FAILED"."""
         self._do({"op": "status", "status": status})
 
     def flush(self) -> bool:
@@ -347,8 +364,11 @@ class RunLogger:
 
         c, op, run_id = self._client, entry["op"], self.run_id
         if op == "metrics":
-            c.log_batch(run_id, metrics=[Metric(k, v, entry["ts"], entry["step"])
-                                         for k, v in entry["metrics"].items()], synchronous=True)
+            c.log_batch(
+                run_id,
+                metrics=[Metric(k, v, entry["ts"], entry["step"]) for k, v in entry["metrics"].items()],
+                synchronous=True,
+            )
         elif op == "params":
             existing = c.get_run(run_id).data.params
             new = {k: v for k, v in entry["params"].items() if k not in existing}  # params are write-once
@@ -473,10 +493,12 @@ class SystemMetrics:
         import psutil
 
         memory = psutil.virtual_memory()
-        out = {"cpu_utilization_percentage": psutil.cpu_percent(interval=None),
-               "system_memory_usage_megabytes": memory.used / 1e6,
-               "system_memory_usage_percentage": 100 * memory.used / memory.total,
-               "process_memory_rss_megabytes": psutil.Process().memory_info().rss / 1e6}
+        out = {
+            "cpu_utilization_percentage": psutil.cpu_percent(interval=None),
+            "system_memory_usage_megabytes": memory.used / 1e6,
+            "system_memory_usage_percentage": 100 * memory.used / memory.total,
+            "process_memory_rss_megabytes": psutil.Process().memory_info().rss / 1e6,
+        }
         for i, handle in enumerate(self._gpus):
             out.update(_gpu_sample(i, handle))
         return {SYSTEM_PREFIX + k: float(v) for k, v in out.items()}
@@ -512,14 +534,18 @@ def _gpu_sample(i: int, handle) -> dict[str, float]:
         import torch
 
         free, total = torch.cuda.mem_get_info(handle[1])
-        return {f"gpu_{i}_memory_usage_megabytes": (total - free) / 1e6,
-                f"gpu_{i}_memory_usage_percentage": 100 * (total - free) / total}
+        return {
+            f"gpu_{i}_memory_usage_megabytes": (total - free) / 1e6,
+            f"gpu_{i}_memory_usage_percentage": 100 * (total - free) / total,
+        }
     import pynvml
 
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-    return {f"gpu_{i}_utilization_percentage": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
-            f"gpu_{i}_memory_usage_megabytes": memory.used / 1e6,
-            f"gpu_{i}_memory_usage_percentage": 100 * memory.used / memory.total}
+    return {
+        f"gpu_{i}_utilization_percentage": pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+        f"gpu_{i}_memory_usage_megabytes": memory.used / 1e6,
+        f"gpu_{i}_memory_usage_percentage": 100 * memory.used / memory.total,
+    }
 
 
 def pending(folder: str | os.PathLike) -> bool:

@@ -77,8 +77,10 @@ class Entry:
         pinned revision, else main)."""
         at = commit or self.revision or "main"
         if self.is_folder:
-            return [(f"{self.filename}/{f}", f"https://huggingface.co/{self.hub_repo}/resolve/{at}/{f}")
-                    for f in self.hub_files]
+            return [
+                (f"{self.filename}/{f}", f"https://huggingface.co/{self.hub_repo}/resolve/{at}/{f}")
+                for f in self.hub_files
+            ]
         if self.hub_repo:
             return [(self.filename, f"https://huggingface.co/{self.hub_repo}/resolve/{at}/{self.filename}")]
         return [(self.filename, self.url)]
@@ -91,37 +93,61 @@ _HUB_NOTE = "no published sha256 known here; verify() checks that every file is 
 def _fixed_entries() -> list[Entry]:
     teacher_rev = variants.pinned_revision(TITOK_REPO)
     return [
-        Entry(INCEPTION, "weights-inception-2015-12-05-6726825d.pth",
-              "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-              "weights-inception-2015-12-05-6726825d.pth",
-              "torch-fidelity InceptionV3 (TF 2015-12-05 graph port): FID/IS/sFID/precision-recall features",
-              hash_note="no verified sha256: the '6726825d' in the name comes from pytorch-fid's file and "
-                        "torch-fidelity never checks it; verify() checks the 566 tensor names and shapes",
-              structure="inception"),
-        Entry(LPIPS_VGG, "lpips-v0.1-vgg.pth",
-              "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
-              "LPIPS v0.1 learned 1x1 linear layers on VGG16 features (upstream file name vgg.pth; "
-              "taming-transformers ships the same layers as vgg.pth)",
-              hash_note="no published sha256 known here; verify() checks the 5 layers' names and shapes",
-              structure="lpips"),
-        Entry(VGG16, "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-              "torchvision VGG16 IMAGENET1K_V1: the LPIPS feature network",
-              sha256="397923af", hash_kind="sha256-prefix", hash_note=_TV_NOTE),
-        Entry(CONVNEXT_SMALL, "convnext_small-0c510722.pth",
-              "https://download.pytorch.org/models/convnext_small-0c510722.pth",
-              "torchvision ConvNeXt-Small IMAGENET1K_V1: the stage-2 'perceptual' loss (MSE between logits)",
-              sha256="0c510722", hash_kind="sha256-prefix", hash_note=_TV_NOTE),
-        Entry(TEACHER, "maskgit-vqgan-imagenet-f16-256.bin",
-              f"https://huggingface.co/{TITOK_REPO}/resolve/{teacher_rev or 'main'}/maskgit-vqgan-imagenet-f16-256.bin",
-              "MaskGIT-VQGAN f16 256px (raw state_dict): proxy-code teacher and pixel decoder",
-              hash_note="no published sha256 known here; verify() checks that the state_dict loads",
-              hub_repo=TITOK_REPO, revision=teacher_rev),
-        Entry(ADM_REFERENCE_256, "VIRTUAL_imagenet256_labeled.npz",
-              "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
-              "VIRTUAL_imagenet256_labeled.npz",
-              "ADM reference batch for ImageNet 256x256 gFID/sFID/precision/recall (mu, sigma, mu_s, sigma_s, "
-              "10k images): not weights, but fetched and cached the same way",
-              hash_note="no published sha256 known here; verify() checks that it holds mu and sigma"),
+        Entry(
+            INCEPTION,
+            "weights-inception-2015-12-05-6726825d.pth",
+            "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+            "weights-inception-2015-12-05-6726825d.pth",
+            "torch-fidelity InceptionV3 (TF 2015-12-05 graph port): FID/IS/sFID/precision-recall features",
+            hash_note="no verified sha256: the '6726825d' in the name comes from pytorch-fid's file and "
+            "torch-fidelity never checks it; verify() checks the 566 tensor names and shapes",
+            structure="inception",
+        ),
+        Entry(
+            LPIPS_VGG,
+            "lpips-v0.1-vgg.pth",
+            "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth",
+            "LPIPS v0.1 learned 1x1 linear layers on VGG16 features (upstream file name vgg.pth; "
+            "taming-transformers ships the same layers as vgg.pth)",
+            hash_note="no published sha256 known here; verify() checks the 5 layers' names and shapes",
+            structure="lpips",
+        ),
+        Entry(
+            VGG16,
+            "vgg16-397923af.pth",
+            "https://download.pytorch.org/models/vgg16-397923af.pth",
+            "torchvision VGG16 IMAGENET1K_V1: the LPIPS feature network",
+            sha256="397923af",
+            hash_kind="sha256-prefix",
+            hash_note=_TV_NOTE,
+        ),
+        Entry(
+            CONVNEXT_SMALL,
+            "convnext_small-0c510722.pth",
+            "https://download.pytorch.org/models/convnext_small-0c510722.pth",
+            "torchvision ConvNeXt-Small IMAGENET1K_V1: the stage-2 'perceptual' loss (MSE between logits)",
+            sha256="0c510722",
+            hash_kind="sha256-prefix",
+            hash_note=_TV_NOTE,
+        ),
+        Entry(
+            TEACHER,
+            "maskgit-vqgan-imagenet-f16-256.bin",
+            f"https://huggingface.co/{TITOK_REPO}/resolve/{teacher_rev or 'main'}/maskgit-vqgan-imagenet-f16-256.bin",
+            "MaskGIT-VQGAN f16 256px (raw state_dict): proxy-code teacher and pixel decoder",
+            hash_note="no published sha256 known here; verify() checks that the state_dict loads",
+            hub_repo=TITOK_REPO,
+            revision=teacher_rev,
+        ),
+        Entry(
+            ADM_REFERENCE_256,
+            "VIRTUAL_imagenet256_labeled.npz",
+            "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches/imagenet/256/"
+            "VIRTUAL_imagenet256_labeled.npz",
+            "ADM reference batch for ImageNet 256x256 gFID/sFID/precision/recall (mu, sigma, mu_s, sigma_s, "
+            "10k images): not weights, but fetched and cached the same way",
+            hash_note="no published sha256 known here; verify() checks that it holds mu and sigma",
+        ),
     ]
 
 
@@ -131,10 +157,18 @@ def _hub_entries() -> list[Entry]:
     out = []
     for v in variants.VARIANTS.values():
         if v.hub_repo:
-            out.append(Entry(v.name, ckpt.hub_folder_name(v.hub_repo), f"https://huggingface.co/{v.hub_repo}",
-                             f"released {v.kind} {v.name} (hub repo {v.hub_repo})" + (f"; {v.note}" if v.note else ""),
-                             hash_note=_HUB_NOTE, hub_repo=v.hub_repo, hub_files=ckpt.HUB_FILES,
-                             revision=v.revision))
+            out.append(
+                Entry(
+                    v.name,
+                    ckpt.hub_folder_name(v.hub_repo),
+                    f"https://huggingface.co/{v.hub_repo}",
+                    f"released {v.kind} {v.name} (hub repo {v.hub_repo})" + (f"; {v.note}" if v.note else ""),
+                    hash_note=_HUB_NOTE,
+                    hub_repo=v.hub_repo,
+                    hub_files=ckpt.HUB_FILES,
+                    revision=v.revision,
+                )
+            )
     return out
 
 
@@ -208,8 +242,10 @@ class MissingWeightsError(RuntimeError):
             lines.append(f"  place it at: {path}")
             lines.append(f"  source: {e.url}")
         lines.append(f"  or run: python -m bench.weights fetch {name}   (needs internet)")
-        lines.append(f"  (the cache folder is ${ENV_CACHE}, now {cache_dir()}; smoke runs may pass "
-                     "allow_random=True to use a random stand-in, tagged weights.random=true)")
+        lines.append(
+            f"  (the cache folder is ${ENV_CACHE}, now {cache_dir()}; smoke runs may pass "
+            "allow_random=True to use a random stand-in, tagged weights.random=true)"
+        )
         return cls("\n".join(lines), name, path)
 
 
@@ -281,8 +317,9 @@ def provenance(name: str, path: Path | None) -> dict[str, str]:
     if record.get("commit"):
         revision = record["commit"]
     elif e.hub_repo:
-        revision = (f"unknown: no source record (placed by hand, not fetched); {e.hub_repo} is "
-                    + (f"pinned to {e.revision}" if e.revision else "not pinned"))
+        revision = f"unknown: no source record (placed by hand, not fetched); {e.hub_repo} is " + (
+            f"pinned to {e.revision}" if e.revision else "not pinned"
+        )
     else:
         revision = record.get("url") or e.url
     if e.is_folder:
@@ -334,8 +371,10 @@ def fetch(name: str, timeout: float = FETCH_TIMEOUT_S) -> Path:
         source = dict(repo=e.hub_repo, revision=e.revision, commit=commit) if e.hub_repo else {}
         ckpt.write_source_record(path_of(name), url=url, **source)
     if not verify(name):
-        raise RuntimeError(f"downloaded {name!r} to {path_of(name)} but it fails verification "
-                           f"({e.hash_kind}: {e.hash_note}); delete it and retry, or check the source {e.url}")
+        raise RuntimeError(
+            f"downloaded {name!r} to {path_of(name)} but it fails verification "
+            f"({e.hash_kind}: {e.hash_note}); delete it and retry, or check the source {e.url}"
+        )
     return path_of(name)
 
 
@@ -357,8 +396,7 @@ def expected_shapes(kind: str) -> dict[str, tuple[int, ...]]:
         import torchvision
 
         with torch.device("meta"):
-            net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False,
-                                                  num_classes=1008)
+            net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
         return {k: tuple(v.shape) for k, v in net.state_dict().items()}
     raise ValueError(f"unknown structure kind {kind!r}")
 
@@ -422,7 +460,8 @@ def _cli_list(names: list[str]) -> int:
     for n in names:
         e = entry(n)
         check = {"sha256": "sha256", "sha256-prefix": "sha256 prefix"}.get(e.hash_kind) or (
-            "structure" if e.structure else "readable")
+            "structure" if e.structure else "readable"
+        )
         rows.append((n, "present" if locate(n) else "missing", check, str(path_of(n))))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:

@@ -20,7 +20,20 @@ from .titok import TiTok, TiTokConfig
 from .variants import VARIANTS, Variant, build, build_from_config, resolve
 
 __all__ = [
-    "VARIANTS", "Variant", "build", "build_from_config", "resolve", "from_pretrained", "load", "save",
-    "CheckpointMismatchError", "TiTok", "TiTokConfig", "MaskGITGenerator", "GeneratorConfig", "MaskGITVQGAN",
-    "VQGANConfig", "SamplerSettings",
+    "VARIANTS",
+    "Variant",
+    "build",
+    "build_from_config",
+    "resolve",
+    "from_pretrained",
+    "load",
+    "save",
+    "CheckpointMismatchError",
+    "TiTok",
+    "TiTokConfig",
+    "MaskGITGenerator",
+    "GeneratorConfig",
+    "MaskGITVQGAN",
+    "VQGANConfig",
+    "SamplerSettings",
 ]

@@ -64,8 +64,7 @@ class CheckpointError(ValueError):
 class CheckpointMismatchError(CheckpointError):
     """A checkpoint that does not fit the model: names the missing and unexpected keys and shape conflicts."""
 
-    def __init__(self, what: str, missing: list[str], unexpected: list[str],
-                 conflicts: list[tuple[str, tuple, tuple]]):
+    def __init__(self, what: str, missing: list[str], unexpected: list[str], conflicts: list[tuple[str, tuple, tuple]]):
         self.missing, self.unexpected, self.conflicts = missing, unexpected, conflicts
 
         def show(items, n=12):
@@ -79,8 +78,10 @@ class CheckpointMismatchError(CheckpointError):
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
         if conflicts:
-            lines.append(f"  shape conflicts ({len(conflicts)}): " + show(
-                f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in conflicts))
+            lines.append(
+                f"  shape conflicts ({len(conflicts)}): "
+                + show(f"{k} checkpoint {list(a)} vs model {list(b)}" for k, a, b in conflicts)
+            )
         super().__init__("\n".join(lines))
 
 
@@ -108,7 +109,7 @@ def _rename(key: str, pairs) -> str:
     for src, dst in pairs:
         m = re.match(re.escape(src).replace(r"\{i\}", r"(?P<i>\d+)"), key)
         if m:
-            return dst.format(i=m.groupdict().get("i")) + key[m.end():]
+            return dst.format(i=m.groupdict().get("i")) + key[m.end() :]
     return key  # unknown keys are left for the mismatch report
 
 
@@ -155,6 +156,7 @@ def to_official(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
 # ---- architecture from an official config and/or the tensor shapes ------------------------------------------
 def _resolve_interpolations(cfg: dict) -> dict:
     """Resolve OmegaConf-style `${a.b.c}` references in an official config.json (dumped unresolved)."""
+
     def lookup(path):
         node = cfg
         for part in path.split("."):
@@ -179,8 +181,10 @@ def _size_name(width: int, depth: int) -> str:
     for name, size in VIT_SIZES.items():
         if (size.width, size.depth) == (width, depth):
             return name
-    raise ValueError(f"no model size with width {width} and depth {depth}; known: "
-                     + ", ".join(f"{n}={s.width}x{s.depth}" for n, s in VIT_SIZES.items()))
+    raise ValueError(
+        f"no model size with width {width} and depth {depth}; known: "
+        + ", ".join(f"{n}={s.width}x{s.depth}" for n, s in VIT_SIZES.items())
+    )
 
 
 def _count_layers(shapes, prefix: str) -> int:
@@ -196,18 +200,23 @@ def detect_kind(keys) -> str:
         return "generator"
     if "encoder.conv_in.weight" in keys and "quantize.embedding.weight" in keys:
         return "teacher"
-    raise ValueError("cannot tell what this checkpoint is: it has neither TiTok (latent_tokens), generator "
-                     "(lm_head) nor MaskGIT-VQGAN (encoder.conv_in + quantize) keys")
+    raise ValueError(
+        "cannot tell what this checkpoint is: it has neither TiTok (latent_tokens), generator "
+        "(lm_head) nor MaskGIT-VQGAN (encoder.conv_in + quantize) keys"
+    )
 
 
 def _vqgan_config(shapes: dict, prefix: str, quant_prefix: str) -> VQGANConfig:
     levels = _count_layers(shapes, f"{prefix}up.")
     widths = [shapes[f"{prefix}up.{i}.block.0.conv2.weight"][0] for i in range(levels)]
     hidden = widths[0]
-    return VQGANConfig(hidden_channels=hidden, channel_mult=tuple(w // hidden for w in widths),
-                       num_res_blocks=_count_layers(shapes, f"{prefix}up.0.block."),
-                       z_channels=shapes[f"{prefix}conv_in.weight"][1],
-                       codebook_size=shapes[f"{quant_prefix}embedding.weight"][0])
+    return VQGANConfig(
+        hidden_channels=hidden,
+        channel_mult=tuple(w // hidden for w in widths),
+        num_res_blocks=_count_layers(shapes, f"{prefix}up.0.block."),
+        z_channels=shapes[f"{prefix}conv_in.weight"][1],
+        codebook_size=shapes[f"{quant_prefix}embedding.weight"][0],
+    )
 
 
 def infer_config(shapes: dict[str, tuple], official: dict | None = None):
@@ -232,16 +241,32 @@ def infer_config(shapes: dict[str, tuple], official: dict | None = None):
         fc1 = "in_blocks.0.mlp.fc1.weight" if uvit else "layers.0.fc1.weight"
         released = _released_generator(uvit, hidden, layers, tokens, codebook)
         base = released.config if released else GeneratorConfig()
-        sampler = base.sampler.updated(**{ours: gen[theirs] for theirs, ours in (
-            ("num_steps", "num_steps"), ("guidance_scale", "guidance_scale"), ("guidance_decay", "guidance_decay"),
-            ("randomize_temperature", "randomize_temperature")) if theirs in gen})
+        sampler = base.sampler.updated(
+            **{
+                ours: gen[theirs]
+                for theirs, ours in (
+                    ("num_steps", "num_steps"),
+                    ("guidance_scale", "guidance_scale"),
+                    ("guidance_decay", "guidance_decay"),
+                    ("randomize_temperature", "randomize_temperature"),
+                )
+                if theirs in gen
+            }
+        )
         return GeneratorConfig(
-            arch="uvit" if uvit else "vit", hidden_size=hidden, num_layers=layers,
+            arch="uvit" if uvit else "vit",
+            hidden_size=hidden,
+            num_layers=layers,
             num_heads=gen.get("num_attention_heads", base.num_heads if released else max(1, hidden // 64)),
-            intermediate_size=shapes[fc1][0], dropout=gen.get("dropout", base.dropout),
-            attn_dropout=gen.get("attn_drop", base.attn_dropout), codebook_size=codebook, num_tokens=tokens,
-            num_classes=vocab - codebook - 2, class_label_dropout=gen.get("class_label_dropout", 0.1),
-            sampler=sampler)
+            intermediate_size=shapes[fc1][0],
+            dropout=gen.get("dropout", base.dropout),
+            attn_dropout=gen.get("attn_drop", base.attn_dropout),
+            codebook_size=codebook,
+            num_tokens=tokens,
+            num_classes=vocab - codebook - 2,
+            class_label_dropout=gen.get("class_label_dropout", 0.1),
+            sampler=sampler,
+        )
     vq = model_cfg.get("vq_model", model_cfg)
     enc_w = shapes["latent_tokens"][1]
     dec_w = shapes["decoder.latent_token_positional_embedding"][1]
@@ -259,24 +284,35 @@ def infer_config(shapes: dict[str, tuple], official: dict | None = None):
     return TiTokConfig(
         encoder_size=_size_name(enc_w, _count_layers(shapes, "encoder.transformer.")),
         decoder_size=_size_name(dec_w, _count_layers(shapes, "decoder.transformer.")),
-        num_latent_tokens=shapes["latent_tokens"][0], image_size=image_size, patch_size=patch,
-        decoder_patch_size=image_size // dec_grid, quantizer="vq" if is_vq else "vae",
+        num_latent_tokens=shapes["latent_tokens"][0],
+        image_size=image_size,
+        patch_size=patch,
+        decoder_patch_size=image_size // dec_grid,
+        quantizer="vq" if is_vq else "vae",
         token_size=shapes["decoder.decoder_embed.weight"][1],
         codebook_size=shapes["quantize.embedding.weight"][0] if is_vq else 0,
         use_l2_norm=bool(vq.get("use_l2_norm", two_stage)) if is_vq else False,
-        commitment_cost=vq.get("commitment_cost", 0.25), two_stage=two_stage,
-        pixel_decoder="pixel_decoder.conv_in.weight" in shapes, legacy_reshape=bool(legacy) and two_stage,
+        commitment_cost=vq.get("commitment_cost", 0.25),
+        two_stage=two_stage,
+        pixel_decoder="pixel_decoder.conv_in.weight" in shapes,
+        legacy_reshape=bool(legacy) and two_stage,
         vqgan=_vqgan_config(shapes, "pixel_decoder.", "pixel_quantize.")
-        if "pixel_decoder.conv_in.weight" in shapes else VQGANConfig(),
+        if "pixel_decoder.conv_in.weight" in shapes
+        else VQGANConfig(),
         text_tokens=text[0] if text else 0,
-        text_dim=shapes["decoder.text_guidance_proj.weight"][1] if text else 768)
+        text_dim=shapes["decoder.text_guidance_proj.weight"][1] if text else 768,
+    )
 
 
 def _released_generator(uvit: bool, hidden: int, layers: int, tokens: int, codebook: int) -> Variant | None:
     for v in VARIANTS.values():
         c = v.config
-        if v.kind == "generator" and v.released and (c.arch == "uvit") == uvit and (
-                c.hidden_size, c.num_layers, c.num_tokens, c.codebook_size) == (hidden, layers, tokens, codebook):
+        if (
+            v.kind == "generator"
+            and v.released
+            and (c.arch == "uvit") == uvit
+            and (c.hidden_size, c.num_layers, c.num_tokens, c.codebook_size) == (hidden, layers, tokens, codebook)
+        ):
             return v
     return None
 
@@ -287,16 +323,20 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], what: str)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    conflicts = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in sorted(set(state) & set(expected))
-                 if tuple(state[k].shape) != tuple(expected[k].shape)]
+    conflicts = [
+        (k, tuple(state[k].shape), tuple(expected[k].shape))
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or conflicts:
         raise CheckpointMismatchError(what, missing, unexpected, conflicts)
     model.load_state_dict(state, strict=True, assign=any(p.is_meta for p in model.parameters()))
     return model
 
 
-def load_official_state(state: dict[str, torch.Tensor], official_config: dict | None = None,
-                        variant: str | None = None) -> nn.Module:
+def load_official_state(
+    state: dict[str, torch.Tensor], official_config: dict | None = None, variant: str | None = None
+) -> nn.Module:
     """Build the model an official state_dict describes (or `variant`, checked against it) and load it."""
     ours = from_official(state)
     if variant is not None:
@@ -318,8 +358,10 @@ def read_config(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}): repair it, download it again, or delete it to "
-                              "infer the architecture from the weights") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({err}): repair it, download it again, or delete it to "
+            "infer the architecture from the weights"
+        ) from None
 
 
 def read_official_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -336,8 +378,10 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or not a checkpoint at all
-        raise CheckpointError(f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}): it is "
-                              "truncated or corrupt (an interrupted copy or download?); copy it again") from None
+        raise CheckpointError(
+            f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}): it is "
+            "truncated or corrupt (an interrupted copy or download?); copy it again"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -372,7 +416,7 @@ def _temp_owner_gone(tmp: Path, prefix: str) -> bool:
     """Whether the writer of temporary file `tmp` (named <prefix><host>.<pid>.<token>.tmp) is gone: a dead PID on
     this host; a writer on another host (a requeued job lands elsewhere), or a name of another pattern, when the
     file has not been written to for STALE_TEMP_AGE_S."""
-    host, _, pid = tmp.name[len(prefix):-len(".tmp")].rpartition(".")[0].rpartition(".")
+    host, _, pid = tmp.name[len(prefix) : -len(".tmp")].rpartition(".")[0].rpartition(".")
     if host == _HOST and pid.isdigit():
         try:
             os.kill(int(pid), 0)
@@ -444,8 +488,13 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Save weights + config (+ optional string metadata) as one self-describing safetensors file."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "kind": model.kind, "config": config_to_json(model.config),
-            DIGEST_KEY: tensor_digest(tensors), **(metadata or {})}
+    meta = {
+        "format": FORMAT,
+        "kind": model.kind,
+        "config": config_to_json(model.config),
+        DIGEST_KEY: tensor_digest(tensors),
+        **(metadata or {}),
+    }
     with atomic_path(path) as tmp:
         # bytes through our own file: save_file would write a temporary file of its own (.tmpXXXXXX, mode 0600)
         # beside it, which a killed writer leaves behind under a name nobody can attribute
@@ -457,8 +506,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as err:  # zero bytes, a truncated header or data, not safetensors at all
-        raise CheckpointError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}): it is "
-                              "truncated or corrupt (an interrupted copy or download?); copy it again") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}): it is "
+            "truncated or corrupt (an interrupted copy or download?); copy it again"
+        ) from None
 
 
 def _describe(v: Variant) -> str:
@@ -470,18 +521,24 @@ def load(path: str | os.PathLike, variant: str | None = None) -> nn.Module:
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a titok-bench checkpoint (no '{FORMAT}' metadata); "
-                              "for released weights use models.from_pretrained")
+        raise CheckpointError(
+            f"{path} is not a titok-bench checkpoint (no '{FORMAT}' metadata); "
+            "for released weights use models.from_pretrained"
+        )
     config = config_from_json(meta["config"])
     if variant is not None:
         held, want = Variant(path.name, meta.get("kind", "?"), config), resolve(variant)
         if (held.kind, held.sizes()) != (want.kind, want.sizes()):
-            raise CheckpointError(f"{path} holds {_describe(held)}, not the requested {variant} ({_describe(want)}): "
-                                  "pass the checkpoint of that variant, or no variant to load what the file holds")
+            raise CheckpointError(
+                f"{path} holds {_describe(held)}, not the requested {variant} ({_describe(want)}): "
+                "pass the checkpoint of that variant, or no variant to load what the file holds"
+            )
     state = read_state_file(path)
     if DIGEST_KEY in meta and tensor_digest(state) != meta[DIGEST_KEY]:
-        raise CheckpointError(f"{path}: the tensor data does not match the sha256 written with it (bit rot or a "
-                              "damaged copy): restore the file from a good copy, or retrain it")
+        raise CheckpointError(
+            f"{path}: the tensor data does not match the sha256 written with it (bit rot or a "
+            "damaged copy): restore the file from a good copy, or retrain it"
+        )
     with torch.device("meta"):
         model = build_from_config(config)
     return load_state_into(model, state, f"its own config ({type(config).__name__})").eval()
@@ -573,16 +630,20 @@ def check_source(path: str | os.PathLike, pinned: str | None = None) -> dict | N
     if record is None:
         return None
     if is_commit(pinned) and record.get("commit") and record["commit"] != pinned:
-        raise CheckpointError(f"{p} holds commit {record['commit']} of {record.get('repo')}, but the pin file "
-                              f"models/hub_revisions.json pins {pinned}: fetch it again (python -m bench.weights "
-                              "fetch <name>, or models.from_pretrained)")
+        raise CheckpointError(
+            f"{p} holds commit {record['commit']} of {record.get('repo')}, but the pin file "
+            f"models/hub_revisions.json pins {pinned}: fetch it again (python -m bench.weights "
+            "fetch <name>, or models.from_pretrained)"
+        )
     for name, want in record.get("files", {}).items():
         f = p / name if p.is_dir() else p
         got = file_sha256(f) if f.is_file() else "missing"
         if got != want:
-            raise CheckpointError(f"{f} is not the file that was fetched (sha256 {got[:16]}..., its source record "
-                                  f"{source_record_path(p)} says {want[:16]}...): delete {p} and fetch it again, or "
-                                  "delete the record if the new file is the one you mean")
+            raise CheckpointError(
+                f"{f} is not the file that was fetched (sha256 {got[:16]}..., its source record "
+                f"{source_record_path(p)} says {want[:16]}...): delete {p} and fetch it again, or "
+                "delete the record if the new file is the one you mean"
+            )
     return record
 
 
@@ -595,15 +656,21 @@ def hub_commit(repo: str, revision: str | None = None) -> str:
     return huggingface_hub.model_info(repo, revision=revision, timeout=HUB_TIMEOUT_S).sha
 
 
-def hub_fetch(repo: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
-              files: tuple[str, ...] = HUB_FILES) -> Path:
+def hub_fetch(
+    repo: str,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    files: tuple[str, ...] = HUB_FILES,
+) -> Path:
     """Download `files` of a hub repo at `revision` (None: the pinned one, else main) into its hub folder and write
     its source record; FileNotFoundError saying what to do when it cannot (offline, unknown repo, no access)."""
     revision = revision or pinned_revision(repo)
     folder = hub_folder(repo, cache_dir)
     at = f" at revision {revision}" if revision else ""
-    todo = (f"Download {' and '.join(files)} of https://huggingface.co/{repo}{at} into {folder}/ (or any folder, and "
-            "pass the folder to models.from_pretrained)")
+    todo = (
+        f"Download {' and '.join(files)} of https://huggingface.co/{repo}{at} into {folder}/ (or any folder, and "
+        "pass the folder to models.from_pretrained)"
+    )
     if offline():
         raise FileNotFoundError(f"not fetching {repo!r}: offline mode ({ENV_OFFLINE} is set). {todo}")
     try:
@@ -613,10 +680,17 @@ def hub_fetch(repo: str, revision: str | None = None, cache_dir: str | os.PathLi
         for f in files:
             huggingface_hub.hf_hub_download(repo, f, revision=commit, local_dir=folder, etag_timeout=HUB_TIMEOUT_S)
     except Exception as err:  # offline, unknown repo, auth: all end the same way for the user
-        raise FileNotFoundError(f"could not fetch {repo!r}{at} from the Hugging Face hub ({type(err).__name__}: "
-                                f"{err}). Offline? {todo}") from None
-    write_source_record(folder, list(files), repo=repo, revision=revision, commit=commit,
-                        url=f"https://huggingface.co/{repo}/tree/{commit}")
+        raise FileNotFoundError(
+            f"could not fetch {repo!r}{at} from the Hugging Face hub ({type(err).__name__}: {err}). Offline? {todo}"
+        ) from None
+    write_source_record(
+        folder,
+        list(files),
+        repo=repo,
+        revision=revision,
+        commit=commit,
+        url=f"https://huggingface.co/{repo}/tree/{commit}",
+    )
     return folder
 
 
@@ -629,8 +703,12 @@ def looks_like_path(text: str) -> bool:
     or a variant name: it starts with '.', '~' or a separator, has more than one separator or a checkpoint file's
     suffix, or its first folder exists here."""
     parts = re.split(r"[/\\]", text)
-    return (text.startswith((".", "~", "/", "\\")) or len(parts) > 2 or Path(text).suffix in _FILE_SUFFIXES
-            or (len(parts) > 1 and Path(parts[0]).is_dir()))
+    return (
+        text.startswith((".", "~", "/", "\\"))
+        or len(parts) > 2
+        or Path(text).suffix in _FILE_SUFFIXES
+        or (len(parts) > 1 and Path(parts[0]).is_dir())
+    )
 
 
 def _hub_download(repo: str, cache_dir: str | None) -> Path:
@@ -646,8 +724,9 @@ def _hub_download(repo: str, cache_dir: str | None) -> Path:
     return hub_fetch(repo, pinned, cache_dir)
 
 
-def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
-                    cache_dir: str | os.PathLike | None = None) -> nn.Module:
+def from_pretrained(
+    name_or_path: str | os.PathLike, variant: str | None = None, cache_dir: str | os.PathLike | None = None
+) -> nn.Module:
     """Load released or own weights, in eval mode.
 
     name_or_path: a registered variant name with released weights or a hub repo id ("owner/name"): read from the
@@ -672,9 +751,11 @@ def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
     if text in VARIANTS:
         v = VARIANTS[text]
         if not v.hub_repo:
-            raise ValueError(f"{text} has no released weights on the hub"
-                             + (f" (the raw file {v.official_file} can be loaded by path)" if v.official_file else "")
-                             + f"; build it untrained with models.build({text!r})")
+            raise ValueError(
+                f"{text} has no released weights on the hub"
+                + (f" (the raw file {v.official_file} can be loaded by path)" if v.official_file else "")
+                + f"; build it untrained with models.build({text!r})"
+            )
         state, config = read_official_folder(_hub_download(v.hub_repo, cache_dir))
         return load_official_state(state, config, variant or text)
     if looks_like_path(text):
@@ -682,5 +763,7 @@ def from_pretrained(name_or_path: str | os.PathLike, variant: str | None = None,
     if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
         state, config = read_official_folder(_hub_download(text, cache_dir))
         return load_official_state(state, config, variant)
-    raise FileNotFoundError(f"{text!r} is neither a file, a folder, a registered variant with released weights "
-                            "nor a hub repo id (owner/name)")
+    raise FileNotFoundError(
+        f"{text!r} is neither a file, a folder, a registered variant with released weights "
+        "nor a hub repo id (owner/name)"
+    )

@@ -136,10 +136,12 @@ class MaskGITGenerator(nn.Module):
             self.embeddings = nn.Embedding(c.vocab_size, c.hidden_size)
             self.pos_embed = nn.Parameter(torch.zeros(1, c.num_tokens + 1, c.hidden_size))
             self.in_blocks = nn.ModuleList(
-                UViTBlock(c.hidden_size, c.num_heads, c.intermediate_size) for _ in range(half))
+                UViTBlock(c.hidden_size, c.num_heads, c.intermediate_size) for _ in range(half)
+            )
             self.mid_block = UViTBlock(c.hidden_size, c.num_heads, c.intermediate_size)
             self.out_blocks = nn.ModuleList(
-                UViTBlock(c.hidden_size, c.num_heads, c.intermediate_size, skip=True) for _ in range(half))
+                UViTBlock(c.hidden_size, c.num_heads, c.intermediate_size, skip=True) for _ in range(half)
+            )
             self.norm = nn.LayerNorm(c.hidden_size)
         self.lm_head = nn.Linear(c.hidden_size, c.codebook_size)
         self._init_weights()
@@ -180,15 +182,21 @@ class MaskGITGenerator(nn.Module):
             x = block(x, skips.pop())
         return self.norm(x)
 
-    def forward(self, ids: torch.Tensor, labels: torch.Tensor, drop_labels: torch.Tensor | bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, labels: torch.Tensor, drop_labels: torch.Tensor | bool = False
+    ) -> torch.Tensor:
         seq = torch.cat([self.class_tokens(labels, drop_labels).unsqueeze(1), ids], dim=1)
         return self.lm_head(self.backbone(seq)[:, 1:])
 
     @torch.no_grad()
-    def generate(self, labels: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None,
-                 batch_guidance: bool = False, forward: Callable[..., torch.Tensor] | None = None,
-                 **sampler_settings) -> torch.Tensor:
+    def generate(
+        self,
+        labels: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_guidance: bool = False,
+        forward: Callable[..., torch.Tensor] | None = None,
+        **sampler_settings,
+    ) -> torch.Tensor:
         """Sample token ids [B, K] for class labels [B]. Sampler settings default to this variant's
         released ones (`config.sampler`); any of them can be overridden by keyword. `generator`: one
         torch.Generator for the batch, or one per row (a sample's noise then does not depend on its batch).
@@ -201,10 +209,18 @@ class MaskGITGenerator(nn.Module):
             return forward(ids, labels, drop)
 
         def batched_logits_fn(ids):
-            both = forward(ids.repeat(2, 1), labels.repeat(2),
-                           torch.arange(2 * len(labels), device=ids.device) >= len(labels))
+            both = forward(
+                ids.repeat(2, 1), labels.repeat(2), torch.arange(2 * len(labels), device=ids.device) >= len(labels)
+            )
             return both.chunk(2)
 
-        return sample_tokens(logits_fn, len(labels), self.config.num_tokens, self.mask_token_id, settings,
-                             device=labels.device, generator=generator,
-                             batched_logits_fn=batched_logits_fn if batch_guidance else None)
+        return sample_tokens(
+            logits_fn,
+            len(labels),
+            self.config.num_tokens,
+            self.mask_token_id,
+            settings,
+            device=labels.device,
+            generator=generator,
+            batched_logits_fn=batched_logits_fn if batch_guidance else None,
+        )

@@ -57,7 +57,8 @@ class _Level(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_blocks: int, upsample: bool = False):
         super().__init__()
         self.block = nn.ModuleList(
-            ResBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(num_blocks))
+            ResBlock(in_channels if i == 0 else out_channels, out_channels) for i in range(num_blocks)
+        )
         if upsample:
             self.upsample_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
 
@@ -94,7 +95,8 @@ class Decoder(nn.Module):
         # up[i] produces widths[i]; levels run from the coarsest (last) to the finest (up[0]).
         ins = [*widths[1:], widths[-1]]
         self.up = nn.ModuleList(
-            _Level(ins[i], widths[i], cfg.num_res_blocks, upsample=i > 0) for i in range(len(widths)))
+            _Level(ins[i], widths[i], cfg.num_res_blocks, upsample=i > 0) for i in range(len(widths))
+        )
         self.norm_out = _norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], 3, 3, padding=1)
 

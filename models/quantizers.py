@@ -25,8 +25,7 @@ def full_precision(encode):
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row (squared L2) for each row of z: [N, C] x [V, C] -> [N]."""
-    distances = (z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
-                 - 2 * torch.einsum("nc,vc->nv", z, codebook))
+    distances = z.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * torch.einsum("nc,vc->nv", z, codebook)
     return distances.argmin(dim=1)
 
 
@@ -49,8 +48,7 @@ class VectorQuantizer(nn.Module):
     Runs in fp32 whatever the surrounding autocast.
     """
 
-    def __init__(self, codebook_size: int, token_size: int, commitment_cost: float = 0.25,
-                 use_l2_norm: bool = False):
+    def __init__(self, codebook_size: int, token_size: int, commitment_cost: float = 0.25, use_l2_norm: bool = False):
         super().__init__()
         self.commitment_cost = commitment_cost
         self.use_l2_norm = use_l2_norm
@@ -89,8 +87,7 @@ class VectorQuantizer(nn.Module):
             codebook_loss = F.mse_loss(zq, flat.detach())
             zq = flat + (zq - flat).detach()
             zq = zq.reshape(b, 1, k, c).permute(0, 3, 1, 2)
-            return QuantizerOutput(zq, indices.reshape(b, k), commitment + codebook_loss,
-                                   commitment, codebook_loss)
+            return QuantizerOutput(zq, indices.reshape(b, k), commitment + codebook_loss, commitment, codebook_loss)
 
     @torch.no_grad()
     def init_codebook(self, z: torch.Tensor, iters: int = 20, generator: torch.Generator | None = None) -> None:
@@ -121,8 +118,9 @@ class DiagonalGaussianQuantizer(nn.Module):
     The loss is the KL to N(0, I), summed over channels and tokens and averaged over the batch.
     """
 
-    def forward(self, z: torch.Tensor, sample: bool = True,
-                generator: torch.Generator | None = None) -> QuantizerOutput:
+    def forward(
+        self, z: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):
             mean, logvar = z.float().chunk(2, dim=1)
             logvar = logvar.clamp(-30.0, 20.0)

@@ -84,9 +84,16 @@ BatchedLogitsFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @torch.no_grad()
-def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int, settings: SamplerSettings,
-                  device: torch.device | str = "cpu", generator: Generators = None,
-                  batched_logits_fn: BatchedLogitsFn | None = None) -> torch.Tensor:
+def sample_tokens(
+    logits_fn: LogitsFn,
+    batch: int,
+    num_tokens: int,
+    mask_id: int,
+    settings: SamplerSettings,
+    device: torch.device | str = "cpu",
+    generator: Generators = None,
+    batched_logits_fn: BatchedLogitsFn | None = None,
+) -> torch.Tensor:
     """Iterative MaskGIT decoding from an all-mask sequence. Returns token ids [batch, num_tokens].
     `generator`: one torch.Generator for the batch, or a list with one per row."""
     ids = torch.full((batch, num_tokens), mask_id, dtype=torch.long, device=device)
@@ -127,8 +134,9 @@ def sample_tokens(logits_fn: LogitsFn, batch: int, num_tokens: int, mask_id: int
     return ids
 
 
-def random_masking(ids: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    ids: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskGIT training corruption: per sample t ~ U(0, 1), mask round(K * arccos(t)/(pi/2)) >= 1 random
     positions. Returns (masked ids, boolean mask [B, K])."""
     b, k = ids.shape

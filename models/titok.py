@@ -59,10 +59,12 @@ class TiTokConfig:
         if self.num_latent_tokens < 1:
             problems.append(f"num_latent_tokens={self.num_latent_tokens} (must be >= 1)")
         if self.two_stage and self.image_size // self.decoder_patch_size != (
-                self.image_size // self.vqgan.downsample_factor):
+            self.image_size // self.vqgan.downsample_factor
+        ):
             problems.append(
                 f"two-stage decoder grid {self.image_size // self.decoder_patch_size} must equal the "
-                f"MaskGIT-VQGAN code grid {self.image_size // self.vqgan.downsample_factor}")
+                f"MaskGIT-VQGAN code grid {self.image_size // self.vqgan.downsample_factor}"
+            )
         for size in (self.encoder_size, self.decoder_size):
             vit_size(size)  # raises a clear error for an unknown size name
         if problems:
@@ -90,14 +92,28 @@ class TiTok(nn.Module):
         enc, dec = c.encoder, c.decoder
         self.latent_tokens = nn.Parameter(enc.width**-0.5 * torch.randn(c.num_latent_tokens, enc.width))
         self.encoder = TiTokEncoder(
-            image_size=c.image_size, patch_size=c.patch_size, width=enc.width, depth=enc.depth,
-            heads=enc.heads, num_latent_tokens=c.num_latent_tokens,
-            out_channels=c.token_size * (2 if c.quantizer == "vae" else 1), legacy_reshape=c.legacy_reshape)
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            width=enc.width,
+            depth=enc.depth,
+            heads=enc.heads,
+            num_latent_tokens=c.num_latent_tokens,
+            out_channels=c.token_size * (2 if c.quantizer == "vae" else 1),
+            legacy_reshape=c.legacy_reshape,
+        )
         self.decoder = TiTokDecoder(
-            image_size=c.image_size, patch_size=c.decoder_patch_size, width=dec.width, depth=dec.depth,
-            heads=dec.heads, num_latent_tokens=c.num_latent_tokens, token_size=c.token_size,
-            head="proxy" if c.two_stage else "pixel", proxy_codebook_size=c.vqgan.codebook_size,
-            text_tokens=c.text_tokens, text_dim=c.text_dim)
+            image_size=c.image_size,
+            patch_size=c.decoder_patch_size,
+            width=dec.width,
+            depth=dec.depth,
+            heads=dec.heads,
+            num_latent_tokens=c.num_latent_tokens,
+            token_size=c.token_size,
+            head="proxy" if c.two_stage else "pixel",
+            proxy_codebook_size=c.vqgan.codebook_size,
+            text_tokens=c.text_tokens,
+            text_dim=c.text_dim,
+        )
         init_weights(self.encoder, c.init_gain)
         init_weights(self.decoder, c.init_gain)
         if c.init_gain is not None:
@@ -169,7 +185,8 @@ class TiTok(nn.Module):
         if not self.outputs_pixels:
             raise ValueError(
                 "this two-stage TiTok is in stage-1 form (proxy-code head, no pixel decoder): use "
-                "decode_proxy_codes(tokens) and decode the codes with the MaskGIT-VQGAN teacher")
+                "decode_proxy_codes(tokens) and decode the codes with the MaskGIT-VQGAN teacher"
+            )
         return self.forward_decoder(self.tokens_to_latents(tokens), text).clamp(0.0, 1.0)
 
     @torch.no_grad()

@@ -76,18 +76,32 @@ class Variant:
         """The sizes this name stands for, for tables and `python -m models`."""
         c = self.config
         if isinstance(c, TiTokConfig):
-            return {"encoder": c.encoder_size, "decoder": c.decoder_size, "tokens": c.num_latent_tokens,
-                    "resolution": c.image_size, "quantizer": c.quantizer, "codes": (
-                        f"{c.codebook_size}x{c.token_size}" if c.quantizer == "vq" else f"{c.token_size}ch"),
-                    "stages": 2 if c.two_stage else 1, "text": bool(c.text_tokens)}
+            return {
+                "encoder": c.encoder_size,
+                "decoder": c.decoder_size,
+                "tokens": c.num_latent_tokens,
+                "resolution": c.image_size,
+                "quantizer": c.quantizer,
+                "codes": (f"{c.codebook_size}x{c.token_size}" if c.quantizer == "vq" else f"{c.token_size}ch"),
+                "stages": 2 if c.two_stage else 1,
+                "text": bool(c.text_tokens),
+            }
         if isinstance(c, GeneratorConfig):
-            return {"arch": c.arch, "hidden": c.hidden_size, "layers": c.num_layers, "heads": c.num_heads,
-                    "tokens": c.num_tokens, "codebook": c.codebook_size}
+            return {
+                "arch": c.arch,
+                "hidden": c.hidden_size,
+                "layers": c.num_layers,
+                "heads": c.num_heads,
+                "tokens": c.num_tokens,
+                "codebook": c.codebook_size,
+            }
         return {"hidden": c.hidden_channels, "codebook": f"{c.codebook_size}x{c.z_channels}"}
 
 
-_NAME = re.compile(r"^(?P<ta>TA-)?TiTok-(?P<enc>[SBL])(?P<dec>[SBL])?-(?P<k>\d+)"
-                   r"(?:-(?P<q>VQ|VAE))?(?:@(?P<res>\d+))?$")
+_NAME = re.compile(
+    r"^(?P<ta>TA-)?TiTok-(?P<enc>[SBL])(?P<dec>[SBL])?-(?P<k>\d+)"
+    r"(?:-(?P<q>VQ|VAE))?(?:@(?P<res>\d+))?$"
+)
 
 
 def parse_tokenizer_name(name: str) -> TiTokConfig | None:
@@ -104,8 +118,16 @@ def parse_tokenizer_name(name: str) -> TiTokConfig | None:
         if m["dec"]:
             return None  # two-stage names have one size letter
         return TiTokConfig(encoder_size=enc, decoder_size=dec, num_latent_tokens=k, image_size=res)
-    common = dict(encoder_size=enc, decoder_size=dec, num_latent_tokens=k, image_size=res, two_stage=False,
-                  pixel_decoder=False, legacy_reshape=False, text_tokens=77 if m["ta"] else 0)
+    common = dict(
+        encoder_size=enc,
+        decoder_size=dec,
+        num_latent_tokens=k,
+        image_size=res,
+        two_stage=False,
+        pixel_decoder=False,
+        legacy_reshape=False,
+        text_tokens=77 if m["ta"] else 0,
+    )
     if m["q"] == "VQ":
         return TiTokConfig(quantizer="vq", token_size=64, codebook_size=8192, use_l2_norm=False, **common)
     return TiTokConfig(quantizer="vae", token_size=16, codebook_size=0, use_l2_norm=False, **common)
@@ -115,13 +137,22 @@ def parse_tokenizer_name(name: str) -> TiTokConfig | None:
 # ImageNet evaluation script).
 SAMPLER_L32 = SamplerSettings(num_steps=8, guidance_scale=4.5, guidance_decay="linear", randomize_temperature=9.5)
 SAMPLER_B64 = SamplerSettings(num_steps=8, guidance_scale=3.0, guidance_decay="linear", randomize_temperature=11.0)
-SAMPLER_S128 = SamplerSettings(num_steps=64, guidance_scale=6.9, guidance_decay="power-cosine",
-                               randomize_temperature=2.8)
+SAMPLER_S128 = SamplerSettings(
+    num_steps=64, guidance_scale=6.9, guidance_decay="power-cosine", randomize_temperature=2.8
+)
 
-MASKGIT_VIT = GeneratorConfig(arch="vit", hidden_size=768, num_layers=24, num_heads=16, intermediate_size=3072,
-                              num_tokens=32, sampler=SAMPLER_L32)
-MASKGIT_UVIT = GeneratorConfig(arch="uvit", hidden_size=1024, num_layers=20, num_heads=16,
-                               intermediate_size=4096, num_tokens=128, sampler=SAMPLER_S128)
+MASKGIT_VIT = GeneratorConfig(
+    arch="vit", hidden_size=768, num_layers=24, num_heads=16, intermediate_size=3072, num_tokens=32, sampler=SAMPLER_L32
+)
+MASKGIT_UVIT = GeneratorConfig(
+    arch="uvit",
+    hidden_size=1024,
+    num_layers=20,
+    num_heads=16,
+    intermediate_size=4096,
+    num_tokens=128,
+    sampler=SAMPLER_S128,
+)
 
 
 def _registry() -> dict[str, Variant]:
@@ -130,46 +161,102 @@ def _registry() -> dict[str, Variant]:
     def add(v: Variant):
         reg[v.name] = v
 
-    released_two_stage = {"TiTok-L-32": ("l32", "MaskGIT-ViT:TiTok-L-32"),
-                          "TiTok-B-64": ("b64", "MaskGIT-ViT:TiTok-B-64"),
-                          "TiTok-S-128": ("s128", "MaskGIT-UViT:TiTok-S-128")}
+    released_two_stage = {
+        "TiTok-L-32": ("l32", "MaskGIT-ViT:TiTok-L-32"),
+        "TiTok-B-64": ("b64", "MaskGIT-ViT:TiTok-B-64"),
+        "TiTok-S-128": ("s128", "MaskGIT-UViT:TiTok-S-128"),
+    }
     for size in GRID_SIZES:
         for k in GRID_TOKENS:
             name = f"TiTok-{size}-{k}"
             tag, gen = released_two_stage.get(name, (None, None))
-            add(Variant(name, "tokenizer", parse_tokenizer_name(name),
-                        hub_repo=f"yucornetto/tokenizer_titok_{tag}_imagenet" if tag else None,
-                        official_file=f"tokenizer_titok_{tag}.bin" if tag else None,
-                        official_key=f"tokenizer:titok_{tag}" if tag else None, generator=gen,
-                        note="" if tag else "grid cell of the paper's scaling study (no released weights)"))
+            add(
+                Variant(
+                    name,
+                    "tokenizer",
+                    parse_tokenizer_name(name),
+                    hub_repo=f"yucornetto/tokenizer_titok_{tag}_imagenet" if tag else None,
+                    official_file=f"tokenizer_titok_{tag}.bin" if tag else None,
+                    official_key=f"tokenizer:titok_{tag}" if tag else None,
+                    generator=gen,
+                    note="" if tag else "grid cell of the paper's scaling study (no released weights)",
+                )
+            )
     for name in ("TiTok-L-64@512", "TiTok-B-128@512"):
-        add(Variant(name, "tokenizer", parse_tokenizer_name(name),
-                    note="in the paper, not released; 512 px patch size 16 inferred (UNVERIFIED)"))
-    single = {"TiTok-BL-64-VQ": "bl64_vq8k", "TiTok-BL-128-VQ": "bl128_vq8k", "TiTok-SL-256-VQ": "sl256_vq8k",
-              "TiTok-LL-32-VAE": "ll32_vae_c16", "TiTok-BL-64-VAE": "bl64_vae_c16",
-              "TiTok-BL-128-VAE": "bl128_vae_c16"}
+        add(
+            Variant(
+                name,
+                "tokenizer",
+                parse_tokenizer_name(name),
+                note="in the paper, not released; 512 px patch size 16 inferred (UNVERIFIED)",
+            )
+        )
+    single = {
+        "TiTok-BL-64-VQ": "bl64_vq8k",
+        "TiTok-BL-128-VQ": "bl128_vq8k",
+        "TiTok-SL-256-VQ": "sl256_vq8k",
+        "TiTok-LL-32-VAE": "ll32_vae_c16",
+        "TiTok-BL-64-VAE": "bl64_vae_c16",
+        "TiTok-BL-128-VAE": "bl128_vae_c16",
+    }
     for name, tag in single.items():
-        add(Variant(name, "tokenizer", parse_tokenizer_name(name),
-                    hub_repo=f"yucornetto/tokenizer_titok_{tag}_imagenet", official_key=f"tokenizer:titok_{tag}",
-                    note="single-stage; no generator released"))
-    for name in ("TA-TiTok-BL-32-VQ", "TA-TiTok-BL-64-VQ", "TA-TiTok-BL-128-VQ", "TA-TiTok-BL-32-VAE",
-                 "TA-TiTok-BL-64-VAE", "TA-TiTok-SL-128-VAE"):
-        tag = name[len("TA-TiTok-"):].lower().replace("-", "")  # bl32vq
+        add(
+            Variant(
+                name,
+                "tokenizer",
+                parse_tokenizer_name(name),
+                hub_repo=f"yucornetto/tokenizer_titok_{tag}_imagenet",
+                official_key=f"tokenizer:titok_{tag}",
+                note="single-stage; no generator released",
+            )
+        )
+    for name in (
+        "TA-TiTok-BL-32-VQ",
+        "TA-TiTok-BL-64-VQ",
+        "TA-TiTok-BL-128-VQ",
+        "TA-TiTok-BL-32-VAE",
+        "TA-TiTok-BL-64-VAE",
+        "TA-TiTok-SL-128-VAE",
+    ):
+        tag = name[len("TA-TiTok-") :].lower().replace("-", "")  # bl32vq
         tag = f"{tag[:-2]}_vq" if tag.endswith("vq") else f"{tag[:-3]}_vae"
-        add(Variant(name, "tokenizer", parse_tokenizer_name(name), hub_repo=f"turkeyju/tokenizer_tatitok_{tag}",
-                    official_key=f"tokenizer:tatitok_{tag}",
-                    note="text-aware decoder: pass CLIP ViT-L-14 text tokens [B, 77, 768] to decode()"))
-    add(Variant("MaskGIT-VQGAN", "teacher", VQGANConfig(), official_file="maskgit-vqgan-imagenet-f16-256.bin",
-                official_key="teacher:maskgit_vqgan_f16_256", note="proxy-code teacher, 1024 x 256 codes, f16"))
+        add(
+            Variant(
+                name,
+                "tokenizer",
+                parse_tokenizer_name(name),
+                hub_repo=f"turkeyju/tokenizer_tatitok_{tag}",
+                official_key=f"tokenizer:tatitok_{tag}",
+                note="text-aware decoder: pass CLIP ViT-L-14 text tokens [B, 77, 768] to decode()",
+            )
+        )
+    add(
+        Variant(
+            "MaskGIT-VQGAN",
+            "teacher",
+            VQGANConfig(),
+            official_file="maskgit-vqgan-imagenet-f16-256.bin",
+            official_key="teacher:maskgit_vqgan_f16_256",
+            note="proxy-code teacher, 1024 x 256 codes, f16",
+        )
+    )
     add(Variant("MaskGIT-ViT", "generator", MASKGIT_VIT, note="BERT layout, 177M; set num_tokens/codebook_size"))
     add(Variant("MaskGIT-UViT", "generator", MASKGIT_UVIT, note="U-ViT with long skips; set num_tokens"))
-    for tok, (tag, gen), sampler in zip(released_two_stage, released_two_stage.values(),
-                                        (SAMPLER_L32, SAMPLER_B64, SAMPLER_S128)):
+    for tok, (tag, gen), sampler in zip(
+        released_two_stage, released_two_stage.values(), (SAMPLER_L32, SAMPLER_B64, SAMPLER_S128)
+    ):
         base = MASKGIT_UVIT if gen.startswith("MaskGIT-UViT") else MASKGIT_VIT
-        add(Variant(gen, "generator",
-                    dataclasses.replace(base, num_tokens=reg[tok].config.num_latent_tokens, sampler=sampler),
-                    hub_repo=f"yucornetto/generator_titok_{tag}_imagenet", official_file=f"generator_titok_{tag}.bin",
-                    official_key=f"generator:titok_{tag}", note=f"released generator for {tok}"))
+        add(
+            Variant(
+                gen,
+                "generator",
+                dataclasses.replace(base, num_tokens=reg[tok].config.num_latent_tokens, sampler=sampler),
+                hub_repo=f"yucornetto/generator_titok_{tag}_imagenet",
+                official_file=f"generator_titok_{tag}.bin",
+                official_key=f"generator:titok_{tag}",
+                note=f"released generator for {tok}",
+            )
+        )
     return reg
 
 
@@ -185,8 +272,10 @@ def resolve(name: str) -> Variant:
         return Variant(name, "tokenizer", config)
     close = difflib.get_close_matches(name, VARIANTS, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model name {name!r}.{hint} Names follow TiTok-{{S,B,L}}-{{K}}, "
-                     "TiTok-{XY}-{K}-{VQ,VAE}, TA-TiTok-..., optional @512; see models.VARIANTS.")
+    raise ValueError(
+        f"unknown model name {name!r}.{hint} Names follow TiTok-{{S,B,L}}-{{K}}, "
+        "TiTok-{XY}-{K}-{VQ,VAE}, TA-TiTok-..., optional @512; see models.VARIANTS."
+    )
 
 
 def with_overrides(config: ModelConfig, overrides: dict) -> ModelConfig:

@@ -60,8 +60,18 @@ class TiTokEncoder(nn.Module):
     checkpoints' reshape-without-permute of the [B, K, W] latents before the 1x1 output conv.
     """
 
-    def __init__(self, *, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, out_channels: int, legacy_reshape: bool):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_latent_tokens: int,
+        out_channels: int,
+        legacy_reshape: bool,
+    ):
         super().__init__()
         grid = image_size // patch_size
         self.legacy_reshape = legacy_reshape
@@ -101,9 +111,21 @@ class TiTokDecoder(nn.Module):
     With `text_tokens` > 0 (TA-TiTok) projected text tokens are appended after the latents.
     """
 
-    def __init__(self, *, image_size: int, patch_size: int, width: int, depth: int, heads: int,
-                 num_latent_tokens: int, token_size: int, head: str, proxy_codebook_size: int = 1024,
-                 text_tokens: int = 0, text_dim: int = 768):
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
+        num_latent_tokens: int,
+        token_size: int,
+        head: str,
+        proxy_codebook_size: int = 1024,
+        text_tokens: int = 0,
+        text_dim: int = 768,
+    ):
         super().__init__()
         grid = image_size // patch_size
         self.grid, self.patch_size, self.head = grid, patch_size, head
@@ -119,8 +141,9 @@ class TiTokDecoder(nn.Module):
         self.transformer = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(depth))
         self.ln_post = nn.LayerNorm(width)
         if head == "proxy":
-            self.ffn = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.Tanh(),
-                                     nn.Conv2d(2 * width, proxy_codebook_size, 1))
+            self.ffn = nn.Sequential(
+                nn.Conv2d(width, 2 * width, 1), nn.Tanh(), nn.Conv2d(2 * width, proxy_codebook_size, 1)
+            )
             self.conv_out = nn.Identity()
         elif head == "pixel":
             self.ffn = nn.Sequential(nn.Conv2d(width, patch_size * patch_size * 3, 1))
@@ -144,14 +167,15 @@ class TiTokDecoder(nn.Module):
         if self.has_text:
             if text is None:
                 raise ValueError("this is a TA-TiTok decoder: pass the text tokens (text=[B, 77, 768])")
-            parts.append(self.text_guidance_proj(text.to(x.dtype))
-                         + self.text_guidance_positional_embedding.to(x.dtype))
+            parts.append(
+                self.text_guidance_proj(text.to(x.dtype)) + self.text_guidance_positional_embedding.to(x.dtype)
+            )
         elif text is not None:
             raise ValueError("this decoder is not text-aware; text tokens were given")
         x = self.ln_pre(torch.cat(parts, dim=1))
         for block in self.transformer:
             x = block(x)
-        x = self.ln_post(x[:, 1:1 + self.grid * self.grid])
+        x = self.ln_post(x[:, 1 : 1 + self.grid * self.grid])
         x = x.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
         x = self.ffn(x)
         if self.head == "pixel":
@@ -169,6 +193,7 @@ def init_weights(module: nn.Module, gain: float | None = None) -> None:
 
     gain: instead trunc-normal(gain / sqrt(fan_in)) for every weight matrix, the fused attention projection
     included: 0.02 is sized for widths 512-1024 and is too small at toy widths (docs/measurements.md)."""
+
     def normal(weight: torch.Tensor) -> None:
         std = 0.02 if gain is None else gain / weight[0].numel() ** 0.5
         nn.init.trunc_normal_(weight, std=std)

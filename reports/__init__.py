@@ -43,8 +43,9 @@ class ReportResult:
     verdict: str | None = None  # grid released: the one-line reproduction verdict (reports/verdicts.py)
 
 
-def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str | None,
-                 out_dir: str | Path) -> ReportResult:
+def build_report(
+    grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str | None, out_dir: str | Path
+) -> ReportResult:
     """Read the grid's runs, keep the latest finished run per cell, write figures, tables and index.html.
 
     grid_cfg: a grid config (name, sizes, num_tokens, models), a Grid, or a grid name; tracking_uri None
@@ -74,8 +75,19 @@ def build_report(grid_cfg: Grid | Mapping | DictConfig | str, tracking_uri: str 
         tables.insert(0, summary_table(col, tidy))
     table_files = [tidy_csv, *write_tables(tables, tab_dir)]
     verdict = verdict_line(verdict_frame(col, paper)) if grid.name == "released" else None
-    html = write_html(col, out / "figures", tables, out / "index.html", gallery=gallery, token_usage=token_usage,
-                      verdict=verdict)
-    return ReportResult(grid=grid.name, out_dir=out, tidy=tidy, html=html, figures=figures,
-                        tables=table_files, missing_cells=dict(col.missing), fallback_cells=col.fallbacks,
-                        ignored_runs=list(col.ignored), smoke=col.smoke, verdict=verdict)
+    html = write_html(
+        col, out / "figures", tables, out / "index.html", gallery=gallery, token_usage=token_usage, verdict=verdict
+    )
+    return ReportResult(
+        grid=grid.name,
+        out_dir=out,
+        tidy=tidy,
+        html=html,
+        figures=figures,
+        tables=table_files,
+        missing_cells=dict(col.missing),
+        fallback_cells=col.fallbacks,
+        ignored_runs=list(col.ignored),
+        smoke=col.smoke,
+        verdict=verdict,
+    )

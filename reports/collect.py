@@ -28,8 +28,21 @@ PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")
 DEFAULT_TRACKING_URI = "sqlite:///outputs/mlflow.db"
 PAPER_SAMPLES = 50_000  # the paper's FIDs use 50k images; fewer makes a number incomparable with it
 
-TIDY_COLUMNS = ["grid", "cell", "model_size", "num_tokens", "metric", "value", "lo", "hi", "run_id", "smoke",
-                "preset", "weights_random", "smoke_reason"]  # lo, hi: the metric's 95% interval where logged
+TIDY_COLUMNS = [
+    "grid",
+    "cell",
+    "model_size",
+    "num_tokens",
+    "metric",
+    "value",
+    "lo",
+    "hi",
+    "run_id",
+    "smoke",
+    "preset",
+    "weights_random",
+    "smoke_reason",
+]  # lo, hi: the metric's 95% interval where logged
 # which rows of paper_numbers.csv (its `table` column) describe which grid; other grids have no paper values
 # (single_stage trains the released single-stage architectures: the release's numbers are its references)
 PAPER_TABLE_OF_GRID = {"latent_vs_size": "scaling", "released": "released", "single_stage": "released"}
@@ -59,8 +72,11 @@ class Grid:
     @classmethod
     def from_cfg(cls, cfg: Mapping | DictConfig) -> Grid:
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        sizes, ks, models = cfg.get("sizes") or [], [int(k) for k in cfg.get("num_tokens") or []], \
-            cfg.get("models") or []
+        sizes, ks, models = (
+            cfg.get("sizes") or [],
+            [int(k) for k in cfg.get("num_tokens") or []],
+            cfg.get("models") or [],
+        )
         cells = tuple(f"TiTok-{s}-{k}" for s in sizes for k in ks) + tuple(models)
         if not cells:
             raise ReportError(f"grid '{cfg.get('name')}' defines no cells (no sizes x num_tokens, no models)")
@@ -75,8 +91,7 @@ def available_grids() -> list[str]:
 def load_grid(name: str) -> Grid:
     path = GRID_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ReportError(f"unknown grid '{name}': choose one of {', '.join(available_grids())} "
-                          f"(files in {GRID_DIR})")
+        raise ReportError(f"unknown grid '{name}': choose one of {', '.join(available_grids())} (files in {GRID_DIR})")
     return Grid.from_cfg(OmegaConf.load(path))
 
 
@@ -98,18 +113,21 @@ def connect(uri: str):
 
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
-        path = uri[len("sqlite:///"):].split("?")[0]
+        path = uri[len("sqlite:///") :].split("?")[0]
         if path != ":memory:" and not Path(path).is_file():
-            raise ReportError(f"no MLflow store at {uri} ({path} does not exist): run the sweep first, "
-                              f"or pass tracking_uri=... (or set MLFLOW_TRACKING_URI)")
+            raise ReportError(
+                f"no MLflow store at {uri} ({path} does not exist): run the sweep first, "
+                f"or pass tracking_uri=... (or set MLFLOW_TRACKING_URI)"
+            )
     elif scheme in ("http", "https"):
         parsed = urlparse(uri)
         port = parsed.port or (443 if scheme == "https" else 80)
         try:
             socket.create_connection((parsed.hostname, port), timeout=5).close()
         except OSError as e:
-            raise ReportError(f"cannot reach the MLflow server at {uri} ({e.strerror or e}): start it "
-                              f"or pass tracking_uri=...") from None
+            raise ReportError(
+                f"cannot reach the MLflow server at {uri} ({e.strerror or e}): start it or pass tracking_uri=..."
+            ) from None
     client = MlflowClient(tracking_uri=uri)
     try:
         client.search_experiments(max_results=1)
@@ -124,8 +142,13 @@ def _search_all(client, experiment_id: str, role: str) -> list:
 
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`{T.TAG_ROLE}` = '{role}'",
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token)
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{T.TAG_ROLE}` = '{role}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -189,15 +212,27 @@ class CellRun:
     def from_run(cls, run, fallback: str = "") -> CellRun:
         tags, metrics = dict(run.data.tags), {k: v for k, v in run.data.metrics.items() if k in T.METRICS}
         logged = run.data.metrics
-        intervals = {m: (logged[lo], logged[hi]) for m in T.INTERVAL_METRICS
-                     for lo, hi in [T.interval_keys(m)] if m in metrics and lo in logged and hi in logged}
+        intervals = {
+            m: (logged[lo], logged[hi])
+            for m in T.INTERVAL_METRICS
+            for lo, hi in [T.interval_keys(m)]
+            if m in metrics and lo in logged and hi in logged
+        }
         cell = tags[T.TAG_CELL]
         size, k = cell_size_and_tokens(cell)
         k_tag = tags.get(T.TAG_NUM_TOKENS)
-        return cls(cell=cell, run_id=run.info.run_id, model_size=tags.get(T.TAG_MODEL_SIZE) or size or "",
-                   num_tokens=int(k_tag) if k_tag else k, metrics=metrics, tags=tags,
-                   params=dict(run.data.params), smoke_reasons=tuple(smoke_reasons(tags, metrics)),
-                   fallback=fallback, intervals=intervals)
+        return cls(
+            cell=cell,
+            run_id=run.info.run_id,
+            model_size=tags.get(T.TAG_MODEL_SIZE) or size or "",
+            num_tokens=int(k_tag) if k_tag else k,
+            metrics=metrics,
+            tags=tags,
+            params=dict(run.data.params),
+            smoke_reasons=tuple(smoke_reasons(tags, metrics)),
+            fallback=fallback,
+            intervals=intervals,
+        )
 
 
 @dataclass(frozen=True)
@@ -228,8 +263,9 @@ class Collection:
     def smoke_run(self) -> bool:
         """A pipeline check at toy scale, by what the runs record: the sweep's preset says `smoke: true` (the sweep
         run's param preset.smoke), or a kept cell ran a smoke preset. No scaling trend is expected of it."""
-        return (str(self.sweep_settings.get("preset.smoke", "")).lower() == "true"
-                or any(r.preset in SMOKE_PRESETS for r in self.runs.values()))
+        return str(self.sweep_settings.get("preset.smoke", "")).lower() == "true" or any(
+            r.preset in SMOKE_PRESETS for r in self.runs.values()
+        )
 
     @property
     def smoke_reasons(self) -> list[str]:
@@ -242,28 +278,39 @@ class Collection:
 
     def table(self) -> pd.DataFrame:
         """The tidy table: one row per kept cell and logged final metric (grid order, METRICS order)."""
-        rows = [{"grid": self.grid.name, "cell": r.cell, "model_size": r.model_size,
-                 "num_tokens": r.num_tokens, "metric": m, "value": r.metrics[m],
-                 "lo": r.intervals.get(m, (None, None))[0], "hi": r.intervals.get(m, (None, None))[1],
-                 "run_id": r.run_id,
-                 "smoke": r.smoke, "preset": r.preset, "weights_random": r.weights_random,
-                 "smoke_reason": r.smoke_reason}
-                for r in self.runs.values() for m in T.METRICS if m in r.metrics]
+        rows = [
+            {
+                "grid": self.grid.name,
+                "cell": r.cell,
+                "model_size": r.model_size,
+                "num_tokens": r.num_tokens,
+                "metric": m,
+                "value": r.metrics[m],
+                "lo": r.intervals.get(m, (None, None))[0],
+                "hi": r.intervals.get(m, (None, None))[1],
+                "run_id": r.run_id,
+                "smoke": r.smoke,
+                "preset": r.preset,
+                "weights_random": r.weights_random,
+                "smoke_reason": r.smoke_reason,
+            }
+            for r in self.runs.values()
+            for m in T.METRICS
+            if m in r.metrics
+        ]
         return pd.DataFrame(rows, columns=TIDY_COLUMNS).astype({"num_tokens": "Int64", "lo": float, "hi": float})
 
     def common_params(self) -> dict[str, str]:
         """Params with one value across all kept cell runs (the settings the cells share)."""
         runs = list(self.runs.values())
-        return {k: v for k, v in sorted(runs[0].params.items())
-                if all(r.params.get(k) == v for r in runs[1:])}
+        return {k: v for k, v in sorted(runs[0].params.items()) if all(r.params.get(k) == v for r in runs[1:])}
 
     def provenance(self, brief: bool = False) -> dict[str, str]:
         """What the numbers are: label -> each value with its number of cells (brief: the first five)."""
         facts = {}
-        for label, read in list(_PROVENANCE.items())[:_BRIEF if brief else None]:
+        for label, read in list(_PROVENANCE.items())[: _BRIEF if brief else None]:
             counts = Counter(v for v in map(read, self.runs.values()) if v not in (None, ""))
-            facts[label] = ", ".join(f"{v} ({n} cell{'s' * (n != 1)})" for v, n in counts.most_common()) \
-                or "not logged"
+            facts[label] = ", ".join(f"{v} ({n} cell{'s' * (n != 1)})" for v, n in counts.most_common()) or "not logged"
         return facts
 
 
@@ -314,8 +361,14 @@ def _select(grid: Grid, runs: list) -> tuple[dict[str, CellRun], dict[str, str],
         if chosen is None:
             missing[cell] = f"no finished run ({len(candidates)} not finished)" if candidates else "no run"
             continue
-        fallback = "" if complete else (f"no run with titok.status=finished; kept the newest FINISHED run "
-                                        f"(titok.status {chosen.data.tags.get(T.TAG_STATUS, 'unset')})")
+        fallback = (
+            ""
+            if complete
+            else (
+                f"no run with titok.status=finished; kept the newest FINISHED run "
+                f"(titok.status {chosen.data.tags.get(T.TAG_STATUS, 'unset')})"
+            )
+        )
         kept[cell] = CellRun.from_run(chosen, fallback)
     return kept, missing, ignored
 
@@ -331,21 +384,33 @@ def collect(grid: Grid, tracking_uri: str | None = None) -> Collection:
         raise ReportError(f"grid '{grid.name}' has no runs: no experiment '{experiment}' in {uri}; {hint}")
     cell_runs = _search_all(client, exp.experiment_id, "cell")
     if not cell_runs:
-        raise ReportError(f"grid '{grid.name}' has no runs: experiment '{experiment}' in {uri} holds no cell "
-                          f"runs; {hint}")
+        raise ReportError(
+            f"grid '{grid.name}' has no runs: experiment '{experiment}' in {uri} holds no cell runs; {hint}"
+        )
     kept, missing, ignored = _select(grid, cell_runs)
     if not kept:
-        raise ReportError(f"grid '{grid.name}' has no finished cell runs in '{experiment}' at {uri} "
-                          f"({len(cell_runs)} cell runs, none a finished run of a cell of this grid)")
+        raise ReportError(
+            f"grid '{grid.name}' has no finished cell runs in '{experiment}' at {uri} "
+            f"({len(cell_runs)} cell runs, none a finished run of a cell of this grid)"
+        )
     sweeps = _newest_first(_search_all(client, exp.experiment_id, "sweep"))
     settings = {}
     if sweeps:
         parent = sweeps[0]
-        settings = {**dict(sorted(parent.data.params.items())),
-                    **{k: v for k, v in sorted(parent.data.tags.items()) if k.startswith("titok.")}}
-    return Collection(grid=grid, tracking_uri=uri, experiment=experiment, runs=kept, missing=missing,
-                      ignored=ignored, sweep_run_id=sweeps[0].info.run_id if sweeps else None,
-                      sweep_settings=settings)
+        settings = {
+            **dict(sorted(parent.data.params.items())),
+            **{k: v for k, v in sorted(parent.data.tags.items()) if k.startswith("titok.")},
+        }
+    return Collection(
+        grid=grid,
+        tracking_uri=uri,
+        experiment=experiment,
+        runs=kept,
+        missing=missing,
+        ignored=ignored,
+        sweep_run_id=sweeps[0].info.run_id if sweeps else None,
+        sweep_settings=settings,
+    )
 
 
 # ---- artifacts ---------------------------------------------------------------------------------------------
@@ -365,8 +430,11 @@ def fetch_artifacts(col: Collection, dest: Path) -> dict[str, dict[str, Path]]:
     try:
         for cell, run in col.runs.items():
             try:
-                logged = {f.path for folder in {p.rsplit("/", 1)[0] for p in ARTIFACTS.values()}
-                          for f in client.list_artifacts(run.run_id, folder)}
+                logged = {
+                    f.path
+                    for folder in {p.rsplit("/", 1)[0] for p in ARTIFACTS.values()}
+                    for f in client.list_artifacts(run.run_id, folder)
+                }
             except Exception:  # no artifact store for this run, or not readable: the report says they are absent
                 continue
             for kind, path in ARTIFACTS.items():
@@ -404,6 +472,16 @@ def paper_numbers(grid: Grid) -> pd.DataFrame:
         if cell not in grid.cells:
             continue
         size, k = cell_size_and_tokens(cell)
-        rows += [{"cell": cell, "model_size": size, "num_tokens": k, "metric": ours, "value": float(rec[col]),
-                  "source": rec["source"]} for col, ours in PAPER_METRICS.items() if pd.notna(rec[col])]
+        rows += [
+            {
+                "cell": cell,
+                "model_size": size,
+                "num_tokens": k,
+                "metric": ours,
+                "value": float(rec[col]),
+                "source": rec["source"],
+            }
+            for col, ours in PAPER_METRICS.items()
+            if pd.notna(rec[col])
+        ]
     return pd.DataFrame(rows, columns=columns)

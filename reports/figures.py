@@ -72,8 +72,9 @@ def _line_panel(ax, col: Collection, ours: pd.DataFrame, paper: pd.DataFrame) ->
                 ax.errorbar(ks, values, yerr=yerr, fmt="none", ecolor=color, elinewidth=1.2, capsize=4)
         theirs = paper[paper["model_size"] == size].sort_values("num_tokens")
         if not theirs.empty:
-            ax.plot(theirs["num_tokens"], theirs["value"], color=color, marker=marker, ls="--", lw=1.3, ms=7,
-                    mfc="white")
+            ax.plot(
+                theirs["num_tokens"], theirs["value"], color=color, marker=marker, ls="--", lw=1.3, ms=7, mfc="white"
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
@@ -100,24 +101,30 @@ def _bar_panel(ax, col: Collection, ours: pd.DataFrame, paper: pd.DataFrame) -> 
     rows = ours.set_index("cell").reindex(cells)
     offset = -width / 2 if not paper.empty else 0.0
     values = rows["value"].to_numpy(dtype=float)
-    ax.bar(x + offset, values, width, color=colors, yerr=_yerr(rows, cells, values), capsize=4,
-           error_kw={"ecolor": "#333333"})
+    ax.bar(
+        x + offset,
+        values,
+        width,
+        color=colors,
+        yerr=_yerr(rows, cells, values),
+        capsize=4,
+        error_kw={"ecolor": "#333333"},
+    )
     if not paper.empty:
         theirs = paper.set_index("cell")["value"].reindex(cells)
-        ax.bar(x + width / 2, theirs.to_numpy(dtype=float), width, color="white", edgecolor=colors,
-               hatch="//")
+        ax.bar(x + width / 2, theirs.to_numpy(dtype=float), width, color="white", edgecolor=colors, hatch="//")
     for i, cell in enumerate(cells):
         if cell in col.missing and not ours.empty:
-            ax.text(i + offset, 0, " missing", rotation=90, ha="center", va="bottom", fontsize=7,
-                    color="#555555")
+            ax.text(i + offset, 0, " missing", rotation=90, ha="center", va="bottom", fontsize=7, color="#555555")
     ax.set_xticks(x, cells, rotation=35, ha="right", fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
 
 
 def _legend_handles(col: Collection, with_paper: bool) -> list:
     if col.grid.scaling:
-        handles = [Line2D([], [], color=_style(s)[0], marker=_style(s)[1], lw=2, label=f"TiTok-{s}")
-                   for s in _sizes(col)]
+        handles = [
+            Line2D([], [], color=_style(s)[0], marker=_style(s)[1], lw=2, label=f"TiTok-{s}") for s in _sizes(col)
+        ]
         if with_paper:
             handles.append(Line2D([], [], color="#444444", marker="o", mfc="white", ls="--", label="paper"))
         return handles
@@ -127,8 +134,7 @@ def _legend_handles(col: Collection, with_paper: bool) -> list:
     return handles
 
 
-def draw_panel(ax, col: Collection, metric: str, ours: pd.DataFrame, paper: pd.DataFrame,
-               legend: bool = True) -> None:
+def draw_panel(ax, col: Collection, metric: str, ours: pd.DataFrame, paper: pd.DataFrame, legend: bool = True) -> None:
     """One panel: `ours` and `paper` are tidy rows of this metric (paper empty when it must not be shown)."""
     title, ylabel = PANELS[metric]
     ax.set_title(f"{title} \u2014 grid {col.grid.name}", fontsize=11)
@@ -136,8 +142,15 @@ def draw_panel(ax, col: Collection, metric: str, ours: pd.DataFrame, paper: pd.D
     (_line_panel if col.grid.scaling else _bar_panel)(ax, col, ours, paper)
     ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # near-constant metrics: plain values, no offset
     if ours.empty:
-        ax.text(0.5, 0.5, f"{metric}: not logged by any cell", transform=ax.transAxes, ha="center",
-                va="center", color="#777777")
+        ax.text(
+            0.5,
+            0.5,
+            f"{metric}: not logged by any cell",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="#777777",
+        )
     elif legend:
         ax.legend(handles=_legend_handles(col, not paper.empty), fontsize=8, loc="best")
 
@@ -152,8 +165,19 @@ def _mark_smoke(fig: Figure, col: Collection) -> None:
     if col.smoke_run:
         lines.append(textwrap.fill(SMOKE_RUN_LINE, int(9 * width)))
     fig.suptitle("\n".join(lines), color=SMOKE_COLOR, fontsize=11, fontweight="bold")
-    fig.text(0.5, 0.5, "SMOKE RESULTS", color=SMOKE_COLOR, alpha=0.15, fontsize=9 * width, fontweight="bold",
-             rotation=25, ha="center", va="center", zorder=10)
+    fig.text(
+        0.5,
+        0.5,
+        "SMOKE RESULTS",
+        color=SMOKE_COLOR,
+        alpha=0.15,
+        fontsize=9 * width,
+        fontweight="bold",
+        rotation=25,
+        ha="center",
+        va="center",
+        zorder=10,
+    )
 
 
 def _info_text(col: Collection) -> str:
@@ -183,8 +207,7 @@ def write_figures(col: Collection, ours: pd.DataFrame, paper: pd.DataFrame, fig_
     with matplotlib.rc_context(_RC):
         for metric in PANELS:
             fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-            draw_panel(fig.add_subplot(), col, metric, ours[ours["metric"] == metric],
-                       paper[paper["metric"] == metric])
+            draw_panel(fig.add_subplot(), col, metric, ours[ours["metric"] == metric], paper[paper["metric"] == metric])
             if col.smoke:
                 _mark_smoke(fig, col)
             written += _save(fig, fig_dir / metric)
@@ -193,14 +216,12 @@ def write_figures(col: Collection, ours: pd.DataFrame, paper: pd.DataFrame, fig_
         fig = Figure(figsize=(18, 15), layout="constrained")
         axes = fig.subplots(math.ceil((len(PANELS) + 1) / ncols), ncols).ravel()
         for ax, metric in zip(axes, PANELS):
-            draw_panel(ax, col, metric, ours[ours["metric"] == metric], paper[paper["metric"] == metric],
-                       legend=False)
+            draw_panel(ax, col, metric, ours[ours["metric"] == metric], paper[paper["metric"] == metric], legend=False)
         info = axes[len(PANELS)]
         info.axis("off")
-        info.legend(handles=_legend_handles(col, not paper.empty), loc="upper left", fontsize=11,
-                    frameon=False)
+        info.legend(handles=_legend_handles(col, not paper.empty), loc="upper left", fontsize=11, frameon=False)
         info.text(0.0, 0.45, _info_text(col), transform=info.transAxes, va="top", fontsize=9, wrap=True)
-        for ax in axes[len(PANELS) + 1:]:
+        for ax in axes[len(PANELS) + 1 :]:
             ax.axis("off")
         if col.smoke:
             _mark_smoke(fig, col)
@@ -219,7 +240,7 @@ def _gallery_strips(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         meta = json.loads(im.text.get("titok.gallery", "{}"))
         pixels = np.asarray(im.convert("RGB"))
     h = meta.get("tile", [pixels.shape[0] // 2])[0]
-    return pixels[:h], pixels[h:2 * h], meta
+    return pixels[:h], pixels[h : 2 * h], meta
 
 
 def write_gallery(col: Collection, artifacts: dict[str, dict[str, Path]], fig_dir: Path) -> list[Path]:
@@ -227,14 +248,18 @@ def write_gallery(col: Collection, artifacts: dict[str, dict[str, Path]], fig_di
     reconstruction at every K of the grid, one row per K (blank where a cell has no gallery)."""
     written = []
     for size in _sizes(col):
-        cells = [(k, f"TiTok-{size}-{k}") for k in col.grid.num_tokens] if col.grid.scaling else \
-            [(cell_size_and_tokens(c)[1], c) for c in col.grid.cells if cell_size_and_tokens(c)[0] == size]
+        cells = (
+            [(k, f"TiTok-{size}-{k}") for k in col.grid.num_tokens]
+            if col.grid.scaling
+            else [(cell_size_and_tokens(c)[1], c) for c in col.grid.cells if cell_size_and_tokens(c)[0] == size]
+        )
         strips = {k: _gallery_strips(artifacts[c]["gallery"]) for k, c in cells if "gallery" in artifacts.get(c, {})}
         if not strips:
             continue
         originals = next(iter(strips.values()))[0]
-        rows = [("original", originals)] + [(f"K={k}", strips[k][1] if k in strips else np.full_like(originals, 255))
-                                            for k, _ in cells]
+        rows = [("original", originals)] + [
+            (f"K={k}", strips[k][1] if k in strips else np.full_like(originals, 255)) for k, _ in cells
+        ]
         canvas = np.concatenate([r for _, r in rows], 0)
         h = originals.shape[0]
         fig = Figure(figsize=(min(14, 1.2 * canvas.shape[1] / h + 1.5), 1.2 * len(rows) + 0.8), layout="constrained")
@@ -280,8 +305,9 @@ def write_token_usage(col: Collection, artifacts: dict[str, dict[str, Path]], fi
     ax2.plot(pos, usage["entropy_bits"], color="#333333", marker=".", label="entropy (bits)")
     ax2.set_ylabel("entropy of the position's codes (bits)")
     ax.set_title(f"Per-position token usage: {cell}", fontsize=11)
-    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *ax2.get_legend_handles_labels()[0]], fontsize=8,
-              loc="lower right")
+    ax.legend(
+        handles=[*ax.get_legend_handles_labels()[0], *ax2.get_legend_handles_labels()[0]], fontsize=8, loc="lower right"
+    )
     if col.smoke:
         _mark_smoke(fig, col)
     path = fig_dir / "token_usage.png"

@@ -74,20 +74,30 @@ def _gallery(gallery: list[Path], token_usage: Path | None) -> str:
         return ""
     parts = ["<h2>Reconstruction gallery</h2>"]
     if gallery:
-        parts.append("<p>The same validation images (top row) and their reconstruction at every K, per model size "
-                     "(each cell's <code>eval_recon/gallery.png</code>).</p>")
+        parts.append(
+            "<p>The same validation images (top row) and their reconstruction at every K, per model size "
+            "(each cell's <code>eval_recon/gallery.png</code>).</p>"
+        )
         parts += [f'<div class="gallery">{_img(p, f"reconstruction gallery {p.stem}")}</div>' for p in gallery]
     else:
         parts.append("<p>No cell logged a gallery.</p>")
     if token_usage is not None:
-        parts.append("<h3>Per-position token usage</h3><p>Distinct codes used and their entropy at each token "
-                     "position over the evaluation images (<code>eval_recon/token_usage.json</code>).</p>")
+        parts.append(
+            "<h3>Per-position token usage</h3><p>Distinct codes used and their entropy at each token "
+            "position over the evaluation images (<code>eval_recon/token_usage.json</code>).</p>"
+        )
         parts.append(_img(token_usage, "per-position token usage"))
     return "".join(parts)
 
 
-def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Path] = (),
-           token_usage: Path | None = None, verdict: str | None = None) -> str:
+def render(
+    col: Collection,
+    fig_dir: Path,
+    tables: list[Table],
+    gallery: list[Path] = (),
+    token_usage: Path | None = None,
+    verdict: str | None = None,
+) -> str:
     """The page as a string; `fig_dir` holds the PNGs that write_figures made; tables named "summary" and
     "reproduction" go at the top, under `verdict` (grid released's one line); `gallery` and `token_usage` are
     write_gallery's and write_token_usage's PNGs."""
@@ -102,29 +112,33 @@ def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Pa
         run_line = ""
         if col.smoke_run:  # the doc named in the line, linked to the repository's copy
             doc = (REPO_ROOT / SMOKE_DOC).as_uri()
-            run_line = "<br>" + escape(SMOKE_RUN_LINE).replace(
-                SMOKE_DOC, f'<a href="{escape(doc)}">{SMOKE_DOC}</a>')
-        smoke = (f'<div class="smoke" id="smoke-banner">{escape(SMOKE_TITLE)}{run_line}<br><small>'
-                 f'{escape("; ".join(col.smoke_reasons))}. Smoke runs check that the pipeline works end '
-                 f'to end; their numbers are not set beside the paper\'s.</small></div>')
+            run_line = "<br>" + escape(SMOKE_RUN_LINE).replace(SMOKE_DOC, f'<a href="{escape(doc)}">{SMOKE_DOC}</a>')
+        smoke = (
+            f'<div class="smoke" id="smoke-banner">{escape(SMOKE_TITLE)}{run_line}<br><small>'
+            f"{escape('; '.join(col.smoke_reasons))}. Smoke runs check that the pipeline works end "
+            f"to end; their numbers are not set beside the paper's.</small></div>"
+        )
     statement = "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in col.provenance().items())
     panels = "".join(_img(fig_dir / f"{m}.png", f"{title} against K") for m, (title, _) in PANELS.items())
     missing = [f"{c}: {why}" for c, why in col.missing.items()]
     fallbacks = [f"{c}: {why}" for c, why in col.fallbacks.items()]
     ignored = [f"{r.run_id} ({r.cell}): {r.reason}" for r in col.ignored]
-    paper_note = ("The paper's values are not shown: these are smoke results." if col.smoke else
-                  "Paper values (dashed lines, hollow markers / hatched bars) come from "
-                  "<code>reports/paper_numbers.csv</code>, where present for this grid.")
+    paper_note = (
+        "The paper's values are not shown: these are smoke results."
+        if col.smoke
+        else "Paper values (dashed lines, hollow markers / hatched bars) come from "
+        "<code>reports/paper_numbers.csv</code>, where present for this grid."
+    )
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>titok-bench report: {escape(grid)}{' (SMOKE)' if col.smoke else ''}</title>
+<title>titok-bench report: {escape(grid)}{" (SMOKE)" if col.smoke else ""}</title>
 <style>{_CSS}</style><script>{_JS}</script></head>
-<body data-smoke="{'true' if col.smoke else 'false'}">
+<body data-smoke="{"true" if col.smoke else "false"}">
 <h1>TiTok scaling report: grid <code>{escape(grid)}</code></h1>
 <p>{len(col.runs)} of {len(col.grid.cells)} cells have a finished run. MLflow experiment
 <code>{escape(col.experiment)}</code> at <code>{escape(col.tracking_uri)}</code>; sweep run
-<code>{escape(col.sweep_run_id or 'none found')}</code>. Generated {generated}.</p>
+<code>{escape(col.sweep_run_id or "none found")}</code>. Generated {generated}.</p>
 {smoke}
 {summary}
 <h2>What these numbers are</h2>
@@ -136,7 +150,7 @@ def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Pa
 <div class="panels">{panels}</div></details>
 {_gallery(list(gallery), token_usage)}
 <h2>Tables</h2>
-{''.join(_table(t) for t in tables)}
+{"".join(_table(t) for t in tables)}
 <p>All numbers, one row per cell and metric: <code>tables/tidy.csv</code>.</p>
 <h2>Missing cells</h2>
 {_list(missing, "None: every cell of the grid has a finished run.")}
@@ -146,13 +160,20 @@ def render(col: Collection, fig_dir: Path, tables: list[Table], gallery: list[Pa
 {_list(ignored, "None.")}
 <h2>Sweep settings</h2>
 <h3>Parent (sweep) run: params and titok.* tags</h3>
-{_kv_table(col.sweep_settings) if col.sweep_settings else '<p>No sweep run found.</p>'}
+{_kv_table(col.sweep_settings) if col.sweep_settings else "<p>No sweep run found.</p>"}
 <details><summary>Params shared by all kept cell runs</summary>{_kv_table(col.common_params())}</details>
 </body></html>
 """
 
 
-def write_html(col: Collection, fig_dir: Path, tables: list[Table], path: Path, gallery: list[Path] = (),
-               token_usage: Path | None = None, verdict: str | None = None) -> Path:
+def write_html(
+    col: Collection,
+    fig_dir: Path,
+    tables: list[Table],
+    path: Path,
+    gallery: list[Path] = (),
+    token_usage: Path | None = None,
+    verdict: str | None = None,
+) -> Path:
     path.write_text(render(col, fig_dir, tables, gallery, token_usage, verdict), encoding="utf-8")
     return path

@@ -23,8 +23,11 @@ from .figures import SMOKE_RUN_LINE
 from .tables import Table
 
 GAP_TOKENS = (16, 32)
-SPEARMAN_TARGETS = {"rfid": ("<= -0.8", lambda r: r <= -0.8), "psnr": (">= +0.8", lambda r: r >= 0.8),
-                    "gfid": ("", None)}  # no gFID target: reported only
+SPEARMAN_TARGETS = {
+    "rfid": ("<= -0.8", lambda r: r <= -0.8),
+    "psnr": (">= +0.8", lambda r: r >= 0.8),
+    "gfid": ("", None),
+}  # no gFID target: reported only
 LOWER_IS_BETTER = {"rfid": True, "psnr": False}
 LABEL = {"rfid": "rFID", "psnr": "PSNR", "gfid": "gFID"}
 NOT_EXPECTED = "not expected at smoke scale"
@@ -71,9 +74,19 @@ def summary_frame(col: Collection, tidy: pd.DataFrame) -> pd.DataFrame:
             rho = spearman(cells.index.to_numpy(dtype=float), cells["value"]) if len(cells) else float("nan")
             lo, hi = _spearman_interval(cells) if len(cells) else (float("nan"), float("nan"))
             ok = None if check is None or np.isnan(rho) else bool(check(rho))
-            rows.append({"check": f"Spearman(K, {LABEL[metric]})", "size": size, "K": "all", "cells": len(cells),
-                         "value": rho, "lo": lo, "hi": hi, "target": target,
-                         "result": _verdict(ok, check is not None)})
+            rows.append(
+                {
+                    "check": f"Spearman(K, {LABEL[metric]})",
+                    "size": size,
+                    "K": "all",
+                    "cells": len(cells),
+                    "value": rho,
+                    "lo": lo,
+                    "hi": hi,
+                    "target": target,
+                    "result": _verdict(ok, check is not None),
+                }
+            )
     for metric, lower in LOWER_IS_BETTER.items():
         for k in GAP_TOKENS:
             at = {s: _cells(tidy, metric, s) for s in sizes}
@@ -85,29 +98,55 @@ def summary_frame(col: Collection, tidy: pd.DataFrame) -> pd.DataFrame:
                 gap = at[big]["value"] - at["S"]["value"]
                 half = Z95 * np.hypot(*(((at[s]["hi"] - at[s]["lo"]) / (2 * Z95)) for s in (big, "S")))
                 ok = gap < 0 if lower else gap > 0
-                rows.append({"check": f"{LABEL[metric]} gap {big} - S", "size": f"{big}-S", "K": str(k), "cells": 2,
-                             "value": gap, "lo": gap - half, "hi": gap + half, "target": f"{better} 0",
-                             "result": _verdict(bool(ok))})
+                rows.append(
+                    {
+                        "check": f"{LABEL[metric]} gap {big} - S",
+                        "size": f"{big}-S",
+                        "K": str(k),
+                        "cells": 2,
+                        "value": gap,
+                        "lo": gap - half,
+                        "hi": gap + half,
+                        "target": f"{better} 0",
+                        "result": _verdict(bool(ok)),
+                    }
+                )
             order = [at[s]["value"] if s in at else np.nan for s in ("L", "B", "S")]
             ok = None
             if not np.isnan(order).any():
                 ok = bool(order[0] < order[1] < order[2]) if lower else bool(order[0] > order[1] > order[2])
-            rows.append({"check": f"{LABEL[metric]}: L better than B better than S", "size": "L,B,S", "K": str(k),
-                         "cells": int(np.sum(~np.isnan(order))), "value": np.nan, "lo": np.nan, "hi": np.nan,
-                         "target": f"L {better} B {better} S", "result": _verdict(ok)})
+            rows.append(
+                {
+                    "check": f"{LABEL[metric]}: L better than B better than S",
+                    "size": "L,B,S",
+                    "K": str(k),
+                    "cells": int(np.sum(~np.isnan(order))),
+                    "value": np.nan,
+                    "lo": np.nan,
+                    "hi": np.nan,
+                    "target": f"L {better} B {better} S",
+                    "result": _verdict(ok),
+                }
+            )
     frame = pd.DataFrame(rows, columns=["check", "size", "K", "cells", "value", "lo", "hi", "target", "result"])
     frame["smoke"] = col.smoke
     return frame
 
 
 def summary_table(col: Collection, tidy: pd.DataFrame) -> Table:
-    notes = ["Targets (the shape of the paper's Figure 4): per size Spearman(K, rFID) "
-             "<= -0.8 and Spearman(K, PSNR) >= +0.8; at K = 16 and 32, L reconstructs better than B and B better "
-             "than S. lo / hi: 95% intervals (gaps: the cells' intervals combined; Spearman: the cells' values "
-             "redrawn within their intervals); blank where the cells logged none."]
+    notes = [
+        "Targets (the shape of the paper's Figure 4): per size Spearman(K, rFID) "
+        "<= -0.8 and Spearman(K, PSNR) >= +0.8; at K = 16 and 32, L reconstructs better than B and B better "
+        "than S. lo / hi: 95% intervals (gaps: the cells' intervals combined; Spearman: the cells' values "
+        "redrawn within their intervals); blank where the cells logged none."
+    ]
     if col.smoke:
         notes.insert(0, "**SMOKE RESULTS**: these checks describe this run's shape only, never the paper's numbers.")
     if col.smoke_run:
-        notes.insert(1, f"{SMOKE_RUN_LINE}: each check with a target reads \"{NOT_EXPECTED}\".")
-    return Table("summary", f"Grid {col.grid.name}: does the run show the paper's scaling shape?", notes,
-                 summary_frame(col, tidy))
+        notes.insert(1, f'{SMOKE_RUN_LINE}: each check with a target reads "{NOT_EXPECTED}".')
+    return Table(
+        "summary",
+        f"Grid {col.grid.name}: does the run show the paper's scaling shape?",
+        notes,
+        summary_frame(col, tidy),
+    )

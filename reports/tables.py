@@ -43,13 +43,31 @@ def cell_info(col: Collection) -> pd.DataFrame:
         run = col.runs.get(cell)
         if run is None:  # size and K from the name; no smoke flag: there is no result to flag
             size, k = cell_size_and_tokens(cell)
-            rows.append({"cell": cell, "model_size": size, "num_tokens": k,
-                         "status": f"missing: {col.missing[cell]}", "smoke": None, "smoke_reason": "",
-                         "preset": "", "run_id": ""})
+            rows.append(
+                {
+                    "cell": cell,
+                    "model_size": size,
+                    "num_tokens": k,
+                    "status": f"missing: {col.missing[cell]}",
+                    "smoke": None,
+                    "smoke_reason": "",
+                    "preset": "",
+                    "run_id": "",
+                }
+            )
             continue
-        rows.append({"cell": cell, "model_size": run.model_size, "num_tokens": run.num_tokens,
-                     "status": "finished (fallback)" if run.fallback else "finished", "smoke": run.smoke,
-                     "smoke_reason": run.smoke_reason, "preset": run.preset, "run_id": run.run_id})
+        rows.append(
+            {
+                "cell": cell,
+                "model_size": run.model_size,
+                "num_tokens": run.num_tokens,
+                "status": "finished (fallback)" if run.fallback else "finished",
+                "smoke": run.smoke,
+                "smoke_reason": run.smoke_reason,
+                "preset": run.preset,
+                "run_id": run.run_id,
+            }
+        )
     return pd.DataFrame(rows).astype({"num_tokens": "Int64"}).set_index("cell")
 
 
@@ -63,8 +81,10 @@ def _notes(col: Collection) -> list[str]:
     notes = []
     smoke = [r for r in col.runs.values() if r.smoke]
     if smoke:
-        notes.append(f"**{SMOKE_TITLE}**: {len(smoke)} of {len(col.runs)} cells are smoke results "
-                     f"({'; '.join(col.smoke_reasons)}); they are never compared with the paper's numbers.")
+        notes.append(
+            f"**{SMOKE_TITLE}**: {len(smoke)} of {len(col.runs)} cells are smoke results "
+            f"({'; '.join(col.smoke_reasons)}); they are never compared with the paper's numbers."
+        )
     notes.append("; ".join(f"{k}: {v}" for k, v in col.provenance(brief=True).items()))
     if col.missing:
         notes.append(f"Missing cells (no finished run): {', '.join(col.missing)}.")
@@ -78,20 +98,23 @@ def grid_table(col: Collection, tidy: pd.DataFrame) -> Table:
 
 def cost_table(col: Collection, tidy: pd.DataFrame) -> Table:
     info = cell_info(col)[["model_size", "num_tokens", "status", "smoke"]]
-    info = info.assign(device=[col.runs[c].tags.get(T.TAG_DEVICE, "") if c in col.runs else ""
-                               for c in info.index])
+    info = info.assign(device=[col.runs[c].tags.get(T.TAG_DEVICE, "") if c in col.runs else "" for c in info.index])
     actual = _wide(tidy, col.grid.cells).reindex(columns=COST_METRICS)
     cost = pd.DataFrame(index=actual.index)
     for m in COST_METRICS:  # estimate beside actual
-        cost[f"{m}_est"] = [_number(col.runs[c].tags.get(COST_ESTIMATE_TAGS[m])) if c in col.runs else float("nan")
-                            for c in actual.index]
+        cost[f"{m}_est"] = [
+            _number(col.runs[c].tags.get(COST_ESTIMATE_TAGS[m])) if c in col.runs else float("nan")
+            for c in actual.index
+        ]
         cost[m] = actual[m]
     frame = info.join(cost).reset_index()
     total = {"cell": "total (logged cells)", **{m: cost[m].sum(min_count=1) for m in cost.columns}}
     frame = pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
-    notes = _notes(col) + ["cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours); "
-                           "cost_wall_hours: their wall-clock hours. `_est`: the sweep's estimate before it ran "
-                           "(analytic FLOPs / (device peak x assumed utilisation), bench/cost.py)."]
+    notes = _notes(col) + [
+        "cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours); "
+        "cost_wall_hours: their wall-clock hours. `_est`: the sweep's estimate before it ran "
+        "(analytic FLOPs / (device peak x assumed utilisation), bench/cost.py)."
+    ]
     bases = sorted({r.tags[COST_BASIS_TAG] for r in col.runs.values() if COST_BASIS_TAG in r.tags})
     if bases:
         notes.append("Estimated on: " + " | ".join(bases) + ".")
@@ -111,7 +134,8 @@ def released_table(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> 
     info = cell_info(col)
     ours = _wide(tidy, col.grid.cells).reindex(columns=RELEASED_METRICS)
     theirs = paper.pivot(index="cell", columns="metric", values="value").reindex(
-        index=list(col.grid.cells), columns=RELEASED_METRICS)
+        index=list(col.grid.cells), columns=RELEASED_METRICS
+    )
     judged = V.verdict_frame(col, paper)
     models = V.model_verdicts(judged)
     frame = info[["status", "smoke", "run_id"]].copy()
@@ -123,19 +147,30 @@ def released_table(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> 
         frame[f"{m}_diff"] = rows["diff"]
         frame[f"{m}_verdict"] = rows["verdict"]
     frame["note"] = [
-        f"smoke result ({info.at[c, 'smoke_reason']})" if c in col.runs and col.runs[c].smoke
-        else ("no finished run" if c in col.missing else "") for c in frame.index]
-    notes = [f"**{V.verdict_line(judged)}**", *_notes(col), V.tolerance_note(),
-             "`<metric>_ref`: the paper's or the official release's number (reports/paper_numbers.csv; each one's "
-             "source in tables/reproduction.csv); `<metric>_diff` = ours \u2212 reference."]
+        f"smoke result ({info.at[c, 'smoke_reason']})"
+        if c in col.runs and col.runs[c].smoke
+        else ("no finished run" if c in col.missing else "")
+        for c in frame.index
+    ]
+    notes = [
+        f"**{V.verdict_line(judged)}**",
+        *_notes(col),
+        V.tolerance_note(),
+        "`<metric>_ref`: the paper's or the official release's number (reports/paper_numbers.csv; each one's "
+        "source in tables/reproduction.csv); `<metric>_diff` = ours \u2212 reference.",
+    ]
     return Table("released", "Released models: ours vs the paper and the release", notes, frame.reset_index())
 
 
 def reproduction_table(col: Collection, paper: pd.DataFrame) -> Table:
     """One row per released model and metric: ours, the reference with its source, the tolerance, the verdict."""
     judged = V.verdict_frame(col, paper)
-    return Table("reproduction", "Reproduction verdicts: the released checkpoints against the paper and the release",
-                 [f"**{V.verdict_line(judged)}**", V.tolerance_note()], judged)
+    return Table(
+        "reproduction",
+        "Reproduction verdicts: the released checkpoints against the paper and the release",
+        [f"**{V.verdict_line(judged)}**", V.tolerance_note()],
+        judged,
+    )
 
 
 def build_tables(col: Collection, tidy: pd.DataFrame, paper: pd.DataFrame) -> list[Table]:
@@ -158,13 +193,20 @@ def fmt(v) -> str:
 
 def to_markdown(table: Table) -> str:
     frame = table.frame
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-               for c in frame.columns]
-    lines = [f"# {table.title}", "", *(f"> {n}\n>" for n in table.notes), "",
-             "| " + " | ".join(frame.columns) + " |",
-             "|" + "|".join("---:" if num else "---" for num in numeric) + "|"]
-    lines += ["| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |"
-              for row in frame.itertuples(index=False)]
+    numeric = [
+        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns
+    ]
+    lines = [
+        f"# {table.title}",
+        "",
+        *(f"> {n}\n>" for n in table.notes),
+        "",
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---:" if num else "---" for num in numeric) + "|",
+    ]
+    lines += [
+        "| " + " | ".join(fmt(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -49,8 +49,12 @@ SOURCES = {
     "fig2": "the paper's Figure 2 (speed-up over DiT-XL/2 read off the plot: approximate)",
 }
 # which of a row's sources gives each metric, first match wins
-METRIC_SOURCES = {"rfid": ("readme", "abstract", "appendix-2nd"), "gfid": ("readme", "abstract", "appendix-2nd"),
-                  "gfid_is": ("appendix-2nd", "readme"), "samples_per_s": ("fig2", "appendix-2nd")}
+METRIC_SOURCES = {
+    "rfid": ("readme", "abstract", "appendix-2nd"),
+    "gfid": ("readme", "abstract", "appendix-2nd"),
+    "gfid_is": ("appendix-2nd", "readme"),
+    "samples_per_s": ("fig2", "appendix-2nd"),
+}
 COLUMNS = ["cell", "metric", "ours", "reference", "source", "tolerance", "diff", "verdict"]
 
 
@@ -79,9 +83,15 @@ def verdict_frame(col: Collection, paper: pd.DataFrame) -> pd.DataFrame:
         for metric, tol in TOLERANCES.items():
             ref, source = refs.get((cell, metric), (float("nan"), ""))
             ours = run.metrics.get(metric, float("nan")) if run is not None else float("nan")
-            row = {"cell": cell, "metric": tol.label, "ours": ours, "reference": ref,
-                   "source": metric_source(metric, source) if source else "", "tolerance": tol.text(),
-                   "diff": float("nan")}
+            row = {
+                "cell": cell,
+                "metric": tol.label,
+                "ours": ours,
+                "reference": ref,
+                "source": metric_source(metric, source) if source else "",
+                "tolerance": tol.text(),
+                "diff": float("nan"),
+            }
             if pd.isna(ref):
                 row["verdict"] = "no reference"
             elif run is None:
@@ -143,5 +153,8 @@ def verdict_line(frame: pd.DataFrame) -> str:
 
 
 def tolerance_note() -> str:
-    return ("Tolerances: " + ", ".join(f"{t.label} {t.text()}" for t in TOLERANCES.values())
-            + ". A run with random stand-in weights never passes; one with fewer than 50,000 images is not compared.")
+    return (
+        "Tolerances: "
+        + ", ".join(f"{t.label} {t.text()}" for t in TOLERANCES.values())
+        + ". A run with random stand-in weights never passes; one with fewer than 50,000 images is not compared."
+    )

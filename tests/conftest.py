@@ -19,8 +19,10 @@ def pytest_sessionstart(session):
     for package in (models, bench, reports):
         where = Path(package.__file__).resolve()
         if root not in where.parents:
-            raise pytest.UsageError(f"{package.__name__} is imported from {where}, not from this checkout ({root}): "
-                                    f"run pytest from the checkout's root")
+            raise pytest.UsageError(
+                f"{package.__name__} is imported from {where}, not from this checkout ({root}): "
+                f"run pytest from the checkout's root"
+            )
 
 
 pytest_plugins = ["tests.infra.fixtures"]

@@ -15,8 +15,9 @@ def free_port() -> int:
 
 def join(rank: int, world: int, port: int) -> None:
     """Inside a spawned worker: the environment bench.core.dist.setup() reads, one thread per process."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
 
 

@@ -13,8 +13,7 @@ from tests.reference import PARITY
 
 
 def run_cli(cwd, module, *args):
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ")
@@ -25,8 +24,19 @@ def run_cli(cwd, module, *args):
 def toy_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tok.safetensors"
-    models.save(models.build("TiTok-S-16-VQ", encoder_size="toy-S", decoder_size="toy-S", image_size=32,
-                             patch_size=8, decoder_patch_size=8, codebook_size=64, token_size=8), path)
+    models.save(
+        models.build(
+            "TiTok-S-16-VQ",
+            encoder_size="toy-S",
+            decoder_size="toy-S",
+            image_size=32,
+            patch_size=8,
+            decoder_patch_size=8,
+            codebook_size=64,
+            token_size=8,
+        ),
+        path,
+    )
     return path
 
 
@@ -59,16 +69,19 @@ def test_eval_unknown_device(tmp_path, toy_checkpoint, device):
     assert f"device {device!r} is not supported" in line and "cpu, cuda or cuda:N" in line
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("data=imagenet", "data.root is required and not set: add data.root=<value> to the command line"),
-    ("preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
-    ("+preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
-    ("preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
-    ("+preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
-    ("+preset.stage1.stepz=3", "preset.stage1.stepz: the config has no such key"),
-    ("+preset.evals.rfid_images=3", "did you mean preset.eval?"),
-    ("preset.device=gpu", "device 'gpu' is not supported: use one of auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data=imagenet", "data.root is required and not set: add data.root=<value> to the command line"),
+        ("preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
+        ("+preset.stage1.loop.stepz=3", "did you mean preset.stage1.loop.steps?"),
+        ("preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
+        ("+preset.eval.rfid_imagez=3", "did you mean preset.eval.rfid_images?"),
+        ("+preset.stage1.stepz=3", "preset.stage1.stepz: the config has no such key"),
+        ("+preset.evals.rfid_images=3", "did you mean preset.eval?"),
+        ("preset.device=gpu", "device 'gpu' is not supported: use one of auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_sweep_bad_overrides(tmp_path, override, expected):
     line = run_cli(tmp_path, "bench.sweep", "action=plan", f"outputs={tmp_path / 'outputs'}", override)
     assert expected in line
@@ -77,7 +90,19 @@ def test_sweep_bad_overrides(tmp_path, override, expected):
 
 def test_sweep_plus_may_add_a_setting_its_file_leaves_at_default(tmp_path):
     """`+` adds a field of a settings section that the preset file does not list, or a new model size letter."""
-    proc = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path / 'outputs'}",
-                           "+preset.stage1.loop.grad_accum=2", "+preset.sizes.H=toy-L"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep",
+            "action=plan",
+            f"outputs={tmp_path / 'outputs'}",
+            "+preset.stage1.loop.grad_accum=2",
+            "+preset.sizes.H=toy-L",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,6 @@
 """Tests of bench/data: synthetic images, the image-folder dataset, and the training/evaluation loaders.
 
-    .venv/bin/pytest tests/test_data.py
+.venv/bin/pytest tests/test_data.py
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from bench.data.synthetic import MAX_CLASSES, class_attributes
 
 
 def synthetic(split="train", size=32, n=100, classes=10, seed=0):
-    return build_dataset("synthetic", split=split, image_size=size, train=split == "train", num_images=n,
-                         num_classes=classes, seed=seed)
+    return build_dataset(
+        "synthetic", split=split, image_size=size, train=split == "train", num_images=n, num_classes=classes, seed=seed
+    )
 
 
 def test_synthetic_is_deterministic_per_seed_split_and_index():
@@ -97,11 +98,17 @@ BAD_FILES = ("fox/garbage.jpg", "fox/truncated.jpg")
 
 def _png16_rgb(width, height, rgb16):
     """A 16-bit-per-channel RGB PNG, written by hand (Pillow cannot write one)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     row = b"\x00" + struct.pack(">3H", *rgb16) * width
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">2I5B", width, height, 16, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">2I5B", width, height, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _noise(h, w, seed=0):
@@ -200,8 +207,9 @@ def test_folder_skips_are_reported_across_worker_processes(tree, tmp_path):
 
 def test_folder_eval_transform_is_resize_bicubic_then_center_crop(tree):
     ds = folder(tree, size=24)
-    reference = T.Compose([T.Resize(24, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-                           T.CenterCrop(24), T.ToTensor()])
+    reference = T.Compose(
+        [T.Resize(24, interpolation=T.InterpolationMode.BICUBIC, antialias=True), T.CenterCrop(24), T.ToTensor()]
+    )
     i = _index(ds, "cat/rgb.jpg")
     with Image.open(ds.samples[i][0]) as im:
         assert torch.equal(ds[i][0], reference(im.convert("RGB")))
@@ -338,8 +346,10 @@ def test_eval_shards_cover_every_index_once_in_order(world_size):
         shards = [list(eval_shard(n, r, world_size)) for r in range(world_size)]
         assert sum(shards, []) == list(range(n))
     n = 23
-    outputs = [torch.cat(list(make_eval_loader(Keys(n), batch_size=4, rank=r, world_size=world_size)))
-               for r in range(world_size)]
+    outputs = [
+        torch.cat(list(make_eval_loader(Keys(n), batch_size=4, rank=r, world_size=world_size)))
+        for r in range(world_size)
+    ]
     assert torch.cat(outputs)[:, 0].tolist() == list(range(n))
 
 

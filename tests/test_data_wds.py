@@ -75,8 +75,16 @@ def pattern(folder) -> str:
 
 
 def stream_batches(shards_, start, n, **kw):
-    stream = ShardStream(shard_list(shards_), image_size=SIZE, train=True, batch_size=kw.pop("batch_size", 3),
-                         seed=kw.pop("seed", 0), start_step=start, num_classes=5, **kw)
+    stream = ShardStream(
+        shard_list(shards_),
+        image_size=SIZE,
+        train=True,
+        batch_size=kw.pop("batch_size", 3),
+        seed=kw.pop("seed", 0),
+        start_step=start,
+        num_classes=5,
+        **kw,
+    )
     return list(itertools.islice(make_stream_loader(stream), n)), stream
 
 
@@ -141,12 +149,14 @@ def test_stream_ranks_and_workers_resume_exactly(shards):
         full, _ = stream_batches(pattern(shards), 0, 8, batch_size=2, rank=rank, world_size=2, num_workers=2)
         resumed, _ = stream_batches(pattern(shards), 3, 5, batch_size=2, rank=rank, world_size=2, num_workers=2)
         assert same(resumed, full[3:])
-    stream = ShardStream(shard_list(pattern(shards)), image_size=SIZE, train=True, batch_size=2, seed=0,
-                         world_size=2, num_workers=2)
+    stream = ShardStream(
+        shard_list(pattern(shards)), image_size=SIZE, train=True, batch_size=2, seed=0, world_size=2, num_workers=2
+    )
     assert sorted(i for s in range(4) for i in stream.stream_shards(s, 0)) == list(range(NUM_SHARDS))
     with pytest.raises(DatasetError, match="4 shards cannot feed 2 ranks x 3 data-loader workers"):
-        ShardStream(shard_list(pattern(shards)), image_size=SIZE, train=True, batch_size=2, seed=0, world_size=2,
-                    num_workers=3)
+        ShardStream(
+            shard_list(pattern(shards)), image_size=SIZE, train=True, batch_size=2, seed=0, world_size=2, num_workers=3
+        )
 
 
 def test_stream_over_http(shards):
@@ -171,22 +181,28 @@ def test_stream_over_http(shards):
 
 
 def test_eval_dataset(shards):
-    ds = build_dataset("imagenet_wds", split="val", image_size=SIZE, train=False, shards=pattern(shards),
-                       num_classes=5)
+    ds = build_dataset("imagenet_wds", split="val", image_size=SIZE, train=False, shards=pattern(shards), num_classes=5)
     assert len(ds) == NUM_SHARDS * PER_SHARD - 1  # the sample without a class is left out (and reported)
     reads = [ds.read(i) for i in range(len(ds))]
     assert sum(r is None for r in reads) == 1  # the corrupt JPEG
     x, y = next(r for r in reads if r is not None)
     assert x.shape == (3, SIZE, SIZE) and 0 <= y < 5
     assert len(ds.skipped()) == 2 and ds.describe()["num_shards"] == NUM_SHARDS
-    sub = build_dataset("imagenet_wds", split="val", image_size=SIZE, train=False, shards=pattern(shards),
-                        num_classes=5, num_images=10, seed=0)
+    sub = build_dataset(
+        "imagenet_wds",
+        split="val",
+        image_size=SIZE,
+        train=False,
+        shards=pattern(shards),
+        num_classes=5,
+        num_images=10,
+        seed=0,
+    )
     assert sorted(sub[i][1] for i in range(10)) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # class-balanced
 
 
 def test_batches_for_streams_shards(shards):
-    data = DataConfig(name="imagenet_wds", train_shards=pattern(shards), image_size=SIZE, num_classes=5,
-                      num_workers=0)
+    data = DataConfig(name="imagenet_wds", train_shards=pattern(shards), image_size=SIZE, num_classes=5, num_workers=0)
     batches = batches_for(data, batch_size=4, seed=0, info=DistInfo())
     first = list(itertools.islice(batches(0), 5))
     again = list(itertools.islice(batches(2), 3))
@@ -222,9 +238,18 @@ def test_sweep_cli_plans_imagenet_wds(shards, tmp_path):
 
     from tests.sweep.test_plan import REPO
 
-    args = [sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "action=plan", "data=imagenet_wds",
-            f"data.train_shards='{pattern(shards)}'", f"data.val_shards='{pattern(shards)}'", "data.num_classes=5",
-            f"outputs={tmp_path / 'out'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.sweep",
+        "grid=latent_vs_size",
+        "action=plan",
+        "data=imagenet_wds",
+        f"data.train_shards='{pattern(shards)}'",
+        f"data.val_shards='{pattern(shards)}'",
+        "data.num_classes=5",
+        f"outputs={tmp_path / 'out'}",
+    ]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "dry run: nothing submitted" in r.stdout

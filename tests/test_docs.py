@@ -21,12 +21,15 @@ GENERATED = ("reports/out/",)  # what the report writes: named by the pages, not
 # the official repository's issues are public sources; this project's tracker is not
 ISSUE = re.compile(r"\bissues?\s*#?\s*\d+", re.IGNORECASE)
 PUBLIC_BEFORE = re.compile(r"(official|reference)(\s+TiTok)?\s+repository(['\u2019]s)?(\s+public)?\s*$", re.IGNORECASE)
-PUBLIC_AFTER = re.compile(r"^((,|\s+and)\s+#?\d+)*\s+(of|in)\s+the\s+(official|reference)(\s+TiTok)?\s+repository",
-                          re.IGNORECASE)
+PUBLIC_AFTER = re.compile(
+    r"^((,|\s+and)\s+#?\d+)*\s+(of|in)\s+the\s+(official|reference)(\s+TiTok)?\s+repository", re.IGNORECASE
+)
 # a docs page cited from anywhere, with the start of a section's heading when one is named: (docs/reference.md, Cost)
 DOC_CITATION = re.compile(r"\bdocs/([\w-]+\.md)(?:, ([A-Za-z][\w -]*\w))?")
-MISSING_FILES = {"the team's reference notes": re.compile(r"TITOK\.md"),
-                 "the shared folder beside a checkout": re.compile(r"\.\./shared\b")}
+MISSING_FILES = {
+    "the team's reference notes": re.compile(r"TITOK\.md"),
+    "the shared folder beside a checkout": re.compile(r"\.\./shared\b"),
+}
 
 
 def slug(heading: str) -> str:
@@ -82,8 +85,12 @@ def missing_doc_citations(text: str) -> list[str]:
 
 def tracker_issues(text: str) -> list[str]:
     """The "issue N" mentions that are not named as the official repository's."""
-    return [m.group(0) for m in ISSUE.finditer(text) if not PUBLIC_BEFORE.search(text[max(0, m.start() - 60):m.start()])
-            and not PUBLIC_AFTER.search(text[m.end():m.end() + 80])]
+    return [
+        m.group(0)
+        for m in ISSUE.finditer(text)
+        if not PUBLIC_BEFORE.search(text[max(0, m.start() - 60) : m.start()])
+        and not PUBLIC_AFTER.search(text[m.end() : m.end() + 80])
+    ]
 
 
 def test_the_readme_is_a_five_minute_read():
@@ -103,8 +110,18 @@ def test_ci_runs_exactly_the_readmes_test_command():
 
 def test_the_docs_pages_exist():
     names = {p.name for p in PAGES}
-    assert {"reproduce.md", "evaluation.md", "training.md", "reliability.md", "speed.md", "weights.md",
-            "architecture.md", "smoke.md", "measurements.md", "reference.md"} <= names
+    assert {
+        "reproduce.md",
+        "evaluation.md",
+        "training.md",
+        "reliability.md",
+        "speed.md",
+        "weights.md",
+        "architecture.md",
+        "smoke.md",
+        "measurements.md",
+        "reference.md",
+    } <= names
 
 
 def test_every_command_of_the_cluster_path_names_the_test_that_runs_it():
@@ -142,18 +159,34 @@ def test_no_file_cites_a_missing_file_or_a_tracker_issue():
 def test_the_rules_catch_what_they_are_for(tmp_path):
     # examples assembled here so that this file's own text holds none (the scan above skips it anyway)
     word = "issue"
-    catches = [f"the target of {word} 10", f"({word} 13, item 10)", f"{word.title()} 10's report", f"{word}s 11",
-               f"titok-bench {word} #9", f"{word} 10 of the plan"]
-    passes = [f"the official repository's {word} #76", f"the reference repository's {word}s #72",
-              f"(official TiTok repository's {word} #82)", f"({word}s #1 and #5 of the official repository)",
-              f"{word} #2 of the official repository", "an issue of the store", "issued 3 times"]
+    catches = [
+        f"the target of {word} 10",
+        f"({word} 13, item 10)",
+        f"{word.title()} 10's report",
+        f"{word}s 11",
+        f"titok-bench {word} #9",
+        f"{word} 10 of the plan",
+    ]
+    passes = [
+        f"the official repository's {word} #76",
+        f"the reference repository's {word}s #72",
+        f"(official TiTok repository's {word} #82)",
+        f"({word}s #1 and #5 of the official repository)",
+        f"{word} #2 of the official repository",
+        "an issue of the store",
+        "issued 3 times",
+    ]
     assert all(tracker_issues(text) for text in catches)
     assert not any(tracker_issues(text) for text in passes)
     assert slug("Set-up: two `commands`") == "set-up-two-commands"
     assert missing_doc_citations("(docs/reference.md, Stage 2), docs/smoke.md") == []
-    assert missing_doc_citations("(docs/reference.md, Stage 9) docs/nope.md") == ["docs/reference.md, Stage 9",
-                                                                                  "docs/nope.md"]
+    assert missing_doc_citations("(docs/reference.md, Stage 9) docs/nope.md") == [
+        "docs/reference.md, Stage 9",
+        "docs/nope.md",
+    ]
     page = tmp_path / "page.md"
-    page.write_text("# Top\n[a](#top) [b](#nope) [c](missing.md) [d](https://example.org/x)\n"
-                    "```\n# not a heading\n```\n[e](#not-a-heading)\n")
+    page.write_text(
+        "# Top\n[a](#top) [b](#nope) [c](missing.md) [d](https://example.org/x)\n"
+        "```\n# not a heading\n```\n[e](#not-a-heading)\n"
+    )
     assert [b.split(" (")[0] for b in broken_links(page)] == ["#nope", "missing.md", "#not-a-heading"]

@@ -30,8 +30,14 @@ def toy() -> G.Config:
 
 def test_skips_cleanly_without_cuda(tmp_path):
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, "-m", "bench.speed.gpu_check", "--json", str(out)], cwd=REPO, env=NO_CUDA,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.speed.gpu_check", "--json", str(out)],
+        cwd=REPO,
+        env=NO_CUDA,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(G.SKIP_MESSAGE), r.stdout
@@ -43,8 +49,14 @@ def test_nox_session_ends_skipped_and_is_not_a_default_session():
     import noxfile
 
     assert "gpu" not in noxfile.nox.options.sessions  # CI runs the defaults and has no GPU
-    r = subprocess.run([str(Path(sys.executable).with_name("nox")), "-f", "noxfile.py", "-s", "gpu"], cwd=REPO,
-                       env=dict(NO_CUDA, CI=""), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("nox")), "-f", "noxfile.py", "-s", "gpu"],
+        cwd=REPO,
+        env=dict(NO_CUDA, CI=""),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Session gpu skipped" in out and G.SKIP_MESSAGE in out, out
 
@@ -72,22 +84,37 @@ def test_training_steps_of_every_stage_on_cpu_toy(toy):
     rows = G.check_training(toy, {})
     assert all(r.status == G.OK for r in rows), G.format_table(rows)
     asked = {r.subject.split(":")[0]: r.values["asked"] for r in rows}
-    assert asked == {"stage1": "fp16", "stage2": "fp16", "single-stage": "fp16", "generator": "bf16",
-                     "generator (pretokenized)": "bf16"}  # the paper preset's
+    assert asked == {
+        "stage1": "fp16",
+        "stage2": "fp16",
+        "single-stage": "fp16",
+        "generator": "bf16",
+        "generator (pretokenized)": "bf16",
+    }  # the paper preset's
     for r in rows:
         assert r.values["tries"] >= 1 and all(math.isfinite(v) for v in r.values["logs"].values())
 
 
 def test_training_rows_run_the_paper_precision_at_its_per_gpu_batch(monkeypatch):
-    assert {s: (paper_loop(s)["precision"], paper_loop(s)["micro_batch"]) for s in ("stage1", "stage2", "generator")} \
-        == {"stage1": ("fp16", 32), "stage2": ("fp16", 32), "generator": ("bf16", 256)}  # 256 and 2048 over 8 GPUs
+    assert {
+        s: (paper_loop(s)["precision"], paper_loop(s)["micro_batch"]) for s in ("stage1", "stage2", "generator")
+    } == {"stage1": ("fp16", 32), "stage2": ("fp16", 32), "generator": ("bf16", 256)}  # 256 and 2048 over 8 GPUs
     ran = []
-    monkeypatch.setattr(G, "check_one_training_step", lambda cfg, label, stage, tok, gen, precision, batch=None:
-                        ran.append((label, precision, batch)) or G.Row("training step", label, "", "", status=G.OK))
+    monkeypatch.setattr(
+        G,
+        "check_one_training_step",
+        lambda cfg, label, stage, tok, gen, precision, batch=None: (
+            ran.append((label, precision, batch)) or G.Row("training step", label, "", "", status=G.OK)
+        ),
+    )
     full = G.Config.for_run("cpu", toy=False)  # what the CUDA run asks (nothing is built here)
     G.check_training(full, {})
-    assert ran[:4] == [("stage1", "fp16", 32), ("stage2", "fp16", 32), ("single-stage", "fp16", 32),
-                       ("generator", "bf16", 256)]
+    assert ran[:4] == [
+        ("stage1", "fp16", 32),
+        ("stage2", "fp16", 32),
+        ("single-stage", "fp16", 32),
+        ("generator", "bf16", 256),
+    ]
 
 
 def test_one_training_step_reports_what_ran(toy):
@@ -127,8 +154,17 @@ def test_a_one_gpu_machine_says_it_ran_no_multi_rank_row(monkeypatch):
 
 def test_main_toy_run_prints_one_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "rows.json"
-    args = ["--device", "cpu", "--toy", "--checks", "peak,generation,train_speed", "--gen-modes", "fast",
-            "--json", str(out)]
+    args = [
+        "--device",
+        "cpu",
+        "--toy",
+        "--checks",
+        "peak,generation,train_speed",
+        "--gen-modes",
+        "fast",
+        "--json",
+        str(out),
+    ]
     assert G.main(args) == 0
     printed = capsys.readouterr().out
     assert "# GPU check  device: CPU" in printed and "(toy sizes)" in printed and "weights: random" in printed

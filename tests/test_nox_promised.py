@@ -37,8 +37,14 @@ def test_a_skipped_promised_test_is_never_a_green_pass(tmp_path, ci):
     (tmp_path / "test_skipping.py").write_text(SKIPPING)
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n  browser: needs headless Chromium\n")
     env = dict(os.environ, CI=ci)
-    r = subprocess.run([str(Path(sys.executable).with_name("nox")), "-f", "noxfile.py", "-s", "promised"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("nox")), "-f", "noxfile.py", "-s", "promised"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = r.stdout + r.stderr
     assert "1 promised browser test(s) did not run" in out and "not running as root" in out, out
     if ci:

@@ -8,15 +8,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "the shared folder beside a checkout": re.compile(r"\.\./shared\b|\bshared/(reference|notes|hooks)\b|"
-                                                      r"/\s*[\"']shared[\"']"),
+    "the shared folder beside a checkout": re.compile(
+        r"\.\./shared\b|\bshared/(reference|notes|hooks)\b|"
+        r"/\s*[\"']shared[\"']"
+    ),
     "a path of a development machine": re.compile(r"(?<![\w.~-])/(work|home|root|Users|mnt|scratch)/"),
 }
 
 
 def project_files() -> list[Path]:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     here = Path(__file__).resolve()  # the patterns and their examples live here
     return [ROOT / name for name in listed if name and (ROOT / name).is_file() and ROOT / name != here]
 
@@ -46,9 +53,13 @@ def test_no_file_refers_outside_the_repository():
 def test_the_patterns_catch_what_they_are_for():
     # the examples are assembled here so that this file itself holds none of them (other tools scan for them too)
     up, shared, work = "..", "shared", "work"
-    catches = [f'Path(__file__).parents[2].parent / "{shared}" / "reference"', f"see {up}/{shared}/notes/infra.md",
-               f"settings follow {shared}/notes/infra.md", f"cd /{work}/main && make", "/home/alice/data"]
-    passes = [f"_{shared}/reference", "the shared stages run first", "~/.cache/titok-bench", "/tmp/x",
-              f"a/{work}/b"]
+    catches = [
+        f'Path(__file__).parents[2].parent / "{shared}" / "reference"',
+        f"see {up}/{shared}/notes/infra.md",
+        f"settings follow {shared}/notes/infra.md",
+        f"cd /{work}/main && make",
+        "/home/alice/data",
+    ]
+    passes = [f"_{shared}/reference", "the shared stages run first", "~/.cache/titok-bench", "/tmp/x", f"a/{work}/b"]
     assert all(any(p.search(text) for p in FORBIDDEN.values()) for text in catches)
     assert not any(p.search(text) for p in FORBIDDEN.values() for text in passes)

@@ -22,8 +22,23 @@ def result(tmp_path_factory):
         mp.setenv(weights.ENV_CACHE, str(out / "weights"))
         threads = torch.get_num_threads()
         try:
-            assert main(["--images", str(N), "--blur", ",".join(map(str, BLUR)), "--noise",
-                         ",".join(map(str, NOISE)), "--threads", "1", "--json", str(out / "s.json")]) == 0
+            assert (
+                main(
+                    [
+                        "--images",
+                        str(N),
+                        "--blur",
+                        ",".join(map(str, BLUR)),
+                        "--noise",
+                        ",".join(map(str, NOISE)),
+                        "--threads",
+                        "1",
+                        "--json",
+                        str(out / "s.json"),
+                    ]
+                )
+                == 0
+            )
         finally:
             torch.set_num_threads(threads)
     return json.loads((out / "s.json").read_text())
@@ -31,8 +46,9 @@ def result(tmp_path_factory):
 
 def test_rows_fid_and_psnr(result, capsys):
     rows = result["rows"]
-    assert [(r["degradation"], r["strength"]) for r in rows] == [("blur", s) for s in BLUR] + [("noise", s)
-                                                                                                for s in NOISE]
+    assert [(r["degradation"], r["strength"]) for r in rows] == [("blur", s) for s in BLUR] + [
+        ("noise", s) for s in NOISE
+    ]
     assert result["num_images"] == N and result["data"]["image_size"] == 32 and result["data"]["split"] == "val"
     # the tiny preset's rFID: float32 stand-in Inception, eigh Frechet distance
     assert result["inception_dtype"] == "float32" and result["fid_method"] == "eigh"

@@ -78,8 +78,9 @@ def test_exact_options_equal_reference_with_every_cpu_switch():
     assert torch.equal(images, tok.decode(ids))
 
 
-@pytest.mark.parametrize("name,extra", [("TiTok-BL-64-VQ", {}), ("TiTok-BL-64-VAE", {}),
-                                        ("TA-TiTok-BL-32-VQ", {}), ("TiTok-S-32", {})])
+@pytest.mark.parametrize(
+    "name,extra", [("TiTok-BL-64-VQ", {}), ("TiTok-BL-64-VAE", {}), ("TA-TiTok-BL-32-VQ", {}), ("TiTok-S-32", {})]
+)
 def test_parity_encode_decode_equal_model(name, extra):
     torch.manual_seed(0)
     tok = factories.build_tokenizer(name, extra, toy=True)
@@ -119,6 +120,7 @@ def test_pipeline_leaves_the_models_untouched():
 # the bf16 switches themselves (fast_options), whether or not this CPU runs bf16 quickly: their numerics are tested
 BF16 = fast_options("cpu")
 
+
 @pytest.mark.parametrize("generator,steps", [("MaskGIT-ViT:TiTok-L-32", None), ("MaskGIT-UViT:TiTok-S-128", 8)])
 def test_fast_path_generation_quality(generator, steps):
     tok, gen = toy_pair(generator=generator)
@@ -141,8 +143,12 @@ def test_fast_path_single_stage_quality():
 def test_parity_against_itself_is_perfect():
     tok, gen = toy_pair()
     q = compare_with_parity(tok, gen, options="parity", batch_size=2)
-    assert q == {"token_agreement": 1.0, "image_psnr_db": float("inf"), "decode_psnr_db": float("inf"),
-                 "encode_agreement": 1.0}
+    assert q == {
+        "token_agreement": 1.0,
+        "image_psnr_db": float("inf"),
+        "decode_psnr_db": float("inf"),
+        "encode_agreement": 1.0,
+    }
 
 
 def bf16_rate(monkeypatch, rate: float) -> None:
@@ -188,8 +194,9 @@ def test_fast_is_never_slower_than_parity_where_bf16_is_slow(monkeypatch):
     assert mode_options("fast", "cpu") == InferenceOptions() and mode_options("compiled", "cpu").exact
     assert "fast runs parity's fp32 path" in fallback_note("fast", "cpu")
     tok, gen = toy_pair()
-    row = measure.measure_generation(tok, gen, batch_size=1, sampler_settings={"num_steps": 2}, mode="fast",
-                                     warmup=0, repeats=1)
+    row = measure.measure_generation(
+        tok, gen, batch_size=1, sampler_settings={"num_steps": 2}, mode="fast", warmup=0, repeats=1
+    )
     assert row["path"] == "fast" and row["precision"] == "fp32" and "parity's fp32 path" in row["note"]
     assert mode_options("fast", "cuda").precision == "bf16"  # CUDA runs bf16 on tensor cores
     bf16_rate(monkeypatch, 150.0)
@@ -200,8 +207,9 @@ def test_auto_falls_back_to_parity_when_fast_fails_the_guard(monkeypatch):
     bf16_rate(monkeypatch, 150.0)
     tok, gen = toy_pair()
     strict = QualityGuard(min_decode_psnr_db=1000.0, batch_size=2)
-    pipe = InferencePipeline(tok, gen, options="auto", guard=strict,
-                             probe_settings=gen.config.sampler.updated(num_steps=2))
+    pipe = InferencePipeline(
+        tok, gen, options="auto", guard=strict, probe_settings=gen.config.sampler.updated(num_steps=2)
+    )
     assert pipe.choice.mode == "parity" and pipe.options.exact
     assert "failed the quality guard: decode_psnr_db" in pipe.choice.reason and "needs >= 1000" in pipe.choice.reason
     # the exact guard (evaluation sampling) admits exact paths only, without a probe
@@ -232,8 +240,9 @@ def counted(fn) -> int:
 
 def test_flops_hand_count_tiny_generator():
     # BERT layout, K = 3 tokens + class token (n = 4), width 8, MLP 16, one layer, codebook 5
-    c = models.GeneratorConfig(hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, num_tokens=3,
-                               codebook_size=5, num_classes=2)
+    c = models.GeneratorConfig(
+        hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16, num_tokens=3, codebook_size=5, num_classes=2
+    )
     qkv, scores, weighted_sum, out = 2 * 4 * 8 * 24, 2 * 4 * 4 * 8, 2 * 4 * 4 * 8, 2 * 4 * 8 * 8
     mlp, head = 2 * 4 * 8 * 16 * 2, 2 * 3 * 8 * 5
     assert FL.generator_forward(c) == qkv + scores + weighted_sum + out + mlp + head == 4848
@@ -251,13 +260,20 @@ def test_flops_hand_count_tiny_pixel_decoder():
     def conv(hw, cin, cout, k):
         return 2 * hw * hw * cin * cout * k * k
 
-    hand = (conv(2, 8, 64, 3) + 2 * conv(2, 64, 64, 3)  # conv_in, mid block
-            + 2 * conv(2, 64, 64, 3) + conv(4, 64, 64, 3)  # up[1] block, upsample conv
-            + conv(4, 64, 32, 3) + conv(4, 32, 32, 3) + conv(4, 32, 32, 1)  # up[0] block with its shortcut
-            + conv(4, 32, 3, 3))  # conv_out
+    hand = (
+        conv(2, 8, 64, 3)
+        + 2 * conv(2, 64, 64, 3)  # conv_in, mid block
+        + 2 * conv(2, 64, 64, 3)
+        + conv(4, 64, 64, 3)  # up[1] block, upsample conv
+        + conv(4, 64, 32, 3)
+        + conv(4, 32, 32, 3)
+        + conv(4, 32, 32, 1)  # up[0] block with its shortcut
+        + conv(4, 32, 3, 3)
+    )  # conv_out
     assert FL.vqgan_decoder(cfg, 2) == hand
-    decoder = models.build("MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
-                           z_channels=8, codebook_size=4).decoder
+    decoder = models.build(
+        "MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=8, codebook_size=4
+    ).decoder
     assert counted(lambda: decoder(torch.randn(1, 8, 2, 2))) == hand
 
 
@@ -276,8 +292,7 @@ def test_flops_match_torch_counter_for_tokenizers(name):
 def test_flops_match_torch_counter_for_generators_and_training_parts():
     tok, gen = toy_pair(generator="MaskGIT-UViT:TiTok-S-128")
     settings = gen.config.sampler.updated(num_steps=3)
-    assert counted(lambda: gen.generate(torch.tensor([4]), **settings.__dict__)) == FL.generation(gen.config,
-                                                                                                   settings)
+    assert counted(lambda: gen.generate(torch.tensor([4]), **settings.__dict__)) == FL.generation(gen.config, settings)
     teacher = factories.teacher_for(factories.build_tokenizer("TiTok-L-32", {"pixel_decoder": False}, toy=True))
     assert counted(lambda: teacher.encode(torch.rand(1, 3, 64, 64))) == FL.vqgan_encode(teacher.config, 64)
     disc = NLayerDiscriminator(32, groups=8)
@@ -287,8 +302,7 @@ def test_flops_match_torch_counter_for_generators_and_training_parts():
 def test_flops_match_torch_counter_for_perceptual_networks():
     images = torch.rand(1, 3, 32, 32)
     assert counted(lambda: ConvNeXtLogits(allow_random=True, resolution=64)(images)) == FL.convnext_small(64)
-    assert counted(lambda: LPIPS(allow_random=True)(images, images)) == (2 * FL.lpips_features(32)
-                                                                          + FL.lpips_heads(32))
+    assert counted(lambda: LPIPS(allow_random=True)(images, images)) == (2 * FL.lpips_features(32) + FL.lpips_heads(32))
 
 
 def test_flops_grow_with_k():
@@ -306,11 +320,21 @@ def test_flops_grow_with_k():
 # ---- measurement API and CLI ---------------------------------------------------------------------------------------
 def test_measure_generation_api():
     tok, gen = toy_pair()
-    row = measure.measure_generation(tok, gen, batch_size=2, sampler_settings={"num_steps": 2}, mode="parity",
-                                   warmup=0, repeats=2, device="cpu", keep_outputs=True)
+    row = measure.measure_generation(
+        tok,
+        gen,
+        batch_size=2,
+        sampler_settings={"num_steps": 2},
+        mode="parity",
+        warmup=0,
+        repeats=2,
+        device="cpu",
+        keep_outputs=True,
+    )
     assert row["samples_per_s"] > 0 and row["runs"] == 2 and row["steps"] == 2
     assert row["gflop_per_item"] * 1e9 == FL.generation(gen.config, gen.config.sampler.updated(num_steps=2)) + (
-        FL.titok_decode(tok.config))
+        FL.titok_decode(tok.config)
+    )
     assert row["ids"].shape == (2, 32) and row["images"].shape == (2, 3, 64, 64)
     rows = measure.measure_tokenizer(tok, batch_size=2, mode="fast", warmup=0, repeats=1)
     assert [r["task"] for r in rows] == ["encode", "decode"] and all(r["throughput"] > 0 for r in rows)
@@ -326,8 +350,9 @@ def small_losses(recipe, convnext_weight=0.0):
     """A reconstruction recipe with CPU-sized loss networks: ConvNeXt-S at 32 px (or none), a 32-channel
     discriminator."""
     perceptual = dataclasses.replace(recipe.perceptual, convnext_weight=convnext_weight, resolution=32)
-    return dataclasses.replace(recipe, perceptual=perceptual,
-                               gan=dataclasses.replace(recipe.gan, disc_base_channels=32, disc_groups=8))
+    return dataclasses.replace(
+        recipe, perceptual=perceptual, gan=dataclasses.replace(recipe.gan, disc_base_channels=32, disc_groups=8)
+    )
 
 
 def test_measure_training_stages():
@@ -336,12 +361,18 @@ def test_measure_training_stages():
     single = factories.tokenizer_config("TiTok-BL-64-VQ", toy=True)
     stage2 = small_losses(training.paper_recipe("stage2"))
     single_recipe = small_losses(training.paper_recipe("single"))
-    cases = {"train-stage1": ("stage1", cfg, None, FL.train_stage1(cfg)),
-             "train-stage2": ("stage2", cfg, stage2, FL.train_stage2(cfg, stage2.perceptual, stage2.gan)),
-             "train-generator": ("generator", cfg, None, FL.train_generator(cfg, gen_cfg)),
-             "train-generator_pretokenized": ("generator_pretokenized", cfg, None, 3 * FL.generator_forward(gen_cfg)),
-             "train-single": ("stage2", single, single_recipe,
-                              FL.train_single_stage(single, single_recipe.perceptual, single_recipe.gan))}
+    cases = {
+        "train-stage1": ("stage1", cfg, None, FL.train_stage1(cfg)),
+        "train-stage2": ("stage2", cfg, stage2, FL.train_stage2(cfg, stage2.perceptual, stage2.gan)),
+        "train-generator": ("generator", cfg, None, FL.train_generator(cfg, gen_cfg)),
+        "train-generator_pretokenized": ("generator_pretokenized", cfg, None, 3 * FL.generator_forward(gen_cfg)),
+        "train-single": (
+            "stage2",
+            single,
+            single_recipe,
+            FL.train_single_stage(single, single_recipe.perceptual, single_recipe.gan),
+        ),
+    }
     for task, (stage, tok_cfg, recipe, flops) in cases.items():
         row = training.measure_training(stage, tok_cfg, gen_cfg, batch_size=1, warmup=0, repeats=1, recipe=recipe)
         assert row["task"] == task and row["throughput"] > 0 and row["note"].startswith(task), task
@@ -378,8 +409,14 @@ def test_timed_stage2_step_updates_the_decoder_and_the_discriminator():
     modules = step.trainer.objective.modules
     before = {f"{n}.{k}": v.clone() for n, m in modules.items() for k, v in m.state_dict().items()}
     logs = step()
-    assert {"stage2/l2", "stage2/convnext", "stage2/gan_g", "stage2/gan_d", "stage2/lecam",
-            "discriminator/grad_norm"} <= set(logs)
+    assert {
+        "stage2/l2",
+        "stage2/convnext",
+        "stage2/gan_g",
+        "stage2/gan_d",
+        "stage2/lecam",
+        "discriminator/grad_norm",
+    } <= set(logs)
     after = {f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("tokenizer.decoder.") for k in changed)
@@ -391,10 +428,13 @@ def test_timed_stage2_step_updates_the_decoder_and_the_discriminator():
 
 
 def test_scaling_toy():
-    rows = scaling(sizes=["S"], ks=[16, 64], toy=True, batch_size=1, warmup=0, repeats=1,
-                         generation=True)
-    assert [(r["tokens"], r["task"]) for r in rows] == [(16, "encode+decode"), (16, "generate"),
-                                                         (64, "encode+decode"), (64, "generate")]
+    rows = scaling(sizes=["S"], ks=[16, 64], toy=True, batch_size=1, warmup=0, repeats=1, generation=True)
+    assert [(r["tokens"], r["task"]) for r in rows] == [
+        (16, "encode+decode"),
+        (16, "generate"),
+        (64, "encode+decode"),
+        (64, "generate"),
+    ]
     assert rows[2]["gflop_per_item"] > rows[0]["gflop_per_item"]
 
 
@@ -404,9 +444,25 @@ def test_cli_help():
 
 
 def test_cli_toy_end_to_end(tmp_path, capsys):
-    args = ["--toy", "--sections", "peak,generation,tokenizer", "--pairs", "TiTok-L-32", "--batch-size", "2",
-            "--warmup", "0", "--repeats", "1", "--sampler-set", "num_steps=2", "--csv", str(tmp_path / "out.csv"),
-            "--json", str(tmp_path / "out.json")]
+    args = [
+        "--toy",
+        "--sections",
+        "peak,generation,tokenizer",
+        "--pairs",
+        "TiTok-L-32",
+        "--batch-size",
+        "2",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--sampler-set",
+        "num_steps=2",
+        "--csv",
+        str(tmp_path / "out.csv"),
+        "--json",
+        str(tmp_path / "out.json"),
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "device: CPU" in out and "matmul peak bf16" in out
@@ -415,17 +471,40 @@ def test_cli_toy_end_to_end(tmp_path, capsys):
     assert "tokens 100.0%" in out and "reference" in out
     data = json.loads((tmp_path / "out.json").read_text())
     tasks = {(r["task"], r["mode"]) for r in data["rows"]}
-    assert {("generate", "naive"), ("generate", "parity"), ("generate", "auto"), ("encode", "auto"),
-            ("decode", "parity")} <= tasks
+    assert {
+        ("generate", "naive"),
+        ("generate", "parity"),
+        ("generate", "auto"),
+        ("encode", "auto"),
+        ("decode", "parity"),
+    } <= tasks
     auto = [r for r in data["rows"] if r["mode"] == "auto"]
     assert all(r["path"] in ("fast", "parity") and r["note"] for r in auto)  # which path ran, and why
     assert (tmp_path / "out.csv").read_text().startswith("section,")
 
 
 def test_cli_custom_pair_and_bad_input(capsys):
-    args = ["--toy", "--sections", "generation", "--tokenizer", "TiTok-S-32", "--generator", "MaskGIT-ViT",
-            "--gen-set", "num_layers=2", "--modes", "parity", "--batch-size", "1", "--warmup", "0", "--repeats", "1",
-            "--sampler-set", "num_steps=2"]
+    args = [
+        "--toy",
+        "--sections",
+        "generation",
+        "--tokenizer",
+        "TiTok-S-32",
+        "--generator",
+        "MaskGIT-ViT",
+        "--gen-set",
+        "num_layers=2",
+        "--modes",
+        "parity",
+        "--batch-size",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--sampler-set",
+        "num_steps=2",
+    ]
     assert cli.main(args) == 0
     assert "TiTok-S-32 (toy) + MaskGIT-ViT" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown modes"):

@@ -16,8 +16,12 @@ from bench.stages import Tracking, run_task
 from tests.distributed import join, spawn
 
 DEAD_STORE = "http://127.0.0.1:9"  # nothing listens there: every entry goes to the run folder's buffer
-CPU_AND_MEMORY = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
-                  "system/system_memory_usage_percentage", "system/process_memory_rss_megabytes"}
+CPU_AND_MEMORY = {
+    "system/cpu_utilization_percentage",
+    "system/system_memory_usage_megabytes",
+    "system/system_memory_usage_percentage",
+    "system/process_memory_rss_megabytes",
+}
 
 
 class Recorder:
@@ -81,8 +85,9 @@ def test_a_toy_training_stage_logs_system_metrics_through_the_buffer(tmp_path):
 def _two_rank_worker(rank, world, port, outputs):
     join(rank, world, port)
     plan = _teacher_plan(outputs)
-    run_task(plan.task("_shared/teacher"), Tracking(DEAD_STORE, str(Path(outputs) / f"rank{rank}"),
-                                                    system_metrics_s=0.2))
+    run_task(
+        plan.task("_shared/teacher"), Tracking(DEAD_STORE, str(Path(outputs) / f"rank{rank}"), system_metrics_s=0.2)
+    )
 
 
 @pytest.mark.slow  # two gloo processes importing torch and composing the sweep

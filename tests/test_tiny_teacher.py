@@ -19,8 +19,13 @@ def test_rebuild_is_deterministic_and_loads_as_the_presets_teacher(tmp_path):
     teacher = models.from_pretrained(str(tmp_path / "a.safetensors"))
     assert isinstance(teacher, models.MaskGITVQGAN)
     assert (teacher.config.channel_mult, teacher.config.codebook_size) == ((1, 1, 2), 16)  # tiny.yaml's
-    r = subprocess.run([sys.executable, "-m", "bench.tiny_teacher", "--out", str(tmp_path / "c.safetensors"), *TOY],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.tiny_teacher", "--out", str(tmp_path / "c.safetensors"), *TOY],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "teacher: 2 steps" in r.stdout and f"wrote {tmp_path / 'c.safetensors'}" in r.stdout
     # two steps are not the shipped 2,000: it says by how much the weights differ from the shipped file's

@@ -20,8 +20,14 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def pinned(monkeypatch):
     """An extra entry with a known full sha256 (of b'hello') and an unreachable URL."""
-    e = weights.Entry("test-file", "test-file.bin", "http://127.0.0.1:9/test-file.bin", "a test entry",
-                      sha256=hashlib.sha256(b"hello").hexdigest(), hash_kind="sha256")
+    e = weights.Entry(
+        "test-file",
+        "test-file.bin",
+        "http://127.0.0.1:9/test-file.bin",
+        "a test entry",
+        sha256=hashlib.sha256(b"hello").hexdigest(),
+        hash_kind="sha256",
+    )
     monkeypatch.setitem(weights.registry(), e.name, e)
     return e
 

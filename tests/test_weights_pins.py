@@ -165,24 +165,43 @@ def test_a_fixed_url_file_records_its_url_and_sha256(cache, monkeypatch):
 
 
 def speed_spec(tokenizer: str, generator: Path) -> SpeedSpec:
-    return SpeedSpec(tokenizer=tokenizer, generator=str(generator), batch_size=1, repeats=1, warmup=0,
-                     sampler={"num_steps": 2}, device="cpu")
+    return SpeedSpec(
+        tokenizer=tokenizer,
+        generator=str(generator),
+        batch_size=1,
+        repeats=1,
+        warmup=0,
+        sampler={"num_steps": 2},
+        device="cpu",
+    )
 
 
 def tiny_generator(path: Path) -> Path:
     torch.manual_seed(0)
     t = models.VARIANTS[NAME].config
-    models.save(models.build("MaskGIT-ViT", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                             num_tokens=t.num_latent_tokens, codebook_size=t.codebook_size), path)
+    models.save(
+        models.build(
+            "MaskGIT-ViT",
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            intermediate_size=64,
+            num_tokens=t.num_latent_tokens,
+            codebook_size=t.codebook_size,
+        ),
+        path,
+    )
     return path
 
 
 def test_a_stage_tags_the_revision_and_sha256_of_each_registry_file_it_used(cache, hub, tmp_path):
     weights.fetch(NAME)
     folder = weights.path_of(NAME)
-    want = {"titok.weights.TiTok-Tiny-Test.revision": MAIN,
-            "titok.weights.TiTok-Tiny-Test.sha256": f"config.json={sha256(folder / 'config.json')};"
-                                                    f"model.safetensors={sha256(folder / 'model.safetensors')}"}
+    want = {
+        "titok.weights.TiTok-Tiny-Test.revision": MAIN,
+        "titok.weights.TiTok-Tiny-Test.sha256": f"config.json={sha256(folder / 'config.json')};"
+        f"model.safetensors={sha256(folder / 'model.safetensors')}",
+    }
     generator = tiny_generator(tmp_path / "gen.safetensors")
     # the speed stage, the tokenizer by name (resolved by bench.core.loading) and by its cache path (as plans pass)
     for i, source in enumerate((NAME, str(folder))):
@@ -215,5 +234,7 @@ def test_stand_ins_and_hand_placed_files_say_so_in_the_tags(cache, tmp_path, mon
     assert result["tags"] == {
         "titok.weights.lpips-vgg.revision": "random stand-in (no file: seeded random weights)",
         "titok.weights.lpips-vgg.sha256": "none (random stand-in)",
-        "titok.weights.vgg16.revision": e.url, "titok.weights.vgg16.sha256": hashlib.sha256(b"not vgg").hexdigest()}
+        "titok.weights.vgg16.revision": e.url,
+        "titok.weights.vgg16.sha256": hashlib.sha256(b"not vgg").hexdigest(),
+    }
     assert all(re.fullmatch(r"[/\w.\- ]+", k) for k in result["tags"])  # MLflow's tag keys (Windows too)

@@ -59,8 +59,10 @@ def timeout_minutes() -> float:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: the process group's timeout must be a positive number of minutes "
-                         "(cluster.process_group_timeout_min)")
+        raise ValueError(
+            f"{TIMEOUT_ENV}={raw!r}: the process group's timeout must be a positive number of minutes "
+            "(cluster.process_group_timeout_min)"
+        )
     return value
 
 
@@ -79,8 +81,12 @@ def setup(device: str = "auto") -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=timeout_minutes()))
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(minutes=timeout_minutes()),
+        )
     return DistInfo(rank, world, local_rank, dev)
 
 
@@ -189,4 +195,8 @@ def runnable_precision(precision: str, device: torch.device) -> str:
 def _warn_fp32_instead(precision: str, ratio: float) -> None:
     logging.getLogger(__name__).warning(
         "%s asked for, but %s matmuls run at %.2fx the fp32 rate on this CPU (%s): running fp32 instead",
-        precision, precision, ratio, torch.backends.cpu.get_cpu_capability())
+        precision,
+        precision,
+        ratio,
+        torch.backends.cpu.get_cpu_capability(),
+    )

@@ -79,8 +79,10 @@ def load_model(source: str, kind: str, allow_random: bool, standin_overrides: di
         if source in weights.registry():
             resolved = weights.resolve(source, allow_random)
         elif not allow_random:
-            raise SetupError(f"{source} has no released weights: pass a checkpoint file, or "
-                                 "--allow-random-weights (allow_random=True) for an untrained, tagged stand-in")
+            raise SetupError(
+                f"{source} has no released weights: pass a checkpoint file, or "
+                "--allow-random-weights (allow_random=True) for an untrained, tagged stand-in"
+            )
         if resolved.path is not None:
             model = models.from_pretrained(resolved.path, variant=source)
         else:
@@ -96,30 +98,36 @@ def load_generator(source: str, tokenizer: models.TiTok, allow_random: bool) -> 
     if not tokenizer.is_vq:
         raise SetupError("a VAE tokenizer has no discrete tokens: MaskGIT generation needs a VQ tokenizer")
     t = tokenizer.config
-    loaded = load_model(source, "generator", allow_random,
-                        {"num_tokens": t.num_latent_tokens, "codebook_size": t.codebook_size})
+    loaded = load_model(
+        source, "generator", allow_random, {"num_tokens": t.num_latent_tokens, "codebook_size": t.codebook_size}
+    )
     g = loaded.model.config
     if (g.num_tokens, g.codebook_size) != (t.num_latent_tokens, t.codebook_size):
-        raise SetupError(f"generator {source} makes {g.num_tokens} tokens of {g.codebook_size} codes, but the "
-                             f"tokenizer has {t.num_latent_tokens} tokens of {t.codebook_size} codes")
+        raise SetupError(
+            f"generator {source} makes {g.num_tokens} tokens of {g.codebook_size} codes, but the "
+            f"tokenizer has {t.num_latent_tokens} tokens of {t.codebook_size} codes"
+        )
     return loaded
 
 
-def load_eval_teacher(tokenizer: models.TiTok, source: str = weights.TEACHER,
-                      allow_random: bool = False) -> Loaded | None:
+def load_eval_teacher(
+    tokenizer: models.TiTok, source: str = weights.TEACHER, allow_random: bool = False
+) -> Loaded | None:
     """The MaskGIT-VQGAN that decodes a stage-1-form tokenizer's proxy codes (None when it makes pixels itself);
     a stand-in takes the architecture in the tokenizer's config."""
     if tokenizer.outputs_pixels:
         return None
     teacher, random = load_teacher(source, dataclasses.asdict(tokenizer.config.vqgan), allow_random)
     want = tokenizer.config.vqgan
-    if (teacher.config.codebook_size, teacher.config.downsample_factor) != (want.codebook_size,
-                                                                           want.downsample_factor):
-        raise SetupError(f"teacher {source} has {teacher.config.codebook_size} codes at f"
-                             f"{teacher.config.downsample_factor}, the tokenizer predicts {want.codebook_size} "
-                             f"codes at f{want.downsample_factor}")
-    return Loaded(teacher.requires_grad_(False), random,
-                  source if source == weights.TEACHER else _checkpoint_label(Path(source)))
+    if (teacher.config.codebook_size, teacher.config.downsample_factor) != (want.codebook_size, want.downsample_factor):
+        raise SetupError(
+            f"teacher {source} has {teacher.config.codebook_size} codes at f"
+            f"{teacher.config.downsample_factor}, the tokenizer predicts {want.codebook_size} "
+            f"codes at f{want.downsample_factor}"
+        )
+    return Loaded(
+        teacher.requires_grad_(False), random, source if source == weights.TEACHER else _checkpoint_label(Path(source))
+    )
 
 
 def load_teacher(source: str, overrides: dict, allow_random: bool) -> tuple[models.MaskGITVQGAN, bool]:
@@ -164,8 +172,12 @@ class EvalModels:
         return {role: m.random for role, m in loaded.items() if m is not None}
 
 
-def load_for_eval(tokenizer: str, *, teacher: str | None = None, generator: str | None = None,
-                  allow_random: bool = False) -> EvalModels:
+def load_for_eval(
+    tokenizer: str, *, teacher: str | None = None, generator: str | None = None, allow_random: bool = False
+) -> EvalModels:
     tok = load_model(tokenizer, "tokenizer", allow_random)
-    return EvalModels(tok, load_eval_teacher(tok.model, teacher, allow_random) if teacher else None,
-                      load_generator(generator, tok.model, allow_random) if generator else None)
+    return EvalModels(
+        tok,
+        load_eval_teacher(tok.model, teacher, allow_random) if teacher else None,
+        load_generator(generator, tok.model, allow_random) if generator else None,
+    )

@@ -50,8 +50,9 @@ def owner_lock(path: str | os.PathLike, waiting: Callable[[int | None], None]) -
 
 
 @contextmanager
-def polled_owner_lock(path: str | os.PathLike, waiting: Callable[[int | None], None], agree: Callable[[bool], bool],
-                      poll_s: float = 1.0) -> Iterator[None]:
+def polled_owner_lock(
+    path: str | os.PathLike, waiting: Callable[[int | None], None], agree: Callable[[bool], bool], poll_s: float = 1.0
+) -> Iterator[None]:
     """`owner_lock` taken by tries that never block, `poll_s` apart, until `agree(got this try)` is true: the ranks
     of a job learn rank 0's outcome through one short collective per try, so none waits inside a collective while
     another job owns the lock (the ranks that are not rank 0 call `agree` as often, see `follow_polled_lock`)."""

@@ -22,15 +22,37 @@ from bench.data.synthetic import SyntheticShapes
 
 DATASETS = ("synthetic", "imagenet", "imagenet_wds")
 
-__all__ = ["DATASETS", "DatasetError", "ImageFolderDataset", "ShardIndexDataset", "ShardStream", "StepBatchSampler",
-           "SyntheticShapes", "build_dataset", "eval_shard", "infinite_batches", "make_eval_loader", "make_loader",
-           "make_stream_loader", "shard_list"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "ImageFolderDataset",
+    "ShardIndexDataset",
+    "ShardStream",
+    "StepBatchSampler",
+    "SyntheticShapes",
+    "build_dataset",
+    "eval_shard",
+    "infinite_batches",
+    "make_eval_loader",
+    "make_loader",
+    "make_stream_loader",
+    "shard_list",
+]
 
 
-def build_dataset(name: str, *, split: str, image_size: int, train: bool, root: str | None = None,
-                  num_images: int | None = None, num_classes: int | None = None, seed: int = 0,
-                  skipped_log: str | None = None,
-                  shards: str | None = None) -> SyntheticShapes | ImageFolderDataset | ShardIndexDataset:
+def build_dataset(
+    name: str,
+    *,
+    split: str,
+    image_size: int,
+    train: bool,
+    root: str | None = None,
+    num_images: int | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    skipped_log: str | None = None,
+    shards: str | None = None,
+) -> SyntheticShapes | ImageFolderDataset | ShardIndexDataset:
     """A dataset by name.
 
     synthetic: `num_images` images (default 50k train / 10k val) of `num_classes` classes (default 10, at
@@ -45,16 +67,39 @@ def build_dataset(name: str, *, split: str, image_size: int, train: bool, root: 
         `num_images` keeps a class-balanced subset, `num_classes` is the label space (other labels are skipped).
     """
     if name == "synthetic":
-        return SyntheticShapes(split=split, image_size=image_size, num_images=num_images,
-                               num_classes=10 if num_classes is None else num_classes, seed=seed)
+        return SyntheticShapes(
+            split=split,
+            image_size=image_size,
+            num_images=num_images,
+            num_classes=10 if num_classes is None else num_classes,
+            seed=seed,
+        )
     if name == "imagenet":
         if root is None:
-            raise DatasetError("the imagenet dataset needs a root: a folder with train/ and val/ subfolders "
-                               "of class folders (pass root=...)")
-        return ImageFolderDataset(root, split=split, image_size=image_size, train=train, max_images=num_images,
-                                  num_classes=num_classes, seed=seed, skipped_log=skipped_log)
+            raise DatasetError(
+                "the imagenet dataset needs a root: a folder with train/ and val/ subfolders "
+                "of class folders (pass root=...)"
+            )
+        return ImageFolderDataset(
+            root,
+            split=split,
+            image_size=image_size,
+            train=train,
+            max_images=num_images,
+            num_classes=num_classes,
+            seed=seed,
+            skipped_log=skipped_log,
+        )
     if name == "imagenet_wds":
         what = "data.train_shards" if split == "train" else "data.val_shards"
-        return ShardIndexDataset(shard_list(shards, what), split=split, image_size=image_size, train=train,
-                                 max_images=num_images, num_classes=num_classes, seed=seed, skipped_log=skipped_log)
+        return ShardIndexDataset(
+            shard_list(shards, what),
+            split=split,
+            image_size=image_size,
+            train=train,
+            max_images=num_images,
+            num_classes=num_classes,
+            seed=seed,
+            skipped_log=skipped_log,
+        )
     raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

@@ -78,8 +78,11 @@ def _scan_images(folder: str) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in sorted(filenames)
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        )
     return found
 
 
@@ -101,8 +104,18 @@ class ImageFolderDataset(Dataset):
 
     takes_sample_seeds = True  # random crop and flip can be fixed per sample by the loader
 
-    def __init__(self, root: str, *, split: str, image_size: int, train: bool, max_images: int | None = None,
-                 num_classes: int | None = None, seed: int = 0, skipped_log: str | None = None):
+    def __init__(
+        self,
+        root: str,
+        *,
+        split: str,
+        image_size: int,
+        train: bool,
+        max_images: int | None = None,
+        num_classes: int | None = None,
+        seed: int = 0,
+        skipped_log: str | None = None,
+    ):
         if image_size < 1:
             raise DatasetError(f"image_size must be positive, got {image_size}")
         self.root, self.split, self.image_size, self.train = os.path.abspath(root), split, image_size, train
@@ -113,34 +126,45 @@ class ImageFolderDataset(Dataset):
             raise DatasetError(f"image folder root {self.root} does not exist or is not a folder; {layout}")
         if not os.path.isdir(self.split_dir):
             present = _class_folders(self.root)
-            raise DatasetError(f"split folder {self.split_dir} does not exist (folders in the root: "
-                               f"{present[:10]}); {layout}")
+            raise DatasetError(
+                f"split folder {self.split_dir} does not exist (folders in the root: {present[:10]}); {layout}"
+            )
 
         split_classes = _class_folders(self.split_dir)
         if not split_classes:
             loose = _scan_images(self.split_dir)
-            what = (f"{len(loose)} image files lie directly in it; move them into class folders (for ImageNet "
-                    f"val: one folder per synset, as in the train split)" if loose else "it is empty")
+            what = (
+                f"{len(loose)} image files lie directly in it; move them into class folders (for ImageNet "
+                f"val: one folder per synset, as in the train split)"
+                if loose
+                else "it is empty"
+            )
             raise DatasetError(f"split folder {self.split_dir} has no class folders: {what}; {layout}")
         train_dir = os.path.join(self.root, "train")
         label_dir = train_dir if os.path.isdir(train_dir) else self.split_dir  # its sorted class folders: the labels
         self.classes = _class_folders(label_dir)
         unknown = sorted(set(split_classes) - set(self.classes))
         if unknown:
-            raise DatasetError(f"class folders {unknown[:5]} of {self.split_dir} are not in {train_dir}, which "
-                               f"defines the labels; the splits must use the same class folder names")
+            raise DatasetError(
+                f"class folders {unknown[:5]} of {self.split_dir} are not in {train_dir}, which "
+                f"defines the labels; the splits must use the same class folder names"
+            )
         if num_classes is not None:
             if not 1 <= num_classes <= len(self.classes):
-                raise DatasetError(f"num_classes={num_classes}, but {label_dir} has {len(self.classes)} class "
-                                   f"folders: set data.num_classes={len(self.classes)} (or fewer: the first in "
-                                   "sorted order), or point the root at the full dataset")
+                raise DatasetError(
+                    f"num_classes={num_classes}, but {label_dir} has {len(self.classes)} class "
+                    f"folders: set data.num_classes={len(self.classes)} (or fewer: the first in "
+                    "sorted order), or point the root at the full dataset"
+                )
             self.classes = self.classes[:num_classes]  # a subset: the first classes in sorted order
         self.num_classes = len(self.classes)
         empty = [name for name in self.classes if not _has_images(os.path.join(label_dir, name))]
         if empty:  # it would still take a label, shifting every later class's
-            raise DatasetError(f"class folders {empty[:5]} of {label_dir} hold no image files, yet each class "
-                               f"folder is a label ({len(empty)} empty of {len(self.classes)}): restore their "
-                               f"images or remove the folders that are not classes; {layout}")
+            raise DatasetError(
+                f"class folders {empty[:5]} of {label_dir} hold no image files, yet each class "
+                f"folder is a label ({len(empty)} empty of {len(self.classes)}): restore their "
+                f"images or remove the folders that are not classes; {layout}"
+            )
 
         samples = []
         for label, name in enumerate(self.classes):
@@ -148,8 +172,9 @@ class ImageFolderDataset(Dataset):
             if os.path.isdir(folder):
                 samples.extend((path, label) for path in _scan_images(folder))
         if not samples:
-            raise DatasetError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of "
-                               f"{self.split_dir}; {layout}")
+            raise DatasetError(
+                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {self.split_dir}; {layout}"
+            )
         if max_images is not None:
             samples = _balanced_subset(samples, max_images, seed)
         # Paths packed into one byte array: a list of a million str objects would be copied page by page
@@ -212,8 +237,14 @@ class ImageFolderDataset(Dataset):
         s = self.image_size
         crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
         return {
-            "name": "imagenet", "root": self.root, "split": self.split, "len": len(self),
-            "num_classes": self.num_classes, "image_size": s, "max_images": self.max_images, "seed": self.seed,
+            "name": "imagenet",
+            "root": self.root,
+            "split": self.split,
+            "len": len(self),
+            "num_classes": self.num_classes,
+            "image_size": s,
+            "max_images": self.max_images,
+            "seed": self.seed,
             "skipped_log": self.skipped_log,
             "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
         }

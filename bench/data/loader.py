@@ -35,20 +35,35 @@ class StepBatchSampler(Sampler[list]):
     filled up with the epoch's first images (as DistributedSampler pads), so every rank gets as many
     full batches as the others and DDP never waits on a missing step."""
 
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, drop_last: bool = True, start_step: int = 0, sample_seeds: bool = False):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        start_step: int = 0,
+        sample_seeds: bool = False,
+    ):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start_step < 0 or seed < 0:
-            raise ValueError(f"bad loader settings: batch_size={batch_size}, rank={rank}, "
-                             f"world_size={world_size}, start_step={start_step}, seed={seed}")
+            raise ValueError(
+                f"bad loader settings: batch_size={batch_size}, rank={rank}, "
+                f"world_size={world_size}, start_step={start_step}, seed={seed}"
+            )
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world_size, self.shuffle, self.drop_last = rank, world_size, shuffle, drop_last
         self.start_step, self.sample_seeds = start_step, sample_seeds
         global_batch = batch_size * world_size
         self.batches_per_epoch = num_samples // global_batch if drop_last else -(-num_samples // global_batch)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"a dataset of {num_samples} images holds no full global batch of {global_batch} "
-                             f"(batch_size {batch_size} x world_size {world_size}); use more images, a smaller "
-                             f"batch, or drop_last=False")
+            raise ValueError(
+                f"a dataset of {num_samples} images holds no full global batch of {global_batch} "
+                f"(batch_size {batch_size} x world_size {world_size}); use more images, a smaller "
+                f"batch, or drop_last=False"
+            )
         self.epoch = start_step // self.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
@@ -76,20 +91,43 @@ class StepBatchSampler(Sampler[list]):
         b, g = self.batch_size, self.batch_size * self.world_size
         for k in range(self.first_batch(), self.batches_per_epoch):
             lo = k * g + self.rank * b
-            idx = order[lo:lo + b].tolist()
-            yield list(zip(idx, seeds[lo:lo + b].tolist())) if seeds is not None else idx
+            idx = order[lo : lo + b].tolist()
+            yield list(zip(idx, seeds[lo : lo + b].tolist())) if seeds is not None else idx
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                shuffle: bool = True, drop_last: bool = True, num_workers: int = 0, start_step: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    start_step: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Training loader of one rank: iterating it yields the batches of the epoch that holds `start_step`,
     from that step on. `infinite_batches` walks on through the later epochs."""
-    sampler = StepBatchSampler(len(dataset), batch_size=batch_size, seed=seed, rank=rank, world_size=world_size,
-                               shuffle=shuffle, drop_last=drop_last, start_step=start_step,
-                               sample_seeds=getattr(dataset, "takes_sample_seeds", False))
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch_size=batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        start_step=start_step,
+        sample_seeds=getattr(dataset, "takes_sample_seeds", False),
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def infinite_batches(source: Dataset | DataLoader, **loader_kwargs) -> Iterator[tuple[int, object]]:
@@ -122,13 +160,27 @@ def eval_shard(num_samples: int, rank: int, world_size: int) -> range:
     return range(num_samples * rank // world_size, num_samples * (rank + 1) // world_size)
 
 
-def make_eval_loader(dataset: Dataset, *, batch_size: int, rank: int = 0, world_size: int = 1,
-                     num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+def make_eval_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Evaluation loader of one rank: its `eval_shard` in dataset order, the last batch possibly short. A sample
     that is None (a file that cannot be read) is left out of its batch; a batch left empty is None."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=eval_shard(len(dataset), rank, world_size),
-                      shuffle=False, drop_last=False, num_workers=num_workers, pin_memory=pin_memory,
-                      collate_fn=_collate_present)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=eval_shard(len(dataset), rank, world_size),
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=_collate_present,
+    )
 
 
 def _collate_present(samples: list):

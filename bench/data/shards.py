@@ -81,7 +81,7 @@ def expand_braces(pattern: str) -> list[str]:
     m = _BRACE.search(pattern)
     if m is None:
         return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
     r = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
     if r:
         lo, hi = r.group(1), r.group(2)
@@ -92,8 +92,9 @@ def expand_braces(pattern: str) -> list[str]:
     elif "," in body:
         options = body.split(",")
     else:
-        raise DatasetError(f"shard pattern {pattern!r}: brace group {{{body}}} is neither a range {{000..099}} nor "
-                           "a list {a,b}")
+        raise DatasetError(
+            f"shard pattern {pattern!r}: brace group {{{body}}} is neither a range {{000..099}} nor a list {{a,b}}"
+        )
     return [out for option in options for out in expand_braces(head + option + tail)]
 
 
@@ -104,17 +105,21 @@ def is_url(shard: str) -> bool:
 def shard_list(pattern: str | None, what: str = "data.train_shards") -> list[str]:
     """The shards of `pattern` ('::'-joined patterns, brace-expanded); local ones must exist (one-line errors)."""
     if not pattern or not str(pattern).strip():
-        raise DatasetError(f"{what} is not set: give webdataset tar shards, e.g. "
-                           f"{what}=/data/imagenet-train-{{000000..001281}}.tar")
+        raise DatasetError(
+            f"{what} is not set: give webdataset tar shards, e.g. {what}=/data/imagenet-train-{{000000..001281}}.tar"
+        )
     shards = [s for part in str(pattern).split("::") if part.strip() for s in expand_braces(part.strip())]
     local = [s for s in shards if not is_url(s)]
     missing = [s for s in local if not os.path.isfile(s)]
     if missing and len(missing) == len(shards):
-        raise DatasetError(f"{what}={pattern}: no shard matches ({len(shards)} paths expanded, none exists, "
-                           f"e.g. {missing[0]})")
+        raise DatasetError(
+            f"{what}={pattern}: no shard matches ({len(shards)} paths expanded, none exists, e.g. {missing[0]})"
+        )
     if missing:
-        raise DatasetError(f"{what}={pattern}: {len(missing)} of {len(shards)} shards do not exist, e.g. "
-                           f"{missing[0]}; fix the range or restore them")
+        raise DatasetError(
+            f"{what}={pattern}: {len(missing)} of {len(shards)} shards do not exist, e.g. "
+            f"{missing[0]}; fix the range or restore them"
+        )
     if len(set(shards)) != len(shards):
         raise DatasetError(f"{what}={pattern}: names a shard more than once")
     return shards
@@ -202,8 +207,9 @@ def _parse_label(raw: bytes) -> int | str:
 
 
 def _index_dir() -> str:
-    return os.environ.get(SHARD_INDEX_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "titok-bench",
-                                                           "shard-index")
+    return os.environ.get(SHARD_INDEX_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "titok-bench", "shard-index"
+    )
 
 
 def _index_file(shard: str) -> str:
@@ -251,8 +257,10 @@ def check_shards(pattern: str | None, what: str, num_classes: int | None = None,
     and a class label. Returns the number of shards; raises a one-line DatasetError."""
     shards = shard_list(pattern, what)
     if local_only and any(is_url(s) for s in shards):
-        raise DatasetError(f"{what}={pattern}: evaluation reads shards by random access, so they must be local "
-                           "files (copy them to a filesystem)")
+        raise DatasetError(
+            f"{what}={pattern}: evaluation reads shards by random access, so they must be local "
+            "files (copy them to a filesystem)"
+        )
     first = shards[0]
     try:
         key, members = next(iter_raw(first, wanted=1), (None, None))
@@ -261,15 +269,21 @@ def check_shards(pattern: str | None, what: str, num_classes: int | None = None,
     if key is None:
         raise DatasetError(f"{what}: shard {first} holds no samples (members named <key>.<suffix>)")
     if not any(ext in members for ext in IMAGE_MEMBERS):
-        raise DatasetError(f"{what}: sample {key!r} of shard {first} has no image member ({', '.join(IMAGE_MEMBERS)}"
-                           f"), only {sorted(members)}")
+        raise DatasetError(
+            f"{what}: sample {key!r} of shard {first} has no image member ({', '.join(IMAGE_MEMBERS)}"
+            f"), only {sorted(members)}"
+        )
     if LABEL_MEMBER not in members:
-        raise DatasetError(f"{what}: sample {key!r} of shard {first} has no class label (a .{LABEL_MEMBER} member "
-                           f"holding the class index), only {sorted(members)}; class-conditional training needs one")
+        raise DatasetError(
+            f"{what}: sample {key!r} of shard {first} has no class label (a .{LABEL_MEMBER} member "
+            f"holding the class index), only {sorted(members)}; class-conditional training needs one"
+        )
     label = _parse_label(members[LABEL_MEMBER])
     if isinstance(label, str) or (num_classes is not None and not 0 <= label < num_classes):
-        raise DatasetError(f"{what}: sample {key!r} of shard {first}: class label {members[LABEL_MEMBER][:20]!r} is "
-                           f"not an integer in [0, {num_classes})")
+        raise DatasetError(
+            f"{what}: sample {key!r} of shard {first}: class label {members[LABEL_MEMBER][:20]!r} is "
+            f"not an integer in [0, {num_classes})"
+        )
     return len(shards)
 
 
@@ -308,8 +322,7 @@ class _SkipLog:
             log_skipped(self.folder, f"skipped-wds-{self.split}", where, error)
 
     def merged(self, prefixes: set[str]) -> list[tuple[str, str]]:
-        found = read_skipped(self.folder, f"skipped-wds-{self.split}",
-                             lambda path: path.split("#", 1)[0] in prefixes)
+        found = read_skipped(self.folder, f"skipped-wds-{self.split}", lambda path: path.split("#", 1)[0] in prefixes)
         found.update(self.bad)
         return sorted(found.items())
 
@@ -323,22 +336,46 @@ class ShardStream(IterableDataset):
     """This rank's training batches (images [b, 3, S, S], labels [b]) from step `start_step` on, forever; see the
     module docstring for the order. Iterate it through `make_stream_loader` (its workers are the streams)."""
 
-    def __init__(self, shards: list[str], *, image_size: int, train: bool, batch_size: int, seed: int,
-                 start_step: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 num_classes: int | None = None, skipped_log: str | None = None, block: int = SHUFFLE_BLOCK):
-        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size or start_step < 0 or seed < 0 \
-                or num_workers < 0 or block < 1:
-            raise ValueError(f"bad stream settings: batch_size={batch_size}, rank={rank}, world_size={world_size}, "
-                             f"start_step={start_step}, seed={seed}, num_workers={num_workers}, block={block}")
+    def __init__(
+        self,
+        shards: list[str],
+        *,
+        image_size: int,
+        train: bool,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        num_classes: int | None = None,
+        skipped_log: str | None = None,
+        block: int = SHUFFLE_BLOCK,
+    ):
+        if (
+            batch_size < 1
+            or world_size < 1
+            or not 0 <= rank < world_size
+            or start_step < 0
+            or seed < 0
+            or num_workers < 0
+            or block < 1
+        ):
+            raise ValueError(
+                f"bad stream settings: batch_size={batch_size}, rank={rank}, world_size={world_size}, "
+                f"start_step={start_step}, seed={seed}, num_workers={num_workers}, block={block}"
+            )
         self.shards, self.image_size, self.train, self.batch_size = list(shards), image_size, train, batch_size
         self.seed, self.start_step, self.rank, self.world_size = seed, start_step, rank, world_size
         self.num_workers, self.num_classes, self.block = num_workers, num_classes, block
         self.workers = max(num_workers, 1)
         self.num_streams = world_size * self.workers
         if len(self.shards) < self.num_streams:
-            raise DatasetError(f"{len(self.shards)} shards cannot feed {world_size} ranks x {self.workers} data-loader "
-                               f"workers = {self.num_streams} streams (each reads whole shards): use at least "
-                               f"{self.num_streams} shards, or fewer workers (data.num_workers)")
+            raise DatasetError(
+                f"{len(self.shards)} shards cannot feed {world_size} ranks x {self.workers} data-loader "
+                f"workers = {self.num_streams} streams (each reads whole shards): use at least "
+                f"{self.num_streams} shards, or fewer workers (data.num_workers)"
+            )
         self._skips = _SkipLog(skipped_log, "train")
 
     def __len__(self):  # an endless stream
@@ -351,7 +388,7 @@ class ShardStream(IterableDataset):
         return np.random.default_rng(_seed(self.seed, epoch, 0x5A4D)).permutation(len(self.shards))
 
     def stream_shards(self, stream: int, epoch: int) -> list[int]:
-        return [int(i) for i in self.shard_order(epoch)[stream::self.num_streams]]
+        return [int(i) for i in self.shard_order(epoch)[stream :: self.num_streams]]
 
     def positions(self, stream: int, start: int) -> Iterator[tuple[int, int, int]]:
         """(epoch, shard, sample within the shard) of the stream's positions start, start + 1, ..."""
@@ -432,8 +469,10 @@ class ShardStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, count = (0, 1) if info is None else (info.id, info.num_workers)
         if count != self.workers:
-            raise DatasetError(f"the stream was made for {self.workers} data-loader workers but runs in {count}: "
-                               "build its loader with make_stream_loader")
+            raise DatasetError(
+                f"the stream was made for {self.workers} data-loader workers but runs in {count}: "
+                "build its loader with make_stream_loader"
+            )
         # the loader takes worker 0's batch first, then 1's, ...: worker w serves rank batches start + w, + W, ...
         logical = (self.start_step + worker) % self.workers
         return self.batches(self.rank * self.workers + logical, (self.start_step + worker) // self.workers)
@@ -445,9 +484,17 @@ class ShardStream(IterableDataset):
     def describe(self) -> dict:
         s = self.image_size
         crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
-        return {"name": "imagenet_wds", "root": self.shards[0], "split": "train", "num_shards": len(self.shards),
-                "num_classes": self.num_classes, "image_size": s, "seed": self.seed, "shuffle_block": self.block,
-                "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float"}
+        return {
+            "name": "imagenet_wds",
+            "root": self.shards[0],
+            "split": "train",
+            "num_shards": len(self.shards),
+            "num_classes": self.num_classes,
+            "image_size": s,
+            "seed": self.seed,
+            "shuffle_block": self.block,
+            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+        }
 
 
 def make_stream_loader(stream: ShardStream, pin_memory: bool = False) -> DataLoader:
@@ -461,9 +508,18 @@ class ShardIndexDataset(Dataset):
 
     takes_sample_seeds = True
 
-    def __init__(self, shards: list[str], *, split: str, image_size: int, train: bool = False,
-                 max_images: int | None = None, num_classes: int | None = None, seed: int = 0,
-                 skipped_log: str | None = None):
+    def __init__(
+        self,
+        shards: list[str],
+        *,
+        split: str,
+        image_size: int,
+        train: bool = False,
+        max_images: int | None = None,
+        num_classes: int | None = None,
+        seed: int = 0,
+        skipped_log: str | None = None,
+    ):
         urls = [s for s in shards if is_url(s)]
         if urls:
             raise DatasetError(f"evaluation reads shards by random access, so they must be local files, not {urls[0]}")
@@ -473,15 +529,21 @@ class ShardIndexDataset(Dataset):
         entries = []  # (shard, key, image offset, image size, label)
         for i, shard in enumerate(self.shards):
             for key, ext, offset, size, label in shard_index(shard)["samples"]:
-                if ext is None or not isinstance(label, int) or label < 0 \
-                        or (num_classes is not None and label >= num_classes):
+                if (
+                    ext is None
+                    or not isinstance(label, int)
+                    or label < 0
+                    or (num_classes is not None and label >= num_classes)
+                ):
                     why = "no image member" if ext is None else f"unusable class label {label!r}"
                     self._skips.record(f"{shard}#{key}", why)
                     continue
                 entries.append(((i, key, offset, size), label))
         if not entries:
-            raise DatasetError(f"the {len(self.shards)} {split} shards ({self.shards[0]}, ...) hold no sample with an "
-                               "image and a class label")
+            raise DatasetError(
+                f"the {len(self.shards)} {split} shards ({self.shards[0]}, ...) hold no sample with an "
+                "image and a class label"
+            )
         if max_images is not None:
             entries = _balanced_subset(entries, max_images, seed)
         self._entries = [e for e, _ in entries]
@@ -531,7 +593,15 @@ class ShardIndexDataset(Dataset):
     def describe(self) -> dict:
         s = self.image_size
         crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
-        return {"name": "imagenet_wds", "root": self.shards[0], "split": self.split, "len": len(self),
-                "num_shards": len(self.shards), "num_classes": self.num_classes, "image_size": s,
-                "max_images": self.max_images, "seed": self.seed,
-                "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float"}
+        return {
+            "name": "imagenet_wds",
+            "root": self.shards[0],
+            "split": self.split,
+            "len": len(self),
+            "num_shards": len(self.shards),
+            "num_classes": self.num_classes,
+            "image_size": s,
+            "max_images": self.max_images,
+            "seed": self.seed,
+            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+        }

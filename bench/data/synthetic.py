@@ -77,8 +77,9 @@ def _shape_sdf(shape: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.maximum(np.sqrt(x * x + y * y) - 0.88, 0.72 - np.sqrt((x - 0.45) ** 2 + y * y))
 
 
-def _texture(texture: int, x: np.ndarray, y: np.ndarray, d: np.ndarray, px: float,
-             rng: np.random.Generator) -> np.ndarray | float:
+def _texture(
+    texture: int, x: np.ndarray, y: np.ndarray, d: np.ndarray, px: float, rng: np.random.Generator
+) -> np.ndarray | float:
     """Mix weight in [0, 1] between the primary (0) and secondary (1) colour, in the shape's local frame."""
     k = rng.uniform(2.5, 4.5) * math.pi
     phase = rng.uniform(0, 2 * math.pi)
@@ -156,8 +157,15 @@ class SyntheticShapes(Dataset):
 
     takes_sample_seeds = False  # nothing random at read time: the index fixes the image
 
-    def __init__(self, *, split: str = "train", image_size: int = 64, num_images: int | None = None,
-                 num_classes: int = 10, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        image_size: int = 64,
+        num_images: int | None = None,
+        num_classes: int = 10,
+        seed: int = 0,
+    ):
         if split not in SPLITS:
             raise DatasetError(f"synthetic data has the splits {sorted(SPLITS)}, not {split!r}")
         if not MIN_SIZE <= image_size <= MAX_SIZE:
@@ -185,7 +193,12 @@ class SyntheticShapes(Dataset):
 
     def describe(self) -> dict:
         return {
-            "name": "synthetic", "root": None, "split": self.split, "len": self.num_images,
-            "num_classes": self.num_classes, "image_size": self.image_size, "seed": self.seed,
+            "name": "synthetic",
+            "root": None,
+            "split": self.split,
+            "len": self.num_images,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "seed": self.seed,
             "preprocessing": f"rendered at {self.image_size}x{self.image_size}, [0,1] float, no augmentation",
         }

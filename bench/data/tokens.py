@@ -67,7 +67,7 @@ def crop_views(images: torch.Tensor, crops: str, image_size: int) -> torch.Tenso
     h, w, s = images.shape[-2], images.shape[-1], image_size
     top, left = (h - s) // 2, (w - s) // 2
     boxes = [(top, left), (0, 0), (0, w - s), (h - s, 0), (h - s, w - s)]
-    views = [images[..., y:y + s, x:x + s] for y, x in boxes]
+    views = [images[..., y : y + s, x : x + s] for y, x in boxes]
     out = torch.stack([v for view in views for v in (view, view.flip(-1))], 1)
     assert out.shape[1] == n
     return out
@@ -98,8 +98,10 @@ def manifest_path(path: str | os.PathLike) -> Path:
 def read_manifest(path: str | os.PathLike) -> dict:
     file = manifest_path(path)
     if not file.is_file():
-        raise TokensError(f"no pretokenized data at {file}: run the pretokenize stage for this tokenizer first "
-                          f"(a folder without {MANIFEST} is unfinished; running the stage again completes it)")
+        raise TokensError(
+            f"no pretokenized data at {file}: run the pretokenize stage for this tokenizer first "
+            f"(a folder without {MANIFEST} is unfinished; running the stage again completes it)"
+        )
     manifest = json.loads(file.read_text())
     if manifest.get("format") != FORMAT:
         raise TokensError(f"{file} is not a manifest of pretokenized data ({FORMAT})")
@@ -158,22 +160,28 @@ class TokenDataset(Dataset):
         """The training dataset's index of every row."""
         return np.concatenate([np.load(self.root / f"{name}.index.npy") for name in self.shards])
 
-    def check(self, *, tokenizer: str, data=None, num_tokens: int | None = None,
-              codebook_size: int | None = None) -> None:
+    def check(
+        self, *, tokenizer: str, data=None, num_tokens: int | None = None, codebook_size: int | None = None
+    ) -> None:
         """TokensError unless these tokens are `tokenizer`'s (tokenizer_identity) on `data` (a DataConfig)."""
         m, where = self.manifest, manifest_path(self.root)
         if m["tokenizer"]["identity"] != tokenizer:
             raise TokensError(
                 f"{where} holds the tokens of tokenizer {m['tokenizer']['source']} (identity "
                 f"{m['tokenizer']['identity']}), not of the tokenizer given ({tokenizer}): pretokenize with this "
-                f"tokenizer, or train with the tokenizer those tokens came from")
+                f"tokenizer, or train with the tokenizer those tokens came from"
+            )
         if num_tokens is not None and (num_tokens, codebook_size) != (self.num_tokens, self.codebook_size):
-            raise TokensError(f"{where} holds {self.num_tokens} tokens of {self.codebook_size} codes per image, the "
-                              f"tokenizer makes {num_tokens} of {codebook_size}")
+            raise TokensError(
+                f"{where} holds {self.num_tokens} tokens of {self.codebook_size} codes per image, the "
+                f"tokenizer makes {num_tokens} of {codebook_size}"
+            )
         if data is not None:
             want = data_settings(data)
             diff = {k: (m["data"][k], want[k]) for k in DATA_KEYS if m["data"].get(k) != want[k]}
             if diff:
                 said = ", ".join(f"data.{k}: tokens {a!r}, training {b!r}" for k, (a, b) in diff.items())
-                raise TokensError(f"{where} was made from other data than this training reads ({said}): "
-                                  "pretokenize the training data with the same data settings")
+                raise TokensError(
+                    f"{where} was made from other data than this training reads ({said}): "
+                    "pretokenize the training data with the same data settings"
+                )

@@ -55,8 +55,13 @@ def torch_fidelity_isc(logits, splits: int = 10) -> tuple[float, float]:
 def torch_fidelity_prc(real_pool, fake_pool, k: int = 3) -> tuple[float, float]:
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
-    out = prc_features_to_metric(torch.as_tensor(_np64(fake_pool)), torch.as_tensor(_np64(real_pool)),
-                                 prc_neighborhood=k, save_cpu_ram=False, verbose=False)
+    out = prc_features_to_metric(
+        torch.as_tensor(_np64(fake_pool)),
+        torch.as_tensor(_np64(real_pool)),
+        prc_neighborhood=k,
+        save_cpu_ram=False,
+        verbose=False,
+    )
     return out[KEY_METRIC_PRECISION], out[KEY_METRIC_RECALL]
 
 
@@ -73,19 +78,35 @@ class UInt8Images(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def torch_fidelity_metrics(fake_images, real_images, extractor: InceptionFeatures, fid: bool = True,
-                           isc: bool = True, prc: bool = False, isc_splits: int = 10, batch_size: int = 64) -> dict:
+def torch_fidelity_metrics(
+    fake_images,
+    real_images,
+    extractor: InceptionFeatures,
+    fid: bool = True,
+    isc: bool = True,
+    prc: bool = False,
+    isc_splits: int = 10,
+    batch_size: int = 64,
+) -> dict:
     """torch_fidelity.calculate_metrics end to end (input1 = fakes), with `extractor`'s weights file and device.
     Numbers are stand-in numbers when extractor.random is True."""
     import torch_fidelity
 
     return torch_fidelity.calculate_metrics(
-        input1=UInt8Images(fake_images), input2=UInt8Images(real_images),
+        input1=UInt8Images(fake_images),
+        input2=UInt8Images(real_images),
         cuda=extractor.device.type == "cuda",  # its default is True, which fails on a CPU machine
         feature_extractor_weights_path=str(extractor.weights_path),
-        fid=fid, isc=isc, prc=prc, isc_splits=isc_splits, samples_shuffle=False,
-        batch_size=batch_size, cache=False, verbose=False,
-        save_cpu_ram=True)  # in-memory images: no loader workers (it would fork 4); P/R in its batched variant
+        fid=fid,
+        isc=isc,
+        prc=prc,
+        isc_splits=isc_splits,
+        samples_shuffle=False,
+        batch_size=batch_size,
+        cache=False,
+        verbose=False,
+        save_cpu_ram=True,
+    )  # in-memory images: no loader workers (it would fork 4); P/R in its batched variant
 
 
 # ---- clean-fid -------------------------------------------------------------------------------------------------
@@ -114,6 +135,15 @@ def cleanfid_compute_fid(dir1, dir2, extractor: InceptionFeatures, batch_size: i
     """clean-fid's folder-vs-folder FID end to end (images of one size per folder) with our Inception."""
     from cleanfid import fid as cfid
 
-    return float(cfid.compute_fid(str(dir1), str(dir2), mode="legacy_tensorflow",
-                                  custom_feat_extractor=cleanfid_feature_fn(extractor), device=extractor.device,
-                                  batch_size=batch_size, num_workers=0, verbose=False))
+    return float(
+        cfid.compute_fid(
+            str(dir1),
+            str(dir2),
+            mode="legacy_tensorflow",
+            custom_feat_extractor=cleanfid_feature_fn(extractor),
+            device=extractor.device,
+            batch_size=batch_size,
+            num_workers=0,
+            verbose=False,
+        )
+    )

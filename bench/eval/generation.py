@@ -59,7 +59,8 @@ BOOTSTRAP_DESCRIPTION = (
     "95% bootstrap interval, {resamples} resamples (seed " + str(BOOTSTRAP_SEED) + ") of the {n} samples: gfid "
     "and gfid_is against the fixed reference batch (exact Frechet distance per resample, "
     "bench.eval.metrics.bootstrap_fid); precision and recall from resampled per-point memberships with the k-NN "
-    "radii held fixed; the percentile interval moved by the resamples' bias and widened to hold the estimate")
+    "radii held fixed; the percentile interval moved by the resamples' bias and widened to hold the estimate"
+)
 
 
 def npz_member(path: str | os.PathLike, key: str) -> np.ndarray:
@@ -71,8 +72,9 @@ def npz_member(path: str | os.PathLike, key: str) -> np.ndarray:
             return np.load(path)[key]
         with z.open(info) as member:
             version = np.lib.format.read_magic(member)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(member)
             header_size = member.tell()
     with open(path, "rb") as f:  # the member's data follows its local file header (30 bytes + name + extra)
@@ -82,15 +84,22 @@ def npz_member(path: str | os.PathLike, key: str) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
-def _sharded_features(images, inception: InceptionFeatures, info: DistInfo, batch_size: int, desc: str,
-                      logits: bool = False, spatial: bool = False):
+def _sharded_features(
+    images,
+    inception: InceptionFeatures,
+    info: DistInfo,
+    batch_size: int,
+    desc: str,
+    logits: bool = False,
+    spatial: bool = False,
+):
     """Pool features (and unbiased logits) of uint8 images [N, H, W, 3] or [N, 3, H, W] gathered in image order,
     and spatial-feature sums all-reduced; each rank reads only its contiguous slice."""
     shard = eval_shard(len(images), info.rank, info.world_size)
     pools, logit_rows = [empty_rows(POOL_DIM, info.device)], [empty_rows(LOGITS_DIM, info.device)]
     spatial_stats = FeatureStats(SPATIAL_DIM, info.device) if spatial else None
     for start in progress(range(shard.start, shard.stop, batch_size), info, desc):
-        chunk = images[start:min(start + batch_size, shard.stop)]
+        chunk = images[start : min(start + batch_size, shard.stop)]
         feats = inception(np.array(chunk) if isinstance(chunk, np.ndarray) else chunk)  # a memmap slice: read it
         pools.append(feats.pool.to(info.device))
         if logits:
@@ -98,8 +107,11 @@ def _sharded_features(images, inception: InceptionFeatures, info: DistInfo, batc
         if spatial:
             spatial_stats.update(feats.spatial)
     pool = gather_tensors(torch.cat(pools))
-    return (pool, gather_tensors(torch.cat(logit_rows)) if logits else None,
-            spatial_stats.all_reduce() if spatial else None)
+    return (
+        pool,
+        gather_tensors(torch.cat(logit_rows)) if logits else None,
+        spatial_stats.all_reduce() if spatial else None,
+    )
 
 
 def _open_samples(samples) -> tuple[object, dict]:
@@ -116,17 +128,20 @@ def _open_reference(reference) -> tuple[ReferenceBatch, object]:
     if isinstance(reference, ReferenceBatch):
         return reference, reference.images
     if not Path(reference).is_file():
-        raise SetupError(f"reference batch {reference} does not exist: for ImageNet 256 download "
-                             "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite), or make one "
-                             "from real images with make_reference_batch (CLI: --make-reference-batch)")
+        raise SetupError(
+            f"reference batch {reference} does not exist: for ImageNet 256 download "
+            "VIRTUAL_imagenet256_labeled.npz (guided-diffusion's evaluation suite), or make one "
+            "from real images with make_reference_batch (CLI: --make-reference-batch)"
+        )
     ref = load_reference_batch(reference, images=False)
     with zipfile.ZipFile(reference) as z:
         has_images = "arr_0.npy" in z.namelist()
     return ref, npz_member(reference, "arr_0") if has_images else None
 
 
-def reference_pool_features(reference_batch, inception: InceptionFeatures, info: DistInfo = SINGLE_PROCESS,
-                            batch_size: int = 64, images=None) -> torch.Tensor:
+def reference_pool_features(
+    reference_batch, inception: InceptionFeatures, info: DistInfo = SINGLE_PROCESS, batch_size: int = 64, images=None
+) -> torch.Tensor:
     """Pool features of a reference batch's images (for precision/recall), cached next to a reference batch file
     (one cache per Inception: real weights or the stand-in), so a sweep's cells compute them once. Rank 0 decides
     whether the cache is there (the other ranks follow: they join the pass that computes them, or not)."""
@@ -155,17 +170,27 @@ def _save_pool_cache(cache: Path, pool: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate_generation(samples, reference_batch, *, inception: InceptionFeatures, info: DistInfo = SINGLE_PROCESS,
-                        batch_size: int = 64, fid_method: str = "sqrtm", clean_fid: bool = True,
-                        metadata: dict | None = None, bootstrap: int = 0) -> dict:
+def evaluate_generation(
+    samples,
+    reference_batch,
+    *,
+    inception: InceptionFeatures,
+    info: DistInfo = SINGLE_PROCESS,
+    batch_size: int = 64,
+    fid_method: str = "sqrtm",
+    clean_fid: bool = True,
+    metadata: dict | None = None,
+    bootstrap: int = 0,
+) -> dict:
     """ADM metrics of `samples` (an ADM .npz path, or uint8 images [N, H, W, 3] / [N, 3, H, W]) against
     `reference_batch` (a path or a ReferenceBatch); see the module docstring for the keys. `metadata` is added
     to the samples' own under the result's `samples` key. Every rank returns the same dict."""
     images, sample_meta = _open_samples(samples)
     ref, ref_images = _open_reference(reference_batch)
     n = len(images)
-    pool, logits, spatial = _sharded_features(images, inception, info, batch_size, "sample features",
-                                              logits=True, spatial=ref.mu_s is not None)
+    pool, logits, spatial = _sharded_features(
+        images, inception, info, batch_size, "sample features", logits=True, spatial=ref.mu_s is not None
+    )
     ref_pool = None
     if ref_images is not None:
         ref_pool = reference_pool_features(reference_batch, inception, info, batch_size, ref_images)
@@ -179,8 +204,7 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
         if spatial is not None:
             out["sfid"] = frechet_distance(*spatial.mean_cov(), ref.mu_s, ref.sigma_s, method=fid_method)
         if ref_pool is not None:
-            inside_real, inside_fake = precision_recall_indicators(ref_pool, pool, k=PR_NEIGHBOURS,
-                                                                   device=info.device)
+            inside_real, inside_fake = precision_recall_indicators(ref_pool, pool, k=PR_NEIGHBOURS, device=info.device)
             out["precision"], out["recall"] = inside_real.double().mean().item(), inside_fake.double().mean().item()
         if bootstrap > 0:
             reps = bootstrap_fid(pool, mu=ref.mu, sigma=ref.sigma, resamples=bootstrap)
@@ -198,9 +222,17 @@ def evaluate_generation(samples, reference_batch, *, inception: InceptionFeature
 
 
 @torch.no_grad()
-def make_reference_batch(dataset: Dataset, num_images: int, inception: InceptionFeatures, path: str | os.PathLike, *,
-                         batch_size: int = 64, info: DistInfo = SINGLE_PROCESS, metadata: dict | None = None,
-                         num_workers: int = 0) -> Path:
+def make_reference_batch(
+    dataset: Dataset,
+    num_images: int,
+    inception: InceptionFeatures,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    info: DistInfo = SINGLE_PROCESS,
+    metadata: dict | None = None,
+    num_workers: int = 0,
+) -> Path:
     """Write a reference batch in the VIRTUAL_imagenet256_labeled.npz layout from the first `num_images` real
     images: mu, sigma (pool), mu_s, sigma_s (spatial), arr_0 the uint8 images, arr_1 the labels, and metadata
     (dataset, Inception stand-in or not). The main rank writes; every rank returns the path."""
@@ -222,12 +254,25 @@ def make_reference_batch(dataset: Dataset, num_images: int, inception: Inception
     path = Path(path)
     if info.is_main:
         describe = getattr(dataset, "describe", dict)()
-        meta = {"dataset": describe, "num_images": len(labels), "eval_skipped_images": num_images - len(labels),
-                "inception_random": inception.random, **(metadata or {})}
+        meta = {
+            "dataset": describe,
+            "num_images": len(labels),
+            "eval_skipped_images": num_images - len(labels),
+            "inception_random": inception.random,
+            **(metadata or {}),
+        }
         mu, sigma = FeatureStats.of(pools).mean_cov()
         mu_s, sigma_s = spatial.mean_cov()
-        save_reference_batch(path, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, images=images.numpy(),
-                             labels=labels.numpy(), metadata=meta)
+        save_reference_batch(
+            path,
+            mu=mu,
+            sigma=sigma,
+            mu_s=mu_s,
+            sigma_s=sigma_s,
+            images=images.numpy(),
+            labels=labels.numpy(),
+            metadata=meta,
+        )
         _save_pool_cache(_pool_cache(path, inception), pools)  # precision/recall need the images' features
     barrier()
     return path

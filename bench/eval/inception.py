@@ -59,7 +59,7 @@ def standin_inception_weights(seed: int = STANDIN_SEED) -> Path:
                 # mode with fresh running stats), so features neither vanish nor overflow.
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+                nn.init.normal_(m.weight, std=m.in_features**-0.5)
                 nn.init.zeros_(m.bias)
     state = net.state_dict()
     assert len(state) == 566, len(state)
@@ -72,8 +72,10 @@ def as_uint8_nchw(images) -> torch.Tensor:
     """torch uint8 [B,3,H,W] as is; numpy/torch uint8 [B,H,W,3] (the ADM .npz layout) transposed."""
     x = torch.from_numpy(np.asarray(images)) if not torch.is_tensor(images) else images
     if x.dtype != torch.uint8:
-        raise TypeError(f"Inception features need uint8 images in [0, 255], got {x.dtype}; convert first, e.g. "
-                        "(x.clamp(0, 1) * 255).round().to(torch.uint8)")
+        raise TypeError(
+            f"Inception features need uint8 images in [0, 255], got {x.dtype}; convert first, e.g. "
+            "(x.clamp(0, 1) * 255).round().to(torch.uint8)"
+        )
     if x.ndim != 4:
         raise ValueError(f"expected a batch of images [B,3,H,W] or [B,H,W,3], got shape {tuple(x.shape)}")
     if x.shape[1] != 3 and x.shape[-1] == 3:
@@ -91,8 +93,13 @@ class InceptionFeatures:
     by hand). batch_size bounds memory; outputs stay on `device`.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", allow_random: bool = False, dtype: str = "float32",
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        allow_random: bool = False,
+        dtype: str = "float32",
+        batch_size: int = 64,
+    ):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         if dtype not in ("float32", "float64"):
@@ -102,8 +109,9 @@ class InceptionFeatures:
         self.weights_path = r.path or standin_inception_weights()
         self.device = torch.device(device)
         self.batch_size = batch_size
-        net = FeatureExtractorInceptionV3(TF_EXTRACTOR_NAME, ["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=str(self.weights_path))
+        net = FeatureExtractorInceptionV3(
+            TF_EXTRACTOR_NAME, ["2048", "logits_unbiased"], feature_extractor_weights_path=str(self.weights_path)
+        )
         if dtype == "float64":
             net.double()
             net.feature_extractor_internal_dtype = torch.float64

@@ -165,8 +165,9 @@ def _inside_any_ball(x: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor
     return torch.cat(inside).double().mean().item()
 
 
-def precision_recall(real_pool, fake_pool, k: int = 3, batch_size: int = 2000,
-                     device: str | torch.device | None = None) -> tuple[float, float]:
+def precision_recall(
+    real_pool, fake_pool, k: int = 3, batch_size: int = 2000, device: str | torch.device | None = None
+) -> tuple[float, float]:
     """(precision, recall) of fakes against reals; distances in float64, batched to bound memory."""
     real, fake = torch.as_tensor(real_pool), torch.as_tensor(fake_pool)
     dev = device or real.device
@@ -182,18 +183,19 @@ def precision_recall(real_pool, fake_pool, k: int = 3, batch_size: int = 2000,
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image PSNR in dB, [B]; inf for identical images."""
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse)
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def _gaussian_window(size: int, sigma: float, channels: int, device, dtype) -> torch.Tensor:
     g = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-g ** 2 / (2 * sigma ** 2))
+    g = torch.exp(-(g**2) / (2 * sigma**2))
     g = g / g.sum()
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
-         sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004: K1=0.01, K2=0.03, Gaussian window, 'valid' filtering), [B]."""
     if x.shape != y.shape or x.ndim != 4:
         raise ValueError(f"expected two [B,C,H,W] batches of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -208,8 +210,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
 
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return s.flatten(1).mean(1)
 
 
@@ -261,8 +263,9 @@ def bootstrap_indices(n: int, resamples: int, seed: int = BOOTSTRAP_SEED) -> tor
     return torch.randint(0, n, (resamples, n), generator=g)
 
 
-def bootstrap_interval(estimate: float, replicates, level: float = INTERVAL_LEVEL,
-                       debias: bool = True) -> tuple[float, float]:
+def bootstrap_interval(
+    estimate: float, replicates, level: float = INTERVAL_LEVEL, debias: bool = True
+) -> tuple[float, float]:
     """(lo, hi): the replicates' central `level` percentile interval, moved by their bias (mean of the replicates
     minus the estimate) when `debias`, then widened to hold the estimate. Resampling with replacement biases a
     small-sample FID upwards (duplicated images shrink the covariance and move the mean); the shift keeps the
@@ -277,8 +280,9 @@ def bootstrap_interval(estimate: float, replicates, level: float = INTERVAL_LEVE
     return float(min(lo, estimate)), float(max(hi, estimate))
 
 
-def bootstrap_mean(values, resamples: int, seed: int = BOOTSTRAP_SEED,
-                   level: float = INTERVAL_LEVEL) -> tuple[float, float]:
+def bootstrap_mean(
+    values, resamples: int, seed: int = BOOTSTRAP_SEED, level: float = INTERVAL_LEVEL
+) -> tuple[float, float]:
     """Interval of the mean of per-image `values` [N] (PSNR, SSIM, LPIPS, an indicator) over `resamples`."""
     v = torch.as_tensor(values).double().cpu()
     reps = v[bootstrap_indices(len(v), resamples, seed)].mean(1)
@@ -313,8 +317,16 @@ def _cov(x: torch.Tensor) -> torch.Tensor:
     return d.T @ d / (len(x) - 1)
 
 
-def bootstrap_fid(fake, *, real=None, mu=None, sigma=None, resamples: int, seed: int = BOOTSTRAP_SEED,
-                  device: str | torch.device | None = None) -> np.ndarray:
+def bootstrap_fid(
+    fake,
+    *,
+    real=None,
+    mu=None,
+    sigma=None,
+    resamples: int,
+    seed: int = BOOTSTRAP_SEED,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
     """Frechet distances of `resamples` bootstrap resamples of the images behind `fake` [N, D]:
     with `real` [N, D] (per-image features of the same images: rFID) both resampled with the same indices; else
     against fixed statistics `mu`, `sigma` (a reference batch: gFID). Exact (no eps, no sqrtm):
@@ -373,8 +385,14 @@ def bootstrap_fid(fake, *, real=None, mu=None, sigma=None, resamples: int, seed:
     return out
 
 
-def bootstrap_inception_score(logits, resamples: int, seed: int = BOOTSTRAP_SEED, splits: int = 10,
-                              split_size: int | None = None, max_elements: int = 2 ** 24) -> np.ndarray:
+def bootstrap_inception_score(
+    logits,
+    resamples: int,
+    seed: int = BOOTSTRAP_SEED,
+    splits: int = 10,
+    split_size: int | None = None,
+    max_elements: int = 2**24,
+) -> np.ndarray:
     """Inception Scores (mean over splits, as `inception_score(logits, splits, split_size)`) of bootstrap
     resamples, computed a block of resamples at a time (at most `max_elements` log-probabilities in memory)."""
     log_p = torch.as_tensor(logits).double().cpu().log_softmax(1)
@@ -385,14 +403,15 @@ def bootstrap_inception_score(logits, resamples: int, seed: int = BOOTSTRAP_SEED
     for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         step = max(1, max_elements // ((hi - lo) * c))
         for start in range(0, resamples, step):
-            part = log_p[idx[start:start + step, lo:hi]]  # [b, m, C]
+            part = log_p[idx[start : start + step, lo:hi]]  # [b, m, C]
             log_q = torch.logsumexp(part, 1, keepdim=True) - math.log(hi - lo)
-            scores[start:start + step, j] = (part.exp() * (part - log_q)).sum(2).mean(1).exp()
+            scores[start : start + step, j] = (part.exp() * (part - log_q)).sum(2).mean(1).exp()
     return scores.mean(1).numpy()
 
 
-def precision_recall_indicators(real_pool, fake_pool, k: int = 3, batch_size: int = 2000,
-                                device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def precision_recall_indicators(
+    real_pool, fake_pool, k: int = 3, batch_size: int = 2000, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point membership behind precision_recall: (fake inside some real ball [N_fake], real inside some fake
     ball [N_real]), booleans on the CPU; their means are (precision, recall)."""
     real, fake = torch.as_tensor(real_pool), torch.as_tensor(fake_pool)
@@ -404,5 +423,7 @@ def precision_recall_indicators(real_pool, fake_pool, k: int = 3, batch_size: in
     def inside(x, centres, radii):
         return torch.cat([(torch.cdist(rows, centres) <= radii[None]).any(1) for rows in x.split(batch_size)])
 
-    return (inside(fake, real, _knn_radii(real, k, batch_size)).cpu(),
-            inside(real, fake, _knn_radii(fake, k, batch_size)).cpu())
+    return (
+        inside(fake, real, _knn_radii(real, k, batch_size)).cpu(),
+        inside(real, fake, _knn_radii(fake, k, batch_size)).cpu(),
+    )

@@ -92,13 +92,20 @@ def load_reference_batch(path, images: bool = True) -> ReferenceBatch:
         def get(key):
             return np.asarray(f[key], np.float64) if key in f.files else None
 
-        return ReferenceBatch(get("mu"), get("sigma"), get("mu_s"), get("sigma_s"),
-                              f["arr_0"] if images and "arr_0" in f.files else None,
-                              f["arr_1"] if "arr_1" in f.files else None, _metadata(f))
+        return ReferenceBatch(
+            get("mu"),
+            get("sigma"),
+            get("mu_s"),
+            get("sigma_s"),
+            f["arr_0"] if images and "arr_0" in f.files else None,
+            f["arr_1"] if "arr_1" in f.files else None,
+            _metadata(f),
+        )
 
 
-def save_reference_batch(path, *, mu, sigma, mu_s=None, sigma_s=None, images=None, labels=None,
-                         metadata: dict | None = None) -> Path:
+def save_reference_batch(
+    path, *, mu, sigma, mu_s=None, sigma_s=None, images=None, labels=None, metadata: dict | None = None
+) -> Path:
     arrays = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}
     if mu_s is not None:
         arrays["mu_s"], arrays["sigma_s"] = np.asarray(mu_s, np.float64), np.asarray(sigma_s, np.float64)

@@ -35,8 +35,10 @@ FEATURES = {
     "patch_mean": "mean over the patch tokens of the encoder's last block output (no final norm)",
 }
 DEFAULT_FEATURES = "latent_mean"
-PROBE_INTERVAL = ("95% Wilson score interval of top-1 over the {n} validation images (a binomial proportion; the "
-                  "fitted classifier held fixed)")
+PROBE_INTERVAL = (
+    "95% Wilson score interval of top-1 over the {n} validation images (a binomial proportion; the "
+    "fitted classifier held fixed)"
+)
 
 
 def check_features(features: str) -> str:
@@ -57,7 +59,7 @@ def _feature_hook(tokenizer: models.TiTok, features: str, captured: list):
     # patch_mean: the sequence is [CLS, g*g patches, K latents]
     k = tokenizer.config.num_latent_tokens
     last = enc.transformer[-1] if len(enc.transformer) else enc.ln_pre
-    return last.register_forward_hook(lambda m, i, o: captured.append(o[:, 1:o.shape[1] - k]))
+    return last.register_forward_hook(lambda m, i, o: captured.append(o[:, 1 : o.shape[1] - k]))
 
 
 @torch.no_grad()
@@ -72,9 +74,16 @@ def encoder_features(tokenizer: models.TiTok, images: torch.Tensor, features: st
     return captured[0].float().mean(1)
 
 
-def extract_features(tokenizer: models.TiTok, dataset: Dataset, num_images: int, *, batch_size: int = 64,
-                     info: DistInfo = SINGLE_PROCESS, num_workers: int = 0,
-                     features: str = DEFAULT_FEATURES) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    tokenizer: models.TiTok,
+    dataset: Dataset,
+    num_images: int,
+    *,
+    batch_size: int = 64,
+    info: DistInfo = SINGLE_PROCESS,
+    num_workers: int = 0,
+    features: str = DEFAULT_FEATURES,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [N, width] float32, labels [N]) of the first `num_images` images, in dataset order on every rank."""
     check_features(features)
     check_image_size(dataset, tokenizer.config.image_size, "the tokenizer")
@@ -88,8 +97,9 @@ def extract_features(tokenizer: models.TiTok, dataset: Dataset, num_images: int,
     return gather_tensors(torch.cat(feats)), gather_tensors(torch.cat(labels))
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 100,
-                     weight_decay: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_linear_probe(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int = 100, weight_decay: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, std, weight [C, D], bias [C]) of a standardised multinomial logistic regression (see module doc)."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     x = (features - mean) / std
@@ -108,9 +118,20 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return mean, std, weight.detach(), bias.detach()
 
 
-def linear_probe(tokenizer: models.TiTok, train_dataset: Dataset, val_dataset: Dataset, *, num_train: int,
-                 num_val: int, info: DistInfo = SINGLE_PROCESS, epochs: int = 100, weight_decay: float = 1e-4,
-                 batch_size: int = 64, num_workers: int = 0, features: str = DEFAULT_FEATURES) -> dict:
+def linear_probe(
+    tokenizer: models.TiTok,
+    train_dataset: Dataset,
+    val_dataset: Dataset,
+    *,
+    num_train: int,
+    num_val: int,
+    info: DistInfo = SINGLE_PROCESS,
+    epochs: int = 100,
+    weight_decay: float = 1e-4,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    features: str = DEFAULT_FEATURES,
+) -> dict:
     """Top-1 of a linear classifier on frozen encoder features (`features`: one of FEATURES):
     {"probe_top1": accuracy in [0, 1], "probe_top1_lo" / "_hi": its 95% Wilson score interval over the validation
     images, the classifier held fixed (PROBE_INTERVAL)}. Both datasets should be preprocessed for evaluation
@@ -121,8 +142,9 @@ def linear_probe(tokenizer: models.TiTok, train_dataset: Dataset, val_dataset: D
     num_classes = getattr(train_dataset, "num_classes", None) or int(train_y.max()) + 1
 
     def compute() -> dict:
-        mean, std, weight, bias = fit_linear_probe(train_x, train_y, num_classes, epochs=epochs,
-                                                   weight_decay=weight_decay)
+        mean, std, weight, bias = fit_linear_probe(
+            train_x, train_y, num_classes, epochs=epochs, weight_decay=weight_decay
+        )
         pred = (((val_x - mean) / std) @ weight.T + bias).argmax(1)
         correct = int((pred == val_y).sum().item())
         lo, hi = wilson_interval(correct, len(val_y))

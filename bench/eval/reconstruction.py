@@ -68,22 +68,43 @@ POOL_DIM = 2048
 LOGITS_DIM = 1008
 
 
-def real_feature_stats(dataset: Dataset, num_images: int, *, inception: InceptionFeatures, batch_size: int = 64,
-                       info: DistInfo = SINGLE_PROCESS, num_workers: int = 0) -> FeatureStats:
+def real_feature_stats(
+    dataset: Dataset,
+    num_images: int,
+    *,
+    inception: InceptionFeatures,
+    batch_size: int = 64,
+    info: DistInfo = SINGLE_PROCESS,
+    num_workers: int = 0,
+) -> FeatureStats:
     """Pool-feature sums of the first `num_images` real images (uint8 as the reconstructions), summed over
     ranks: what `evaluate_reconstruction(real_stats=...)` takes, so a sweep computes it once."""
     return _real_features(dataset, num_images, inception, batch_size, info, num_workers, keep_pool=False)[0]
 
 
-def real_features(dataset: Dataset, num_images: int, *, inception: InceptionFeatures, batch_size: int = 64,
-                  info: DistInfo = SINGLE_PROCESS, num_workers: int = 0) -> tuple[FeatureStats, torch.Tensor]:
+def real_features(
+    dataset: Dataset,
+    num_images: int,
+    *,
+    inception: InceptionFeatures,
+    batch_size: int = 64,
+    info: DistInfo = SINGLE_PROCESS,
+    num_workers: int = 0,
+) -> tuple[FeatureStats, torch.Tensor]:
     """`real_feature_stats` and, from the same pass, the per-image pool features [n, 2048] (float64, in image
     order, on every rank): what `evaluate_reconstruction(real_pool_cache=...)` reads for its rFID interval."""
     return _real_features(dataset, num_images, inception, batch_size, info, num_workers, keep_pool=True)
 
 
-def _real_features(dataset: Dataset, num_images: int, inception: InceptionFeatures, batch_size: int,
-                   info: DistInfo, num_workers: int, keep_pool: bool) -> tuple[FeatureStats, torch.Tensor | None]:
+def _real_features(
+    dataset: Dataset,
+    num_images: int,
+    inception: InceptionFeatures,
+    batch_size: int,
+    info: DistInfo,
+    num_workers: int,
+    keep_pool: bool,
+) -> tuple[FeatureStats, torch.Tensor | None]:
     stats = FeatureStats(POOL_DIM, info.device)
     pools = [empty_rows(POOL_DIM, info.device)]
     for images, _ in eval_batches(dataset, num_images, batch_size, info, num_workers, desc="real features"):
@@ -135,12 +156,24 @@ def load_feature_stats(path: str | os.PathLike) -> tuple[FeatureStats, dict]:
 
 
 @torch.no_grad()
-def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_images: int,
-                            inception: InceptionFeatures, batch_size: int = 64, info: DistInfo = SINGLE_PROCESS,
-                            teacher: models.MaskGITVQGAN | None = None, real_stats: FeatureStats | None = None,
-                            lpips: LPIPS | None = None, fid_method: str = "sqrtm", num_workers: int = 0,
-                            bootstrap: int = 0, real_pool_cache: str | os.PathLike | None = None, gallery: int = 0,
-                            token_positions: bool = False) -> dict:
+def evaluate_reconstruction(
+    tokenizer: models.TiTok,
+    dataset: Dataset,
+    *,
+    num_images: int,
+    inception: InceptionFeatures,
+    batch_size: int = 64,
+    info: DistInfo = SINGLE_PROCESS,
+    teacher: models.MaskGITVQGAN | None = None,
+    real_stats: FeatureStats | None = None,
+    lpips: LPIPS | None = None,
+    fid_method: str = "sqrtm",
+    num_workers: int = 0,
+    bootstrap: int = 0,
+    real_pool_cache: str | os.PathLike | None = None,
+    gallery: int = 0,
+    token_positions: bool = False,
+) -> dict:
     """rFID and friends of `tokenizer` on the first `num_images` images of `dataset` (see the module docstring).
     Models are moved to info.device. Every rank returns the same dict.
 
@@ -203,8 +236,10 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
     fake.all_reduce()
     real = real_stats if real is None else real.all_reduce()
     if real.count != fake.count:  # after the pass: unreadable images are skipped in both
-        raise SetupError(f"real_stats hold {real.count} images, the evaluation read {fake.count}: "
-                         "compute them from the same images (the same num_images)")
+        raise SetupError(
+            f"real_stats hold {real.count} images, the evaluation read {fake.count}: "
+            "compute them from the same images (the same num_images)"
+        )
     all_reduce_sum(sums)
     all_reduce_sum(codes)
     if positions is not None:
@@ -219,17 +254,21 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
 
     def compute() -> dict:
         n = fake.count
-        out = {"rfid": fid_from_stats(real, fake, method=fid_method),
-               "rfid_is": inception_score(all_logits, splits=1)[0],
-               "psnr": sums[0].item() / n, "ssim": sums[1].item() / n}
+        out = {
+            "rfid": fid_from_stats(real, fake, method=fid_method),
+            "rfid_is": inception_score(all_logits, splits=1)[0],
+            "psnr": sums[0].item() / n,
+            "ssim": sums[1].item() / n,
+        }
         if lpips is not None:
             out["lpips"] = sums[2].item() / n
         if tokenizer.is_vq:
             out["codebook_usage"], out["codebook_entropy"] = usage_and_entropy(codes.cpu())
         out["rfid_num_images"], out["eval_skipped_images"] = n, num_images - n
         if bootstrap > 0:
-            out.update(_intervals(out, all_real_pool, all_pool, all_logits, all_per_image, bootstrap,
-                                  lpips is not None))
+            out.update(
+                _intervals(out, all_real_pool, all_pool, all_logits, all_per_image, bootstrap, lpips is not None)
+            )
         if gallery > 0:
             out["gallery"] = torch.cat(shown, 1) if shown else torch.zeros(2, 0, 3, 1, 1, dtype=torch.uint8)
         if positions is not None:
@@ -240,16 +279,29 @@ def evaluate_reconstruction(tokenizer: models.TiTok, dataset: Dataset, *, num_im
 
 
 # ---- intervals, the gallery's images, per-position token usage -------------------------------------------------
-def _intervals(out: dict, real_pool: torch.Tensor, pool: torch.Tensor, logits: torch.Tensor,
-               per_image: torch.Tensor, resamples: int, with_lpips: bool) -> dict:
+def _intervals(
+    out: dict,
+    real_pool: torch.Tensor,
+    pool: torch.Tensor,
+    logits: torch.Tensor,
+    per_image: torch.Tensor,
+    resamples: int,
+    with_lpips: bool,
+) -> dict:
     if len(real_pool) != len(pool):  # an unreadable image: the cache holds the images read then, not now
-        raise SetupError(f"the real images' per-image features hold {len(real_pool)} images, this evaluation "
-                         f"read {len(pool)}: delete the cache so that it is recomputed")
+        raise SetupError(
+            f"the real images' per-image features hold {len(real_pool)} images, this evaluation "
+            f"read {len(pool)}: delete the cache so that it is recomputed"
+        )
     res = {}
     fids = bootstrap_fid(pool, real=real_pool, resamples=resamples)
     res.update(zip(interval_keys("rfid"), bootstrap_interval(out["rfid"], fids)))
-    res.update(zip(interval_keys("rfid_is"),
-                   bootstrap_interval(out["rfid_is"], bootstrap_inception_score(logits, resamples, splits=1))))
+    res.update(
+        zip(
+            interval_keys("rfid_is"),
+            bootstrap_interval(out["rfid_is"], bootstrap_inception_score(logits, resamples, splits=1)),
+        )
+    )
     for col, metric in enumerate(("psnr", "ssim", "lpips")):
         if metric in out and (metric != "lpips" or with_lpips):
             values = per_image[:, col]
@@ -279,5 +331,10 @@ def _position_histograms(tokens: torch.Tensor, codebook_size: int, acc: torch.Te
 def _position_summary(counts: torch.Tensor, num_images: int) -> dict:
     distinct = [int((row > 0).sum()) for row in counts]
     entropy = [max(0.0, usage_and_entropy(row)[1]) for row in counts]  # no -0.0
-    return {"num_tokens": counts.shape[0], "codebook_size": counts.shape[1], "num_images": num_images,
-            "distinct_codes": distinct, "entropy_bits": entropy}
+    return {
+        "num_tokens": counts.shape[0],
+        "codebook_size": counts.shape[1],
+        "num_images": num_images,
+        "distinct_codes": distinct,
+        "entropy_bits": entropy,
+    }

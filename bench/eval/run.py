@@ -39,15 +39,18 @@ def to_uint8(images: torch.Tensor, round_first: bool = True) -> torch.Tensor:
     return (x * 255.0).to(torch.uint8)
 
 
-def decode_tokens(tokenizer: models.TiTok, tokens: torch.Tensor,
-                  teacher: models.MaskGITVQGAN | None = None) -> torch.Tensor:
+def decode_tokens(
+    tokenizer: models.TiTok, tokens: torch.Tensor, teacher: models.MaskGITVQGAN | None = None
+) -> torch.Tensor:
     """Tokens -> images in [0, 1]; a two-stage tokenizer in stage-1 form predicts proxy codes, which the
     MaskGIT-VQGAN teacher decodes (the reference's stage-1 reconstruction)."""
     if tokenizer.outputs_pixels:
         return tokenizer.decode(tokens)
     if teacher is None:
-        raise SetupError("this tokenizer is in stage-1 form (proxy-code head, no pixel decoder): its images come "
-                             "from the MaskGIT-VQGAN teacher; pass teacher=load_eval_teacher(tokenizer, ...)")
+        raise SetupError(
+            "this tokenizer is in stage-1 form (proxy-code head, no pixel decoder): its images come "
+            "from the MaskGIT-VQGAN teacher; pass teacher=load_eval_teacher(tokenizer, ...)"
+        )
     return teacher.decode(tokenizer.decode_proxy_codes(tokens))
 
 
@@ -72,17 +75,23 @@ class _Exact(Dataset):
         return self.dataset[index] if read is None else read(index)
 
 
-def eval_batches(dataset: Dataset, num_images: int, batch_size: int, info: DistInfo, num_workers: int = 0,
-                 desc: str = "eval") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    dataset: Dataset, num_images: int, batch_size: int, info: DistInfo, num_workers: int = 0, desc: str = "eval"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's (images, labels) batches, on its device, of the first `num_images` images: every image is
     seen by exactly one rank (bench.data.eval_shard: contiguous slices in rank order). Unreadable images are
     skipped (and reported by the dataset), so what a run counts is the images it read: num_images minus the
     skipped, which the results report as eval_skipped_images."""
     if not 1 <= num_images <= len(dataset):
         raise SetupError(f"num_images={num_images}, but the dataset holds {len(dataset)} images")
-    loader = make_eval_loader(_Exact(dataset, num_images), batch_size=batch_size, rank=info.rank,
-                              world_size=info.world_size, num_workers=num_workers,
-                              pin_memory=info.device.type == "cuda")
+    loader = make_eval_loader(
+        _Exact(dataset, num_images),
+        batch_size=batch_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=num_workers,
+        pin_memory=info.device.type == "cuda",
+    )
     for batch in progress(loader, info, desc):
         if batch is not None:
             images, labels = batch
@@ -92,8 +101,10 @@ def eval_batches(dataset: Dataset, num_images: int, batch_size: int, info: DistI
 def check_image_size(dataset: Dataset, image_size: int, what: str) -> None:
     size = getattr(dataset, "image_size", None)
     if size is not None and size != image_size:
-        raise SetupError(f"the dataset gives {size} px images, but {what} works at {image_size} px; "
-                             f"build the dataset with image_size={image_size}")
+        raise SetupError(
+            f"the dataset gives {size} px images, but {what} works at {image_size} px; "
+            f"build the dataset with image_size={image_size}"
+        )
 
 
 def on_main(fn: Callable[[], T], info: DistInfo) -> T:

@@ -45,10 +45,12 @@ from bench.eval import npz
 from bench.eval.npz import save_samples_npz
 from bench.eval.run import SINGLE_PROCESS, decode_tokens, progress, to_uint8
 
-SEED_RULE = ("sample i: class i % num_classes; its own torch.Generator on the sampling device seeded with "
-             "SeedSequence([seed, i]).generate_state(2, uint32) as one 64-bit integer, from which all of "
-             "that sample's sampler noise is drawn (batched rows keep their own streams); "
-             "uint8 = trunc(255 * clamp(x, 0, 1))")
+SEED_RULE = (
+    "sample i: class i % num_classes; its own torch.Generator on the sampling device seeded with "
+    "SeedSequence([seed, i]).generate_state(2, uint32) as one 64-bit integer, from which all of "
+    "that sample's sampler noise is drawn (batched rows keep their own streams); "
+    "uint8 = trunc(255 * clamp(x, 0, 1))"
+)
 
 
 def class_balanced_labels(num_samples: int, num_classes: int) -> torch.Tensor:
@@ -76,6 +78,7 @@ def _fmt(x: float) -> str:
 def sample_name(model: str, checkpoint: str, settings: models.SamplerSettings, seed: int, num_samples: int) -> str:
     """`samples_<model>_<ckpt>_steps8_cfg4.5-linear_temp9.5_seed42_n50000.npz`; settings that differ from the
     sampler's defaults beyond these (power-cosine exponent, annealing off) are appended, so names never collide."""
+
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9.@+-]+", "-", text).strip("-") or "none"
 
@@ -83,8 +86,14 @@ def sample_name(model: str, checkpoint: str, settings: models.SamplerSettings, s
     default = models.SamplerSettings()
     if settings.guidance_decay == "power-cosine" and settings.guidance_scale_pow != default.guidance_scale_pow:
         guidance += f"-pow{_fmt(settings.guidance_scale_pow)}"
-    parts = ["samples", clean(model), clean(checkpoint), f"steps{settings.num_steps}", guidance,
-             f"temp{_fmt(settings.randomize_temperature)}"]
+    parts = [
+        "samples",
+        clean(model),
+        clean(checkpoint),
+        f"steps{settings.num_steps}",
+        guidance,
+        f"temp{_fmt(settings.randomize_temperature)}",
+    ]
     if not settings.softmax_temperature_annealing:
         parts.append("noanneal")
     parts += [f"seed{seed}", f"n{num_samples}"]
@@ -116,24 +125,39 @@ class SamplingPath(Protocol):
 
 
 @torch.no_grad()
-def generate_tokens(generator: models.MaskGITGenerator, labels: torch.Tensor, indices: range, seed: int,
-                    pipeline: SamplingPath | None = None, **sampler_overrides) -> torch.Tensor:
+def generate_tokens(
+    generator: models.MaskGITGenerator,
+    labels: torch.Tensor,
+    indices: range,
+    seed: int,
+    pipeline: SamplingPath | None = None,
+    **sampler_overrides,
+) -> torch.Tensor:
     """Token ids [len(indices), K] of samples `indices` with class `labels[i]` each (labels covers all samples),
     in one batch, each row drawing its noise from its own generator seeded with sample_seed(seed, i); through
     `pipeline` when given, else the reference procedure."""
     dev = next(generator.parameters()).device
     noise = [torch.Generator(device=dev).manual_seed(sample_seed(seed, i)) for i in indices]
-    rows = labels[indices.start:indices.stop].to(dev)
+    rows = labels[indices.start : indices.stop].to(dev)
     if pipeline is not None:
         return pipeline.sample(rows, sampler_settings(generator, **sampler_overrides), noise)
     return generator.generate(rows, generator=noise, batch_guidance=True, **sampler_overrides)
 
 
 @torch.no_grad()
-def generate_samples(generator: models.MaskGITGenerator, tokenizer: models.TiTok, *, num_samples: int,
-                     seed: int = 42, info: DistInfo = SINGLE_PROCESS, teacher: models.MaskGITVQGAN | None = None,
-                     num_classes: int | None = None, batch_size: int = 32, pipeline: SamplingPath | None = None,
-                     **sampler_overrides) -> SampleShard:
+def generate_samples(
+    generator: models.MaskGITGenerator,
+    tokenizer: models.TiTok,
+    *,
+    num_samples: int,
+    seed: int = 42,
+    info: DistInfo = SINGLE_PROCESS,
+    teacher: models.MaskGITVQGAN | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 32,
+    pipeline: SamplingPath | None = None,
+    **sampler_overrides,
+) -> SampleShard:
     """This rank's share of `num_samples` class-balanced samples (see the module docstring for the rules).
     `num_classes` defaults to the generator's; models are moved to info.device (a `pipeline` must be built on
     models there already)."""
@@ -154,14 +178,18 @@ def generate_samples(generator: models.MaskGITGenerator, tokenizer: models.TiTok
         stop = min(start + batch_size, shard.stop)
         tokens = generate_tokens(generator, labels, range(start, stop), seed, pipeline, **sampler_overrides)
         decoded = pipeline.decode(tokens) if pipeline is not None else decode_tokens(tokenizer, tokens, teacher)
-        images.append(to_uint8(decoded, round_first=False)
-                      .permute(0, 2, 3, 1).cpu().numpy())
+        images.append(to_uint8(decoded, round_first=False).permute(0, 2, 3, 1).cpu().numpy())
     empty = np.zeros((0, size, size, 3), np.uint8)
-    return SampleShard(shard, np.concatenate(images) if images else empty, labels[shard.start:shard.stop].numpy())
+    return SampleShard(shard, np.concatenate(images) if images else empty, labels[shard.start : shard.stop].numpy())
 
 
-def write_samples(path: str | os.PathLike, shard: SampleShard, info: DistInfo = SINGLE_PROCESS,
-                  metadata: dict | None = None, png_dir: str | os.PathLike | None = None) -> Path:
+def write_samples(
+    path: str | os.PathLike,
+    shard: SampleShard,
+    info: DistInfo = SINGLE_PROCESS,
+    metadata: dict | None = None,
+    png_dir: str | os.PathLike | None = None,
+) -> Path:
     """Write every rank's shard as one ADM .npz (arr_0 images, arr_1 labels, metadata) at `path`, joined on the
     main rank from per-rank part files; optionally PNGs `{index:06d}.png` into `png_dir`. Returns the path."""
     path = Path(path)
@@ -178,8 +206,9 @@ def write_samples(path: str | os.PathLike, shard: SampleShard, info: DistInfo = 
     barrier()
     if info.is_main:
         loaded = [np.load(p) for p in parts]
-        save_samples_npz(path, np.concatenate([f["images"] for f in loaded]),
-                         np.concatenate([f["labels"] for f in loaded]), metadata)
+        save_samples_npz(
+            path, np.concatenate([f["images"] for f in loaded]), np.concatenate([f["labels"] for f in loaded]), metadata
+        )
         for f, p in zip(loaded, parts):
             f.close()
             p.unlink()
@@ -187,11 +216,25 @@ def write_samples(path: str | os.PathLike, shard: SampleShard, info: DistInfo = 
     return path
 
 
-def sample_to_npz(generator: models.MaskGITGenerator, tokenizer: models.TiTok, out_dir: str | os.PathLike, *,
-                  model: str, checkpoint: str, num_samples: int, seed: int = 42, info: DistInfo = SINGLE_PROCESS,
-                  teacher: models.MaskGITVQGAN | None = None, num_classes: int | None = None, batch_size: int = 32,
-                  png: bool = False, overwrite: bool = False, metadata: dict | None = None,
-                  pipeline: SamplingPath | None = None, **sampler_overrides) -> Path:
+def sample_to_npz(
+    generator: models.MaskGITGenerator,
+    tokenizer: models.TiTok,
+    out_dir: str | os.PathLike,
+    *,
+    model: str,
+    checkpoint: str,
+    num_samples: int,
+    seed: int = 42,
+    info: DistInfo = SINGLE_PROCESS,
+    teacher: models.MaskGITVQGAN | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 32,
+    png: bool = False,
+    overwrite: bool = False,
+    metadata: dict | None = None,
+    pipeline: SamplingPath | None = None,
+    **sampler_overrides,
+) -> Path:
     """Generate, and write `out_dir/sample_name(...)`. The metadata records model, checkpoint, seed, count,
     classes, every sampler setting, the inference path (`pipeline`'s, else the reference procedure) and the rules,
     plus `metadata` (e.g. which weights were stand-ins); an existing file with the same metadata is reused unless
@@ -199,15 +242,32 @@ def sample_to_npz(generator: models.MaskGITGenerator, tokenizer: models.TiTok, o
     settings = sampler_settings(generator, **sampler_overrides)
     path = Path(out_dir) / sample_name(model, checkpoint, settings, seed, num_samples)
     num_classes = num_classes or generator.config.num_classes
-    meta = {"model": model, "checkpoint": checkpoint, "seed": seed, "num_samples": num_samples,
-            "num_classes": num_classes, "image_size": tokenizer.config.image_size,
-            "sampler": dataclasses.asdict(settings),
-            "inference": pipeline.describe() if pipeline is not None else REFERENCE_PATH, "rules": SEED_RULE,
-            **(metadata or {})}
+    meta = {
+        "model": model,
+        "checkpoint": checkpoint,
+        "seed": seed,
+        "num_samples": num_samples,
+        "num_classes": num_classes,
+        "image_size": tokenizer.config.image_size,
+        "sampler": dataclasses.asdict(settings),
+        "inference": pipeline.describe() if pipeline is not None else REFERENCE_PATH,
+        "rules": SEED_RULE,
+        **(metadata or {}),
+    }
     if path.is_file() and not overwrite and _stored_metadata(path) == json.loads(json.dumps(meta, default=str)):
         return path  # the same samples; other metadata (e.g. stand-in weights then) is sampled again
-    shard = generate_samples(generator, tokenizer, num_samples=num_samples, seed=seed, info=info, teacher=teacher,
-                             num_classes=num_classes, batch_size=batch_size, pipeline=pipeline, **sampler_overrides)
+    shard = generate_samples(
+        generator,
+        tokenizer,
+        num_samples=num_samples,
+        seed=seed,
+        info=info,
+        teacher=teacher,
+        num_classes=num_classes,
+        batch_size=batch_size,
+        pipeline=pipeline,
+        **sampler_overrides,
+    )
     return write_samples(path, shard, info, meta, path.with_suffix("") if png else None)
 
 

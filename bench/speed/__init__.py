@@ -1,14 +1,14 @@
 """Speed: throughput of generation, encode/decode and training steps, with analytic FLOPs (`python -m bench.speed`).
 
-    timing.py     synchronised repeated runs (Timing, time_interleaved, time_runs), matmul_peak, device information
-    paths.py      inference paths (naive, parity, fast, compiled, auto): InferencePipeline, the quality guard
-                  (QualityGuard, choose_path, compare_with_parity)
-    flops.py      analytic FLOP counts of the models and of the training steps
-    factories.py  the benchmarked models from registry names (random weights), toy sizes
-    measure.py    generation and encode/decode throughput (measure_generation, measure_tokenizer, Runner)
-    training.py   one step of a stage's real objective in the training loop (measure_training)
-    scaling.py    cost against K for S/B/L (scaling, scaling_flops)
-    cli.py        the command line: argparse, the table, CSV/JSON (__main__.py runs it)
+timing.py     synchronised repeated runs (Timing, time_interleaved, time_runs), matmul_peak, device information
+paths.py      inference paths (naive, parity, fast, compiled, auto): InferencePipeline, the quality guard
+              (QualityGuard, choose_path, compare_with_parity)
+flops.py      analytic FLOP counts of the models and of the training steps
+factories.py  the benchmarked models from registry names (random weights), toy sizes
+measure.py    generation and encode/decode throughput (measure_generation, measure_tokenizer, Runner)
+training.py   one step of a stage's real objective in the training loop (measure_training)
+scaling.py    cost against K for S/B/L (scaling, scaling_flops)
+cli.py        the command line: argparse, the table, CSV/JSON (__main__.py runs it)
 """
 
 

@@ -53,13 +53,13 @@ from .training import TRAIN_STAGES, measure_training, pretokenized_speedups
 RELEASED_PAIRS = ("TiTok-L-32", "TiTok-B-64", "TiTok-S-128")
 MODE_NOTES = {
     "naive": "the reference procedure written plainly: separate cond/uncond forwards per step, torch.no_grad, "
-             "fp32, NCHW, eager (same model code: SDPA, fused QKV)",
+    "fp32, NCHW, eager (same model code: SDPA, fused QKV)",
     "parity": "exact fp32: batched cond/uncond forward, inference_mode; tokens equal the reference sampler's",
     "fast": "parity + bf16 (autocast and bf16 weight copies) + channels-last pixel decoder (+ CUDA graphs and "
-            "TF32 on CUDA); parity's fp32 path on a CPU whose bf16 matmuls run below half the fp32 rate",
+    "TF32 on CUDA); parity's fp32 path on a CPU whose bf16 matmuls run below half the fp32 rate",
     "auto": "the fastest path that passes the quality guard: fast where bf16 matmuls are fast and fast's probe "
-            "batch against parity clears tokens >= 90%, images and decode >= 30 dB PSNR, encode ids >= 85% "
-            "(bench.speed.paths.QualityGuard), else parity; the row's path column and note say which ran and why",
+    "batch against parity clears tokens >= 90%, images and decode >= 30 dB PSNR, encode ids >= 85% "
+    "(bench.speed.paths.QualityGuard), else parity; the row's path column and note say which ran and why",
     "compiled": "fast + torch.compile with freezing (compilation happens in the warm-up, outside the timings)",
 }
 
@@ -83,14 +83,27 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 # ---- output --------------------------------------------------------------------------------------------------------
-COLUMNS = (("section", "section", "{}"), ("task", "task", "{}"), ("model", "model", "{}"), ("mode", "mode", "{}"),
-           ("path", "ran", "{}"),
-           ("batch", "B", "{}"), ("throughput", "items/s", "{:.3g}"), ("unit", "unit", "{}"),
-           ("median_s", "median s", "{:.3g}"), ("iqr_s", "IQR s", "{:.2g}"), ("min_s", "min s", "{:.3g}"),
-           ("max_s", "max s", "{:.3g}"), ("gflop_per_item", "GFLOP/item", "{:.4g}"),
-           ("achieved_gflops", "GFLOP/s", "{:.4g}"), ("peak_pct", "% peak", "{:.0f}"),
-           ("flops_x", "FLOPs x K0", "{:.2f}"), ("time_x", "time x K0", "{:.2f}"), ("speedup", "x parity", "{:.2f}"),
-           ("quality", "quality vs parity", "{}"))
+COLUMNS = (
+    ("section", "section", "{}"),
+    ("task", "task", "{}"),
+    ("model", "model", "{}"),
+    ("mode", "mode", "{}"),
+    ("path", "ran", "{}"),
+    ("batch", "B", "{}"),
+    ("throughput", "items/s", "{:.3g}"),
+    ("unit", "unit", "{}"),
+    ("median_s", "median s", "{:.3g}"),
+    ("iqr_s", "IQR s", "{:.2g}"),
+    ("min_s", "min s", "{:.3g}"),
+    ("max_s", "max s", "{:.3g}"),
+    ("gflop_per_item", "GFLOP/item", "{:.4g}"),
+    ("achieved_gflops", "GFLOP/s", "{:.4g}"),
+    ("peak_pct", "% peak", "{:.0f}"),
+    ("flops_x", "FLOPs x K0", "{:.2f}"),
+    ("time_x", "time x K0", "{:.2f}"),
+    ("speedup", "x parity", "{:.2f}"),
+    ("quality", "quality vs parity", "{}"),
+)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -129,29 +142,50 @@ def _csv_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--toy", action="store_true", help="toy model sizes (64 px, toy-S/B/L, small VQGAN and generator)")
-    p.add_argument("--sections", type=_csv_list, default=["peak", "generation", "tokenizer", "training"],
-                   help="comma list of peak, generation, tokenizer, training")
-    p.add_argument("--pairs", type=_csv_list, default=list(RELEASED_PAIRS),
-                   help="tokenizer names; each with its released generator and sampler settings")
+    p.add_argument(
+        "--sections",
+        type=_csv_list,
+        default=["peak", "generation", "tokenizer", "training"],
+        help="comma list of peak, generation, tokenizer, training",
+    )
+    p.add_argument(
+        "--pairs",
+        type=_csv_list,
+        default=list(RELEASED_PAIRS),
+        help="tokenizer names; each with its released generator and sampler settings",
+    )
     p.add_argument("--tokenizer", help="a custom pair's tokenizer (any name of the registry, e.g. TiTok-S-32)")
     p.add_argument("--generator", default="MaskGIT-ViT", help="the custom pair's generator (default MaskGIT-ViT)")
     p.add_argument("--tok-set", action="append", metavar="KEY=VALUE", help="tokenizer config override (repeatable)")
     p.add_argument("--gen-set", action="append", metavar="KEY=VALUE", help="generator config override (repeatable)")
-    p.add_argument("--sampler-set", action="append", metavar="KEY=VALUE",
-                   help="sampler setting override, e.g. num_steps=16 (repeatable)")
-    p.add_argument("--modes", type=_csv_list, default=["naive", "parity", "auto"],
-                   help=f"of {', '.join(MODES)} (default naive,parity,auto)")
+    p.add_argument(
+        "--sampler-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="sampler setting override, e.g. num_steps=16 (repeatable)",
+    )
+    p.add_argument(
+        "--modes",
+        type=_csv_list,
+        default=["naive", "parity", "auto"],
+        help=f"of {', '.join(MODES)} (default naive,parity,auto)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-pairs", type=_csv_list, default=None,
-                   help="tokenizers for the training steps (default: those of --pairs / --tokenizer)")
+    p.add_argument(
+        "--train-pairs",
+        type=_csv_list,
+        default=None,
+        help="tokenizers for the training steps (default: those of --pairs / --tokenizer)",
+    )
     p.add_argument("--train-stages", type=_csv_list, default=list(TRAIN_STAGES))
     p.add_argument("--train-batch-size", type=int, default=8)
     p.add_argument("--train-precision", type=_csv_list, default=["fp32"], help="comma list of fp32, bf16, fp16")
@@ -214,9 +248,16 @@ def run(args) -> tuple[dict, list[dict]]:
 
     def emit(row: dict) -> None:
         rows.append(row)
-        print("  " + "  ".join(f"{k}={_short(v)}" for k, v in row.items()
-                               if k in ("section", "task", "model", "mode", "batch", "throughput", "median_s")),
-              file=sys.stderr, flush=True)
+        print(
+            "  "
+            + "  ".join(
+                f"{k}={_short(v)}"
+                for k, v in row.items()
+                if k in ("section", "task", "model", "mode", "batch", "throughput", "median_s")
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
 
     peaks: dict[str, float] = {}
     if not args.flops_only and ("peak" in args.sections or args.scaling):
@@ -230,10 +271,18 @@ def run(args) -> tuple[dict, list[dict]]:
     if args.scaling and args.flops_only:
         return header, scaling_flops(sizes=args.sizes, ks=args.ks, toy=args.toy)
     if args.scaling:
-        rows = scaling(sizes=args.sizes, ks=args.ks, toy=args.toy, batch_size=args.batch_size,
-                       mode=args.scaling_mode, warmup=args.warmup, repeats=args.repeats, device=device,
-                       generation=not args.no_scaling_generation, log=lambda r: print(f"  {r['model']} {r['task']}",
-                                                                                   file=sys.stderr, flush=True))
+        rows = scaling(
+            sizes=args.sizes,
+            ks=args.ks,
+            toy=args.toy,
+            batch_size=args.batch_size,
+            mode=args.scaling_mode,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            device=device,
+            generation=not args.no_scaling_generation,
+            log=lambda r: print(f"  {r['model']} {r['task']}", file=sys.stderr, flush=True),
+        )
         _annotate(rows, peaks)
         return header, rows
 
@@ -249,22 +298,37 @@ def run(args) -> tuple[dict, list[dict]]:
             gen = build_generator(gen_name, tok, gen_set, toy=args.toy).to(device)
             settings = gen.config.sampler.updated(**sampler_set)
             for mode in args.modes:
-                runners[(mode, "generate")] = ("generation", generation_runner(
-                    tok, gen, batch_size=args.batch_size, sampler_settings=settings, mode=mode, teacher=teacher,
-                    device=device, seed=args.seed))
+                runners[(mode, "generate")] = (
+                    "generation",
+                    generation_runner(
+                        tok,
+                        gen,
+                        batch_size=args.batch_size,
+                        sampler_settings=settings,
+                        mode=mode,
+                        teacher=teacher,
+                        device=device,
+                        seed=args.seed,
+                    ),
+                )
         if "tokenizer" in args.sections:
             for mode in args.modes:
                 if mode == "naive":
                     continue  # naive differs from parity only in the generator's guidance passes
-                for task, runner in tokenizer_runners(tok, batch_size=args.batch_size, mode=mode, teacher=teacher,
-                                                      device=device, seed=args.seed).items():
+                for task, runner in tokenizer_runners(
+                    tok, batch_size=args.batch_size, mode=mode, teacher=teacher, device=device, seed=args.seed
+                ).items():
                     runners[(mode, task)] = ("tokenizer", runner)
         # the modes of a task are timed in turn, round by round, so that load changes hit them alike
         for task in dict.fromkeys(t for _, t in runners):
             group = {mode: runner for (mode, t), (_, runner) in runners.items() if t == task}
-            timings = time_interleaved(group, warmup=args.warmup, repeats=args.repeats, device=device,
-                                       log=lambda m, prefix=f"  {model} {task}": print(prefix, m, file=sys.stderr,
-                                                                                      flush=True))
+            timings = time_interleaved(
+                group,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                device=device,
+                log=lambda m, prefix=f"  {model} {task}": print(prefix, m, file=sys.stderr, flush=True),
+            )
             results = {mode: group[mode].result(timings[mode], keep_outputs=True) for mode in group}
             for mode, row in results.items():
                 if "parity" in results:
@@ -285,9 +349,17 @@ def run(args) -> tuple[dict, list[dict]]:
                 if (stage == "stage1" and not tok_cfg.two_stage) or (stage.startswith("generator") and gen_cfg is None):
                     continue
                 for precision in args.train_precision:
-                    row = measure_training(stage, tok_cfg, gen_cfg, batch_size=args.train_batch_size,
-                                           precision=precision, warmup=args.warmup, repeats=args.repeats,
-                                           device=device, seed=args.seed)
+                    row = measure_training(
+                        stage,
+                        tok_cfg,
+                        gen_cfg,
+                        batch_size=args.train_batch_size,
+                        precision=precision,
+                        warmup=args.warmup,
+                        repeats=args.repeats,
+                        device=device,
+                        seed=args.seed,
+                    )
                     model = tok_name + (" (toy)" if args.toy else "")
                     model += f" + {gen_name}" if stage.startswith("generator") else ""
                     emit({"section": "training", "model": model, **row})
@@ -308,8 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         resolve_options(mode, args.device)
     header, rows = run(args)
-    print(f"# bench.speed  device: {header['device']}  torch {header['torch']}  threads {header['threads']}  "
-          f"weights: {header['weights']} (timings only; images are not meaningful)")
+    print(
+        f"# bench.speed  device: {header['device']}  torch {header['torch']}  threads {header['threads']}  "
+        f"weights: {header['weights']} (timings only; images are not meaningful)"
+    )
     for key, value in header.items():
         if key.startswith("matmul_peak"):
             print(f"# {key.replace('_', ' ')}: {value:.0f}")
@@ -318,14 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     for mode in dict.fromkeys(r.get("mode") for r in rows):
         if mode in MODE_NOTES:
             print(f"# {mode}: {MODE_NOTES[mode]}")
-    notes = dict.fromkeys((r["section"] if r["section"] == "training" else r.get("mode"), r["note"])
-                          for r in rows if r.get("note"))
+    notes = dict.fromkeys(
+        (r["section"] if r["section"] == "training" else r.get("mode"), r["note"]) for r in rows if r.get("note")
+    )
     for label, row_note in notes:  # inference rows: the path that ran where it is not what the mode's name says
         print(f"# {label}: {row_note}")
     for line in pretokenized_speedups(rows):
         print(line)
-    print("# FLOPs: analytic (bench/speed/flops.py), matmuls and convolutions only; % peak against the measured matmul "
-          "peak of the row's precision")
+    print(
+        "# FLOPs: analytic (bench/speed/flops.py), matmuls and convolutions only; % peak against the measured matmul "
+        "peak of the row's precision"
+    )
     if args.csv:
         write_csv(rows, args.csv)
     if args.json:

@@ -14,8 +14,13 @@ TOY_GENERATOR = dict(hidden_size=128, num_layers=4, num_heads=4, intermediate_si
 
 def toy_tokenizer_overrides(config: models.TiTokConfig) -> dict:
     """Shrink a tokenizer to CPU toy sizes, keeping its family, K and size letters."""
-    out = {"encoder_size": _toy(config.encoder_size), "decoder_size": _toy(config.decoder_size), "image_size": 64,
-           "patch_size": 8, "decoder_patch_size": 8}
+    out = {
+        "encoder_size": _toy(config.encoder_size),
+        "decoder_size": _toy(config.decoder_size),
+        "image_size": 64,
+        "patch_size": 8,
+        "decoder_patch_size": 8,
+    }
     if config.two_stage:
         out["vqgan"] = TOY_VQGAN
     if config.text_tokens:
@@ -39,21 +44,29 @@ def build_tokenizer(name: str, overrides: dict | None = None, toy: bool = False)
     return models.build_from_config(tokenizer_config(name, overrides, toy)).eval()
 
 
-def generator_config(name: str, tokenizer: models.TiTokConfig, overrides: dict | None = None,
-                     toy: bool = False) -> models.GeneratorConfig:
+def generator_config(
+    name: str, tokenizer: models.TiTokConfig, overrides: dict | None = None, toy: bool = False
+) -> models.GeneratorConfig:
     """A generator over the tokenizer's tokens (num_tokens and codebook_size follow it unless overridden)."""
     if tokenizer.quantizer != "vq":
         raise ValueError("MaskGIT generators need a VQ tokenizer; this one is a VAE")
     base = models.resolve(name).config
     if not isinstance(base, models.GeneratorConfig):
         raise ValueError(f"{name} is not a generator")
-    return models.variants.with_overrides(base, {
-        **(TOY_GENERATOR if toy else {}), "num_tokens": tokenizer.num_latent_tokens,
-        "codebook_size": tokenizer.codebook_size, **(overrides or {})})
+    return models.variants.with_overrides(
+        base,
+        {
+            **(TOY_GENERATOR if toy else {}),
+            "num_tokens": tokenizer.num_latent_tokens,
+            "codebook_size": tokenizer.codebook_size,
+            **(overrides or {}),
+        },
+    )
 
 
-def build_generator(name: str, tokenizer: models.TiTok, overrides: dict | None = None,
-                    toy: bool = False) -> models.MaskGITGenerator:
+def build_generator(
+    name: str, tokenizer: models.TiTok, overrides: dict | None = None, toy: bool = False
+) -> models.MaskGITGenerator:
     return models.build_from_config(generator_config(name, tokenizer.config, overrides, toy)).eval()
 
 

@@ -209,8 +209,9 @@ def reconstruction_losses(image_size: int, perceptual: PerceptualConfig, gan: GA
 
 def train_stage2(c: TiTokConfig, perceptual: PerceptualConfig, gan: GANConfig) -> int:
     """Frozen encoder; decoder + pixel decoder trained; the reconstruction losses."""
-    return titok_encode(c) + 3 * titok_decode(c, pixel_decoder=True) + reconstruction_losses(c.image_size,
-                                                                                             perceptual, gan)
+    return (
+        titok_encode(c) + 3 * titok_decode(c, pixel_decoder=True) + reconstruction_losses(c.image_size, perceptual, gan)
+    )
 
 
 def train_single_stage(c: TiTokConfig, perceptual: PerceptualConfig, gan: GANConfig) -> int:

@@ -80,12 +80,22 @@ PEAK_TARGET = 0.5  # the issue's target share of the bf16 matmul peak for genera
 FP16_TRIES = 8  # fp16 steps allowed before every module must have changed (GradScaler backs off from 2**16)
 
 TOKENIZER, GENERATOR, SINGLE_STAGE = "TiTok-L-32", "MaskGIT-ViT:TiTok-L-32", "TiTok-BL-64-VQ"
-IDENTICAL = QualityGuard(min_token_agreement=1.0, min_image_psnr_db=math.inf, min_decode_psnr_db=math.inf,
-                         min_encode_agreement=1.0, max_encode_rel_error=0.0)
+IDENTICAL = QualityGuard(
+    min_token_agreement=1.0,
+    min_image_psnr_db=math.inf,
+    min_decode_psnr_db=math.inf,
+    min_encode_agreement=1.0,
+    max_encode_rel_error=0.0,
+)
 # naive differs from parity in the batch shapes of the guidance passes only: on CUDA, cuBLAS may pick other kernels
 # for them (another summation order), which can flip a near-tie of random weights' logits
-NEAR_EXACT = QualityGuard(min_token_agreement=0.98, min_image_psnr_db=40.0, min_decode_psnr_db=math.inf,
-                          min_encode_agreement=1.0, max_encode_rel_error=0.0)
+NEAR_EXACT = QualityGuard(
+    min_token_agreement=0.98,
+    min_image_psnr_db=40.0,
+    min_decode_psnr_db=math.inf,
+    min_encode_agreement=1.0,
+    max_encode_rel_error=0.0,
+)
 CHECKS = ("peak", "paths", "graphs", "training", "nccl", "ddp", "generation", "train_speed")
 DDP_RANKS = 2
 DDP_TIMEOUT_S = 300.0  # the torchrun of the ddp check, start-up included
@@ -114,8 +124,20 @@ class Config:
     def for_run(cls, device: str, toy: bool, **overrides) -> Config:
         # toy: the generation benchmark without `compiled` (inductor's C++ build takes minutes on a small CPU; the
         # graphs check still compiles)
-        base = dict(path_batch=2, gen_batch=4, gen_modes=("fast",), train_batch=2, speed_batch=2, repeats=1,
-                    num_steps=2, peak_budget_s=0.5) if toy else {}
+        base = (
+            dict(
+                path_batch=2,
+                gen_batch=4,
+                gen_modes=("fast",),
+                train_batch=2,
+                speed_batch=2,
+                repeats=1,
+                num_steps=2,
+                peak_budget_s=0.5,
+            )
+            if toy
+            else {}
+        )
         return cls(torch.device(device), toy, **{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
     @property
@@ -170,26 +192,47 @@ def _settings(cfg: Config, gen: models.MaskGITGenerator):
 
 
 def _quality_text(q: dict[str, float]) -> str:
-    parts = {"token_agreement": "tokens {:.1%}", "image_psnr_db": "PSNR {:.1f} dB",
-             "decode_psnr_db": "decode {:.1f} dB", "encode_agreement": "encode {:.1%}",
-             "encode_rel_error": "encode err {:.2g}"}
+    parts = {
+        "token_agreement": "tokens {:.1%}",
+        "image_psnr_db": "PSNR {:.1f} dB",
+        "decode_psnr_db": "decode {:.1f} dB",
+        "encode_agreement": "encode {:.1%}",
+        "encode_rel_error": "encode err {:.2g}",
+    }
     return ", ".join(parts[k].format(v) for k, v in q.items() if k in parts)
 
 
 def _bound_text(guard: QualityGuard) -> str:
     if guard == IDENTICAL:
         return "identical to parity"
-    return (f"tokens >= {guard.min_token_agreement:.0%}, PSNR >= {guard.min_image_psnr_db:g} dB, decode >= "
-            f"{guard.min_decode_psnr_db:g} dB, encode >= {guard.min_encode_agreement:.0%}")
+    return (
+        f"tokens >= {guard.min_token_agreement:.0%}, PSNR >= {guard.min_image_psnr_db:g} dB, decode >= "
+        f"{guard.min_decode_psnr_db:g} dB, encode >= {guard.min_encode_agreement:.0%}"
+    )
 
 
-def quality_row(check: str, subject: str, setting: str, quality: dict[str, float], guard: QualityGuard,
-                seconds: float | None = None, note: str = "") -> Row:
+def quality_row(
+    check: str,
+    subject: str,
+    setting: str,
+    quality: dict[str, float],
+    guard: QualityGuard,
+    seconds: float | None = None,
+    note: str = "",
+) -> Row:
     """A row of a path's agreement with parity, FAIL when it misses `guard`'s bounds (QualityGuard.failures)."""
     failed = guard.failures(quality)
     result = _quality_text(quality) + (f"; {note}" if note else "")
-    return Row(check, subject, setting, result + ("; fails " + "; ".join(failed) if failed else ""),
-               _bound_text(guard), FAIL if failed else OK, seconds, dict(quality))
+    return Row(
+        check,
+        subject,
+        setting,
+        result + ("; fails " + "; ".join(failed) if failed else ""),
+        _bound_text(guard),
+        FAIL if failed else OK,
+        seconds,
+        dict(quality),
+    )
 
 
 # ---- the checks ----------------------------------------------------------------------------------------------------
@@ -197,8 +240,18 @@ def check_peak(cfg: Config, state: dict) -> list[Row]:
     t0 = time.perf_counter()
     peak = matmul_peak(torch.bfloat16, cfg.device, budget_s=cfg.peak_budget_s)
     state["bf16_peak"] = peak
-    return [Row("peak", "bf16 matmul", "square, up to 8192" if cfg.device.type == "cuda" else "square, up to 2048",
-                f"{peak / 1e12:.4g} TFLOP/s", "", INFO, time.perf_counter() - t0, {"bf16_peak_flops": peak})]
+    return [
+        Row(
+            "peak",
+            "bf16 matmul",
+            "square, up to 8192" if cfg.device.type == "cuda" else "square, up to 2048",
+            f"{peak / 1e12:.4g} TFLOP/s",
+            "",
+            INFO,
+            time.perf_counter() - t0,
+            {"bf16_peak_flops": peak},
+        )
+    ]
 
 
 def check_paths(cfg: Config, state: dict) -> list[Row]:
@@ -207,18 +260,37 @@ def check_paths(cfg: Config, state: dict) -> list[Row]:
     settings = _settings(cfg, gen)
     subject = f"{TOKENIZER} + {GENERATOR}{cfg.model}"
     rows = []
-    guards = {"naive": NEAR_EXACT if cfg.device.type == "cuda" else IDENTICAL, "parity": IDENTICAL,
-              "fast": GUARD, "auto": GUARD}
+    guards = {
+        "naive": NEAR_EXACT if cfg.device.type == "cuda" else IDENTICAL,
+        "parity": IDENTICAL,
+        "fast": GUARD,
+        "auto": GUARD,
+    }
     for mode, guard in guards.items():
         t0 = time.perf_counter()
         # the path as the pipeline resolves it on this device (auto: its guarded choice, fast: bf16 or its fallback)
         pipe = InferencePipeline(tok, gen, options=mode, teacher=teacher, probe_settings=settings)
-        q = compare_with_parity(tok, gen, options=pipe.options, batch_size=cfg.path_batch, seed=cfg.seed,
-                                sampler_settings=settings, teacher=teacher)
+        q = compare_with_parity(
+            tok,
+            gen,
+            options=pipe.options,
+            batch_size=cfg.path_batch,
+            seed=cfg.seed,
+            sampler_settings=settings,
+            teacher=teacher,
+        )
         setting = f"{mode} -> {pipe.choice.describe()}" if mode == "auto" else f"{mode} ({pipe.options.describe()})"
-        rows.append(quality_row("path vs parity", subject, f"{setting}, B={cfg.path_batch}", q,
-                                IDENTICAL if pipe.options == InferenceOptions() else guard,
-                                time.perf_counter() - t0, pipe.choice.reason if mode != "auto" else ""))
+        rows.append(
+            quality_row(
+                "path vs parity",
+                subject,
+                f"{setting}, B={cfg.path_batch}",
+                q,
+                IDENTICAL if pipe.options == InferenceOptions() else guard,
+                time.perf_counter() - t0,
+                pipe.choice.reason if mode != "auto" else "",
+            )
+        )
         del pipe
     release(cfg.device)
     return rows
@@ -233,19 +305,49 @@ def check_graphs(cfg: Config, state: dict) -> list[Row]:
     rows = []
     if cfg.device.type == "cuda":
         t0 = time.perf_counter()
-        q = compare_with_parity(tok, gen, options=InferenceOptions(cuda_graphs=True), batch_size=cfg.path_batch,
-                                seed=cfg.seed, sampler_settings=settings, teacher=teacher)
-        rows.append(quality_row("sampling loop", subject, f"CUDA graphs, fp32, B={cfg.path_batch}", q, IDENTICAL,
-                                time.perf_counter() - t0))
+        q = compare_with_parity(
+            tok,
+            gen,
+            options=InferenceOptions(cuda_graphs=True),
+            batch_size=cfg.path_batch,
+            seed=cfg.seed,
+            sampler_settings=settings,
+            teacher=teacher,
+        )
+        rows.append(
+            quality_row(
+                "sampling loop",
+                subject,
+                f"CUDA graphs, fp32, B={cfg.path_batch}",
+                q,
+                IDENTICAL,
+                time.perf_counter() - t0,
+            )
+        )
     else:
         rows.append(Row("sampling loop", subject, "CUDA graphs, fp32", "CUDA only", "", SKIP))
     t0 = time.perf_counter()
     pipe = InferencePipeline(tok, gen, options="compiled", teacher=teacher)
-    q = compare_with_parity(tok, gen, options=pipe.options, batch_size=cfg.path_batch, seed=cfg.seed,
-                            sampler_settings=settings, teacher=teacher)
-    rows.append(quality_row("sampling loop", subject, f"torch.compile ({pipe.options.describe()}), B={cfg.path_batch}",
-                            q, GUARD,
-                            time.perf_counter() - t0, "compile time included"))
+    q = compare_with_parity(
+        tok,
+        gen,
+        options=pipe.options,
+        batch_size=cfg.path_batch,
+        seed=cfg.seed,
+        sampler_settings=settings,
+        teacher=teacher,
+    )
+    rows.append(
+        quality_row(
+            "sampling loop",
+            subject,
+            f"torch.compile ({pipe.options.describe()}), B={cfg.path_batch}",
+            q,
+            GUARD,
+            time.perf_counter() - t0,
+            "compile time included",
+        )
+    )
     del pipe
     release(cfg.device)
     return rows
@@ -256,21 +358,33 @@ def training_cases(cfg: Config) -> list[tuple[str, str, models.TiTokConfig, mode
     whose loop it runs: bench.speed.training.PRESET_SECTIONS) of every stage."""
     two = tokenizer_config(TOKENIZER, toy=cfg.toy)
     gen = generator_config(GENERATOR, two, toy=cfg.toy)
-    cases = [("stage1", "stage1", two, None, "stage1"), ("stage2", "stage2", two, None, "stage2"),
-             ("single-stage", "stage2", tokenizer_config(SINGLE_STAGE, toy=cfg.toy), None, "single"),
-             ("generator", "generator", two, gen, "generator")]
+    cases = [
+        ("stage1", "stage1", two, None, "stage1"),
+        ("stage2", "stage2", two, None, "stage2"),
+        ("single-stage", "stage2", tokenizer_config(SINGLE_STAGE, toy=cfg.toy), None, "single"),
+        ("generator", "generator", two, gen, "generator"),
+    ]
     if "generator_pretokenized" in TRAIN_STAGES:
         cases.append(("generator (pretokenized)", "generator_pretokenized", two, gen, "generator_pretokenized"))
     return cases
 
 
 def _snapshot(trainer) -> dict[str, list[torch.Tensor]]:
-    return {name: [p.detach().clone() for p in trainer.objective.modules[name].parameters() if p.requires_grad]
-            for name in trainer.optimizers}
+    return {
+        name: [p.detach().clone() for p in trainer.objective.modules[name].parameters() if p.requires_grad]
+        for name in trainer.optimizers
+    }
 
 
-def check_one_training_step(cfg: Config, label: str, stage: str, tok_cfg: models.TiTokConfig,
-                            gen_cfg: models.GeneratorConfig | None, precision: str, batch: int | None = None) -> Row:
+def check_one_training_step(
+    cfg: Config,
+    label: str,
+    stage: str,
+    tok_cfg: models.TiTokConfig,
+    gen_cfg: models.GeneratorConfig | None,
+    precision: str,
+    batch: int | None = None,
+) -> Row:
     """One step of `stage` in the loop's Trainer at `batch` (default cfg.train_batch): the precision that ran, finite
     logs, every optimizer's module changed (fp16: within FP16_TRIES steps, as the gradient scaler skips overflowing
     steps), and the peak memory it took (CUDA)."""
@@ -279,8 +393,9 @@ def check_one_training_step(cfg: Config, label: str, stage: str, tok_cfg: models
     if cfg.device.type == "cuda":
         release(cfg.device)
         torch.cuda.reset_peak_memory_stats(cfg.device)
-    step = training_step(stage, tok_cfg, gen_cfg, batch_size=batch, precision=precision,
-                         device=cfg.device, seed=cfg.seed)
+    step = training_step(
+        stage, tok_cfg, gen_cfg, batch_size=batch, precision=precision, device=cfg.device, seed=cfg.seed
+    )
     trainer = step.trainer
     before = _snapshot(trainer)
     tries, logs = 0, {}
@@ -288,8 +403,10 @@ def check_one_training_step(cfg: Config, label: str, stage: str, tok_cfg: models
     while tries < (FP16_TRIES if trainer.precision == "fp16" else 1):
         logs = step()
         tries += 1
-        changed = {name: any(not torch.equal(a, b) for a, b in zip(params, _params(trainer, name)))
-                   for name, params in before.items()}
+        changed = {
+            name: any(not torch.equal(a, b) for a, b in zip(params, _params(trainer, name)))
+            for name, params in before.items()
+        }
         if all(changed.values()):
             break
     problems = []
@@ -312,11 +429,24 @@ def check_one_training_step(cfg: Config, label: str, stage: str, tok_cfg: models
     if problems:
         result += "; " + "; ".join(problems)
     fallback = trainer.precision != precision  # a CPU whose autocast is slow runs fp32 (bench.core.dist)
-    row = Row("training step", f"{label}: {step.task} {_model_of(stage, tok_cfg)}{cfg.model}",
-              f"{ran}, B={batch}", result, "finite, every module updated", FAIL if problems else OK,
-              time.perf_counter() - t0,
-              {"precision": trainer.precision, "asked": precision, "batch": batch, "tries": tries, "logs": logs,
-               "cpu_fallback": fallback, "peak_memory_bytes": peak})
+    row = Row(
+        "training step",
+        f"{label}: {step.task} {_model_of(stage, tok_cfg)}{cfg.model}",
+        f"{ran}, B={batch}",
+        result,
+        "finite, every module updated",
+        FAIL if problems else OK,
+        time.perf_counter() - t0,
+        {
+            "precision": trainer.precision,
+            "asked": precision,
+            "batch": batch,
+            "tries": tries,
+            "logs": logs,
+            "cpu_fallback": fallback,
+            "peak_memory_bytes": peak,
+        },
+    )
     del step, trainer, before
     release(cfg.device)
     return row
@@ -337,8 +467,11 @@ def check_training(cfg: Config, state: dict) -> list[Row]:
     rows = []
     for label, stage, tok_cfg, gen_cfg, section in training_cases(cfg):
         paper = paper_loop(section)
-        rows.append(check_one_training_step(cfg, label, stage, tok_cfg, gen_cfg, paper["precision"],
-                                            cfg.train_batch or paper["micro_batch"]))
+        rows.append(
+            check_one_training_step(
+                cfg, label, stage, tok_cfg, gen_cfg, paper["precision"], cfg.train_batch or paper["micro_batch"]
+            )
+        )
     return rows
 
 
@@ -350,8 +483,9 @@ def check_nccl(cfg: Config, state: dict) -> list[Row]:
     if dist.is_initialized():
         return [Row("process group", backend, "world 1", "a process group already exists here", "", FAIL)]
     port = free_port()
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         x = torch.arange(4, dtype=torch.float32, device=cfg.device)
         dist.all_reduce(x)
@@ -361,8 +495,17 @@ def check_nccl(cfg: Config, state: dict) -> list[Row]:
     finally:
         dist.destroy_process_group()
     result = f"{got} on port {port}: init, all_reduce, barrier, destroy"
-    return [Row("process group", backend, "world 1", result + ("" if ok else ": wrong values"),
-                "all_reduce of one rank is the identity", OK if ok else FAIL, time.perf_counter() - t0)]
+    return [
+        Row(
+            "process group",
+            backend,
+            "world 1",
+            result + ("" if ok else ": wrong values"),
+            "all_reduce of one rank is the identity",
+            OK if ok else FAIL,
+            time.perf_counter() - t0,
+        )
+    ]
 
 
 def check_ddp(cfg: Config, state: dict) -> list[Row]:
@@ -371,18 +514,37 @@ def check_ddp(cfg: Config, state: dict) -> list[Row]:
     backend = "nccl" if cfg.device.type == "cuda" else "gloo"
     subject, setting = f"DDP over {backend}", f"torchrun, {DDP_RANKS} processes, toy stage-1 Trainer step"
     if cfg.device.type == "cuda" and torch.cuda.device_count() < DDP_RANKS:
-        return [Row("multi-rank", subject, setting, f"{torch.cuda.device_count()} CUDA device(s) here: needs "
-                    f"{DDP_RANKS}", "", SKIP)]
+        return [
+            Row(
+                "multi-rank",
+                subject,
+                setting,
+                f"{torch.cuda.device_count()} CUDA device(s) here: needs {DDP_RANKS}",
+                "",
+                SKIP,
+            )
+        ]
     t0 = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="titok-bench-ddp-"))
     try:
         launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent))
         command = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
-        command += ["--standalone", f"--nproc_per_node={DDP_RANKS}", "-m", "bench.speed.gpu_check",
-                    "--ddp-worker", str(folder), "--device", "cuda" if cfg.device.type == "cuda" else "cpu"]
+        command += [
+            "--standalone",
+            f"--nproc_per_node={DDP_RANKS}",
+            "-m",
+            "bench.speed.gpu_check",
+            "--ddp-worker",
+            str(folder),
+            "--device",
+            "cuda" if cfg.device.type == "cuda" else "cpu",
+        ]
         root = str(Path(__file__).resolve().parents[2])  # the ranks import this checkout's bench
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-                   OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+            OMP_NUM_THREADS="1",
+        )
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S)
         outs = [json.loads(p.read_text()) for p in sorted(folder.glob("rank*.json"))]
     finally:
@@ -390,13 +552,35 @@ def check_ddp(cfg: Config, state: dict) -> list[Row]:
     seconds = time.perf_counter() - t0
     if done.returncode != 0 or len(outs) != DDP_RANKS:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return [Row("multi-rank", subject, setting, f"torchrun exit {done.returncode}: {tail[0][:300]}",
-                    "every rank agrees", FAIL, seconds)]
+        return [
+            Row(
+                "multi-rank",
+                subject,
+                setting,
+                f"torchrun exit {done.returncode}: {tail[0][:300]}",
+                "every rank agrees",
+                FAIL,
+                seconds,
+            )
+        ]
     failed = sorted({name for out in outs for name, ok in out["checks"].items() if not ok})
-    result = (f"{outs[0]['backend']}, world {outs[0]['world']}: " + ", ".join(outs[0]["checks"])
-              + ("; fails " + ", ".join(failed) if failed else ""))
-    return [Row("multi-rank", subject, setting, result, "every rank agrees", FAIL if failed else OK, seconds,
-                {"ranks": outs})]
+    result = (
+        f"{outs[0]['backend']}, world {outs[0]['world']}: "
+        + ", ".join(outs[0]["checks"])
+        + ("; fails " + ", ".join(failed) if failed else "")
+    )
+    return [
+        Row(
+            "multi-rank",
+            subject,
+            setting,
+            result,
+            "every rank agrees",
+            FAIL if failed else OK,
+            seconds,
+            {"ranks": outs},
+        )
+    ]
 
 
 def ddp_worker(folder: str, device: str) -> None:
@@ -413,18 +597,24 @@ def ddp_worker(folder: str, device: str) -> None:
     params = list(step.trainer.objective.modules["tokenizer"].parameters())
     grads = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
     weights = torch.cat([p.detach().flatten() for p in params])
-    both = D.gather_tensors(torch.stack([grads.double().sum(), grads.double().abs().sum(),
-                                         weights.double().sum(), weights.double().abs().sum()])[None])
-    checks = {"DDP step with no_sync on rank data": bool(torch.equal(both[0], both[1])),
-              "weights updated": any(not torch.equal(a, b.detach()) for a, b in zip(before, params))}
+    both = D.gather_tensors(
+        torch.stack(
+            [grads.double().sum(), grads.double().abs().sum(), weights.double().sum(), weights.double().abs().sum()]
+        )[None]
+    )
+    checks = {
+        "DDP step with no_sync on rank data": bool(torch.equal(both[0], both[1])),
+        "weights updated": any(not torch.equal(a, b.detach()) for a, b in zip(before, params)),
+    }
     rows = D.gather_tensors(torch.full((info.rank + 1, 2), float(info.rank), device=info.device))
     checks["gather_tensors (uneven)"] = rows.shape == (3, 2) and rows[:, 0].tolist() == [0.0, 1.0, 1.0]
     total = D.all_reduce_sum(torch.ones(1, device=info.device))
     checks["all_reduce_sum"] = total.item() == info.world_size
     checks["main_rank_says"] = D.main_rank_says(info.is_main, info.device)  # rank 0's True on every rank
     D.barrier()
-    Path(folder, f"rank{info.rank}.json").write_text(json.dumps(
-        {"rank": info.rank, "world": info.world_size, "backend": dist.get_backend(), "checks": checks}))
+    Path(folder, f"rank{info.rank}.json").write_text(
+        json.dumps({"rank": info.rank, "world": info.world_size, "backend": dist.get_backend(), "checks": checks})
+    )
     dist.destroy_process_group()
 
 
@@ -434,11 +624,27 @@ def check_generation(cfg: Config, state: dict) -> list[Row]:
     tok, gen, teacher = _pair(cfg, state)
     settings = _settings(cfg, gen)
     modes = ("parity", *[m for m in cfg.gen_modes if m != "parity"])
-    runners = {mode: generation_runner(tok, gen, batch_size=cfg.gen_batch, sampler_settings=settings, mode=mode,
-                                       teacher=teacher, device=cfg.device, seed=cfg.seed) for mode in modes}
+    runners = {
+        mode: generation_runner(
+            tok,
+            gen,
+            batch_size=cfg.gen_batch,
+            sampler_settings=settings,
+            mode=mode,
+            teacher=teacher,
+            device=cfg.device,
+            seed=cfg.seed,
+        )
+        for mode in modes
+    }
     t0 = time.perf_counter()
-    timings = time_interleaved(runners, warmup=cfg.warmup, repeats=cfg.repeats, device=cfg.device,
-                               log=lambda m: print(f"  generation {m}", file=sys.stderr, flush=True))
+    timings = time_interleaved(
+        runners,
+        warmup=cfg.warmup,
+        repeats=cfg.repeats,
+        device=cfg.device,
+        log=lambda m: print(f"  generation {m}", file=sys.stderr, flush=True),
+    )
     seconds = time.perf_counter() - t0
     results = {mode: runners[mode].result(timings[mode], keep_outputs=True) for mode in modes}
     peak = state.get("bf16_peak")
@@ -459,9 +665,18 @@ def check_generation(cfg: Config, state: dict) -> list[Row]:
             bound = f"target >= {PEAK_TARGET:.0%} of bf16 peak (H100/H200)"
             status = "met" if share >= PEAK_TARGET else "below"
         values = {k: v for k, v in r.items() if not isinstance(v, torch.Tensor)}
-        rows.append(Row("generation", f"{TOKENIZER} + {GENERATOR}{cfg.model}",
-                        f"{mode} ({r['options']}), B={cfg.gen_batch}, {r['steps']} steps", text, bound, status,
-                        r["median_s"], dict(values, peak_share=share)))
+        rows.append(
+            Row(
+                "generation",
+                f"{TOKENIZER} + {GENERATOR}{cfg.model}",
+                f"{mode} ({r['options']}), B={cfg.gen_batch}, {r['steps']} steps",
+                text,
+                bound,
+                status,
+                r["median_s"],
+                dict(values, peak_share=share),
+            )
+        )
     rows[0].seconds = seconds  # parity's row carries the whole timed benchmark (compilation in the warm-up)
     del runners, results, ref
     release(cfg.device)
@@ -474,39 +689,70 @@ def check_train_speed(cfg: Config, state: dict) -> list[Row]:
     tok_cfg = tokenizer_config(TOKENIZER, toy=cfg.toy)
     paper = paper_loop("stage1")
     precision, batch = paper["precision"], cfg.speed_batch or paper["micro_batch"]
-    r = measure_training("stage1", tok_cfg, batch_size=batch, precision=precision, warmup=cfg.warmup,
-                         repeats=cfg.repeats, device=cfg.device, seed=cfg.seed)
+    r = measure_training(
+        "stage1",
+        tok_cfg,
+        batch_size=batch,
+        precision=precision,
+        warmup=cfg.warmup,
+        repeats=cfg.repeats,
+        device=cfg.device,
+        seed=cfg.seed,
+    )
     peak = state.get("bf16_peak")
     text = f"{r['throughput']:.4g} images/s, {r['achieved_gflops'] / 1e3:.3g} TFLOP/s"
     if peak:
         text += f" = {r['achieved_gflops'] * 1e9 / peak:.0%} of bf16 peak"
     release(cfg.device)
-    return [Row("training speed", f"stage1: {r['task']} {TOKENIZER}{cfg.model}", f"{precision}, B={batch}", text,
-                "", INFO, r["median_s"], {k: v for k, v in r.items() if k != "note"})]
+    return [
+        Row(
+            "training speed",
+            f"stage1: {r['task']} {TOKENIZER}{cfg.model}",
+            f"{precision}, B={batch}",
+            text,
+            "",
+            INFO,
+            r["median_s"],
+            {k: v for k, v in r.items() if k != "note"},
+        )
+    ]
 
 
 CHECK_FUNCTIONS: dict[str, Callable[[Config, dict], list[Row]]] = {
-    "peak": check_peak, "paths": check_paths, "graphs": check_graphs, "training": check_training, "nccl": check_nccl,
-    "ddp": check_ddp, "generation": check_generation, "train_speed": check_train_speed}
+    "peak": check_peak,
+    "paths": check_paths,
+    "graphs": check_graphs,
+    "training": check_training,
+    "nccl": check_nccl,
+    "ddp": check_ddp,
+    "generation": check_generation,
+    "train_speed": check_train_speed,
+}
 
 
 def not_checked(cfg: Config, checks: tuple[str, ...], rows: list[Row]) -> list[str]:
     """What this run did not check, one plain line each."""
     out = [f"the {name} check (not asked for)" for name in CHECKS if name not in checks]
     if "ddp" in checks and any(r.check == "multi-rank" and r.status == SKIP for r in rows):
-        out.append(f"no multi-rank NCCL row: DDP, no_sync and gather_tensors over NCCL need {DDP_RANKS} GPUs, "
-                   f"this machine has {torch.cuda.device_count()}")
+        out.append(
+            f"no multi-rank NCCL row: DDP, no_sync and gather_tensors over NCCL need {DDP_RANKS} GPUs, "
+            f"this machine has {torch.cuda.device_count()}"
+        )
     if cfg.device.type != "cuda":
-        out.append("CUDA: NCCL, CUDA graphs, CUDA autocast and GPU memory were not exercised (ran on the CPU; the "
-                   "CPU may run fp16/bf16 steps in fp32, as the rows say)")
+        out.append(
+            "CUDA: NCCL, CUDA graphs, CUDA autocast and GPU memory were not exercised (ran on the CPU; the "
+            "CPU may run fp16/bf16 steps in fp32, as the rows say)"
+        )
     if cfg.toy:
-        out.append("full-size models and the paper's per-GPU batches (out-of-memory would show only there): toy "
-                   "sizes ran")
+        out.append(
+            "full-size models and the paper's per-GPU batches (out-of-memory would show only there): toy sizes ran"
+        )
     if "training" in checks:
-        out.append("training in a precision other than the paper preset's for each stage (one precision per stage "
-                   "ran)")
-    out += ["more than one node (inter-node NCCL), data loading and checkpoint writes",
-            "numbers with trained weights: every model is random"]
+        out.append("training in a precision other than the paper preset's for each stage (one precision per stage ran)")
+    out += [
+        "more than one node (inter-node NCCL), data loading and checkpoint writes",
+        "numbers with trained weights: every model is random",
+    ]
     return out
 
 
@@ -523,8 +769,17 @@ def run_checks(cfg: Config, checks: tuple[str, ...] = CHECKS, log: Callable[[str
         try:
             new = CHECK_FUNCTIONS[name](cfg, state)
         except Exception as e:  # noqa: BLE001 - the table reports it; the other checks still run
-            new = [Row(name, "", "", f"{type(e).__name__}: {e}".splitlines()[0][:300], "runs", FAIL,
-                       time.perf_counter() - t0)]
+            new = [
+                Row(
+                    name,
+                    "",
+                    "",
+                    f"{type(e).__name__}: {e}".splitlines()[0][:300],
+                    "runs",
+                    FAIL,
+                    time.perf_counter() - t0,
+                )
+            ]
             release(cfg.device)
         rows.extend(new)
         if log:
@@ -532,22 +787,44 @@ def run_checks(cfg: Config, checks: tuple[str, ...] = CHECKS, log: Callable[[str
                 log(f"  {r.status:5} {r.subject} {r.setting}: {r.result}")
     total = time.perf_counter() - start
     if cfg.full_cuda and set(checks) == set(CHECKS):
-        rows.append(Row("total", "wall time", "all checks", f"{total:.0f} s", f"<= {BUDGET_S:.0f} s",
-                        OK if total <= BUDGET_S else FAIL, total))
+        rows.append(
+            Row(
+                "total",
+                "wall time",
+                "all checks",
+                f"{total:.0f} s",
+                f"<= {BUDGET_S:.0f} s",
+                OK if total <= BUDGET_S else FAIL,
+                total,
+            )
+        )
     else:
         rows.append(Row("total", "wall time", ", ".join(checks), f"{total:.0f} s", "", INFO, total))
     return rows
 
 
-COLUMNS = (("check", "check"), ("subject", "subject"), ("setting", "setting"), ("result", "result"),
-           ("bound", "bound"), ("status", "status"), ("seconds", "s"))
+COLUMNS = (
+    ("check", "check"),
+    ("subject", "subject"),
+    ("setting", "setting"),
+    ("result", "result"),
+    ("bound", "bound"),
+    ("status", "status"),
+    ("seconds", "s"),
+)
 
 
 def format_table(rows: list[Row]) -> str:
     cells = [[title for _, title in COLUMNS]]
     for r in rows:
-        cells.append([f"{r.seconds:.1f}" if key == "seconds" and r.seconds is not None else
-                      str(getattr(r, key) if getattr(r, key) is not None else "") for key, _ in COLUMNS])
+        cells.append(
+            [
+                f"{r.seconds:.1f}"
+                if key == "seconds" and r.seconds is not None
+                else str(getattr(r, key) if getattr(r, key) is not None else "")
+                for key, _ in COLUMNS
+            ]
+        )
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -556,16 +833,24 @@ def format_table(rows: list[Row]) -> str:
 
 def header(cfg: Config) -> dict:
     out = environment(cfg.device)
-    out.update(cuda=torch.version.cuda if cfg.device.type == "cuda" else f"none (torch built for {torch.version.cuda})",
-               cudnn=torch.backends.cudnn.version() if cfg.device.type == "cuda" else None,
-               toy=cfg.toy, config={k: str(v) for k, v in dataclasses.asdict(cfg).items()})
+    out.update(
+        cuda=torch.version.cuda if cfg.device.type == "cuda" else f"none (torch built for {torch.version.cuda})",
+        cudnn=torch.backends.cudnn.version() if cfg.device.type == "cuda" else None,
+        toy=cfg.toy,
+        config={k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+    )
     return out
 
 
-def write_json(path: str, head: dict, rows: list[Row] | None, skipped: str | None = None,
-               unchecked: list[str] | None = None) -> None:
-    data = {"environment": head, "skipped": skipped,
-            "rows": [dataclasses.asdict(r) for r in rows or []], "not_checked": unchecked or []}
+def write_json(
+    path: str, head: dict, rows: list[Row] | None, skipped: str | None = None, unchecked: list[str] | None = None
+) -> None:
+    data = {
+        "environment": head,
+        "skipped": skipped,
+        "rows": [dataclasses.asdict(r) for r in rows or []],
+        "not_checked": unchecked or [],
+    }
     with open(path, "w") as f:
         json.dump(data, f, indent=1, default=str)
 
@@ -575,18 +860,23 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.speed.gpu_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.speed.gpu_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--device", default="cuda", help="cuda or cuda:N (default); cpu for a developer run")
     p.add_argument("--toy", action="store_true", help="toy sizes (64 px, toy-L, small batches): a CPU smoke run")
     p.add_argument("--checks", type=_csv, default=CHECKS, help=f"comma list of {', '.join(CHECKS)}")
     p.add_argument("--json", metavar="OUT", help="write the environment and the table's rows as JSON")
     p.add_argument("--gen-batch", type=int, help="generation benchmark batch (default 256; toy 4)")
     p.add_argument("--gen-modes", type=_csv, help="generation benchmark modes beside parity (default fast,compiled)")
-    p.add_argument("--train-batch", type=int, help="training steps' batch (default: each stage's paper per-GPU "
-                   "batch; toy 2)")
-    p.add_argument("--speed-batch", type=int, help="stage-1 throughput batch (default: the paper's per-GPU batch, "
-                   "32; toy 2)")
+    p.add_argument(
+        "--train-batch", type=int, help="training steps' batch (default: each stage's paper per-GPU batch; toy 2)"
+    )
+    p.add_argument(
+        "--speed-batch", type=int, help="stage-1 throughput batch (default: the paper's per-GPU batch, 32; toy 2)"
+    )
     p.add_argument("--repeats", type=int, help="timed runs of the benchmarks (default 3; toy 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--ddp-worker", metavar="FOLDER", help=argparse.SUPPRESS)  # one rank of the ddp check
@@ -605,25 +895,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"{SKIP_MESSAGE} (torch {torch.__version__} sees none; `--device cpu --toy` runs the checks at toy "
-              f"size on the CPU)")
+        print(
+            f"{SKIP_MESSAGE} (torch {torch.__version__} sees none; `--device cpu --toy` runs the checks at toy "
+            f"size on the CPU)"
+        )
         if args.json:
             write_json(args.json, {"torch": torch.__version__}, None, SKIP_MESSAGE)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Config.for_run(args.device, args.toy, gen_batch=args.gen_batch,
-                         gen_modes=args.gen_modes, train_batch=args.train_batch, speed_batch=args.speed_batch,
-                         repeats=args.repeats)
+    cfg = Config.for_run(
+        args.device,
+        args.toy,
+        gen_batch=args.gen_batch,
+        gen_modes=args.gen_modes,
+        train_batch=args.train_batch,
+        speed_batch=args.speed_batch,
+        repeats=args.repeats,
+    )
     if cfg.device.type == "cuda":
         torch.cuda.set_device(cfg.device)
     head = header(cfg)
     rows = run_checks(cfg, args.checks, log=lambda m: print(m, file=sys.stderr, flush=True))
     failed = [r for r in rows if r.status == FAIL]
-    print(f"# GPU check  device: {head['device']}  torch {head['torch']}  CUDA {head['cuda']}"
-          f"{'  (toy sizes)' if cfg.toy else ''}")
-    print("# weights: random (models.build): timings are the released models', images and agreement bounds are those "
-          "of random weights; FLOPs analytic (bench/speed/flops.py)")
+    print(
+        f"# GPU check  device: {head['device']}  torch {head['torch']}  CUDA {head['cuda']}"
+        f"{'  (toy sizes)' if cfg.toy else ''}"
+    )
+    print(
+        "# weights: random (models.build): timings are the released models', images and agreement bounds are those "
+        "of random weights; FLOPs analytic (bench/speed/flops.py)"
+    )
     print(format_table(rows))
     print(f"# {len(failed)} of {len(rows)} rows FAIL" if failed else f"# all {len(rows)} rows pass (ok/info/met/below)")
     unchecked = not_checked(cfg, args.checks, rows)

@@ -47,9 +47,13 @@ class Runner:
         self.outputs = self.fn()
 
     def result(self, timing: Timing, keep_outputs: bool = False) -> dict:
-        row = dict(self.row, throughput=self.items / timing.median, **timing.row(),
-                   gflop_per_item=self.flops_per_item / 1e9,
-                   achieved_gflops=self.flops_per_item * self.items / timing.median / 1e9)
+        row = dict(
+            self.row,
+            throughput=self.items / timing.median,
+            **timing.row(),
+            gflop_per_item=self.flops_per_item / 1e9,
+            achieved_gflops=self.flops_per_item * self.items / timing.median / 1e9,
+        )
         return {**row, **self.outputs} if keep_outputs else row
 
 
@@ -67,16 +71,26 @@ def path_fields(pipe: InferencePipeline) -> dict:
     return out
 
 
-def generation_runner(tokenizer: models.TiTok, generator: models.MaskGITGenerator, *, batch_size: int,
-                      sampler_settings: SamplerSettings | dict | None = None, mode="fast",
-                      teacher: models.MaskGITVQGAN | None = None, device: torch.device | str | None = None,
-                      seed: int = 0) -> Runner:
+def generation_runner(
+    tokenizer: models.TiTok,
+    generator: models.MaskGITGenerator,
+    *,
+    batch_size: int,
+    sampler_settings: SamplerSettings | dict | None = None,
+    mode="fast",
+    teacher: models.MaskGITVQGAN | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> Runner:
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     for m in (tokenizer, generator, teacher):
         if m is not None:
             m.to(device)
-    settings = sampler_settings if isinstance(sampler_settings, SamplerSettings) else (
-        generator.config.sampler.updated(**(sampler_settings or {})))
+    settings = (
+        sampler_settings
+        if isinstance(sampler_settings, SamplerSettings)
+        else (generator.config.sampler.updated(**(sampler_settings or {})))
+    )
     pipe = InferencePipeline(tokenizer, generator, options=mode, teacher=teacher, probe_settings=settings)
     labels = torch.arange(batch_size, device=device) % generator.config.num_classes
 
@@ -84,17 +98,35 @@ def generation_runner(tokenizer: models.TiTok, generator: models.MaskGITGenerato
         ids, images = pipe.generate(labels, settings, torch.Generator(device).manual_seed(seed))
         return {"ids": ids, "images": images}
 
-    row = {"task": "generate", "mode": _mode_name(mode), **path_fields(pipe), "batch": batch_size, "unit": "samples/s",
-           "steps": settings.num_steps, "forwards_per_sample": FL.generator_forwards(settings),
-           "guidance": settings.guidance_scale, "guidance_decay": settings.guidance_decay}
+    row = {
+        "task": "generate",
+        "mode": _mode_name(mode),
+        **path_fields(pipe),
+        "batch": batch_size,
+        "unit": "samples/s",
+        "steps": settings.num_steps,
+        "forwards_per_sample": FL.generator_forwards(settings),
+        "guidance": settings.guidance_scale,
+        "guidance_decay": settings.guidance_decay,
+    }
     flops = FL.generation(generator.config, settings) + decode_flops(tokenizer, teacher)
     return Runner(run, batch_size, flops, row)
 
 
-def measure_generation(tokenizer: models.TiTok, generator: models.MaskGITGenerator, *, batch_size: int,
-                       sampler_settings: SamplerSettings | dict | None = None, mode="fast",
-                       teacher: models.MaskGITVQGAN | None = None, warmup: int = 1, repeats: int = 3,
-                       device: torch.device | str | None = None, seed: int = 0, keep_outputs: bool = False) -> dict:
+def measure_generation(
+    tokenizer: models.TiTok,
+    generator: models.MaskGITGenerator,
+    *,
+    batch_size: int,
+    sampler_settings: SamplerSettings | dict | None = None,
+    mode="fast",
+    teacher: models.MaskGITVQGAN | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    keep_outputs: bool = False,
+) -> dict:
     """Samples/s of class-conditional generation with de-tokenisation (labels 0..B-1, the same seed every run).
 
     `sampler_settings`: a SamplerSettings, or a dict of overrides of the generator's own (its paper settings);
@@ -104,17 +136,31 @@ def measure_generation(tokenizer: models.TiTok, generator: models.MaskGITGenerat
     achieved_gflops, the settings and the path that ran (path, options, precision, and a note saying why); with
     keep_outputs also the last run's `ids` and `images`.
     """
-    runner = generation_runner(tokenizer, generator, batch_size=batch_size, sampler_settings=sampler_settings,
-                               mode=mode, teacher=teacher, device=device, seed=seed)
+    runner = generation_runner(
+        tokenizer,
+        generator,
+        batch_size=batch_size,
+        sampler_settings=sampler_settings,
+        mode=mode,
+        teacher=teacher,
+        device=device,
+        seed=seed,
+    )
     device = next(tokenizer.parameters()).device
     row = runner.result(time_runs(runner, warmup=warmup, repeats=repeats, device=device), keep_outputs)
     row["samples_per_s"] = row["throughput"]
     return row
 
 
-def tokenizer_runners(tokenizer: models.TiTok, *, batch_size: int, mode="fast",
-                      teacher: models.MaskGITVQGAN | None = None, device: torch.device | str | None = None,
-                      seed: int = 0) -> dict[str, Runner]:
+def tokenizer_runners(
+    tokenizer: models.TiTok,
+    *,
+    batch_size: int,
+    mode="fast",
+    teacher: models.MaskGITVQGAN | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> dict[str, Runner]:
     """Encode (random images) and decode (random token ids, the same for every mode and seed)."""
     device = torch.device(device) if device is not None else next(tokenizer.parameters()).device
     tokenizer.to(device)
@@ -130,19 +176,33 @@ def tokenizer_runners(tokenizer: models.TiTok, *, batch_size: int, mode="fast",
         tokens = torch.randn(batch_size, c.num_latent_tokens, c.token_size, generator=g, device=device)
     text = torch.randn(batch_size, c.text_tokens, c.text_dim, generator=g, device=device) if c.text_tokens else None
     row = {"mode": _mode_name(mode), **path_fields(pipe), "batch": batch_size, "unit": "images/s"}
-    return {"encode": Runner(lambda: {"output": pipe.encode(images)}, batch_size, FL.titok_encode(c),
-                             dict(row, task="encode")),
-            "decode": Runner(lambda: {"output": pipe.decode(tokens, text)}, batch_size,
-                             decode_flops(tokenizer, teacher), dict(row, task="decode"))}
+    return {
+        "encode": Runner(
+            lambda: {"output": pipe.encode(images)}, batch_size, FL.titok_encode(c), dict(row, task="encode")
+        ),
+        "decode": Runner(
+            lambda: {"output": pipe.decode(tokens, text)},
+            batch_size,
+            decode_flops(tokenizer, teacher),
+            dict(row, task="decode"),
+        ),
+    }
 
 
-def measure_tokenizer(tokenizer: models.TiTok, *, batch_size: int, mode="fast",
-                      teacher: models.MaskGITVQGAN | None = None, warmup: int = 1, repeats: int = 3,
-                      device: torch.device | str | None = None, seed: int = 0, keep_outputs: bool = False
-                      ) -> list[dict]:
+def measure_tokenizer(
+    tokenizer: models.TiTok,
+    *,
+    batch_size: int,
+    mode="fast",
+    teacher: models.MaskGITVQGAN | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    keep_outputs: bool = False,
+) -> list[dict]:
     """Images/s of encode and of decode: two rows (see tokenizer_runners)."""
-    runners = tokenizer_runners(tokenizer, batch_size=batch_size, mode=mode, teacher=teacher, device=device,
-                                seed=seed)
+    runners = tokenizer_runners(tokenizer, batch_size=batch_size, mode=mode, teacher=teacher, device=device, seed=seed)
     device = next(tokenizer.parameters()).device
     timings = time_interleaved(runners, warmup=warmup, repeats=repeats, device=device)
     return [runners[task].result(timings[task], keep_outputs) for task in runners]

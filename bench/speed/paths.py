@@ -83,8 +83,19 @@ class InferenceOptions:
         return self.precision == "fp32" and not self.tf32
 
     def describe(self) -> str:
-        on = [name for name in ("batch_guidance", "inference_mode", "cast_weights", "channels_last", "compile",
-                                "cuda_graphs", "tf32") if getattr(self, name)]
+        on = [
+            name
+            for name in (
+                "batch_guidance",
+                "inference_mode",
+                "cast_weights",
+                "channels_last",
+                "compile",
+                "cuda_graphs",
+                "tf32",
+            )
+            if getattr(self, name)
+        ]
         return "+".join([self.precision, *on])
 
 
@@ -101,10 +112,11 @@ def fallback_note(mode: str, device: torch.device | str = "cpu") -> str | None:
     if mode not in ("fast", "compiled", "auto") or fast_autocast("bf16", device):
         return None
     ratio = autocast_rate_ratio("bf16", device)
-    runs = {"fast": "parity's fp32 path", "compiled": "torch.compile of parity's fp32 path",
-            "auto": "parity"}[mode]
-    return (f"bf16 matmuls run at {ratio:.2g}x the fp32 rate on this CPU "
-            f"({torch.backends.cpu.get_cpu_capability()}): {mode} runs {runs} here")
+    runs = {"fast": "parity's fp32 path", "compiled": "torch.compile of parity's fp32 path", "auto": "parity"}[mode]
+    return (
+        f"bf16 matmuls run at {ratio:.2g}x the fp32 rate on this CPU "
+        f"({torch.backends.cpu.get_cpu_capability()}): {mode} runs {runs} here"
+    )
 
 
 def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOptions:
@@ -201,18 +213,27 @@ class InferencePipeline:
     argmax proxy codes -> teacher decoder, as `decode_proxy_codes` + `teacher.decode` do.
     """
 
-    def __init__(self, tokenizer: TiTok, generator: MaskGITGenerator | None = None, *,
-                 options: InferenceOptions | str = "parity", teacher: MaskGITVQGAN | None = None,
-                 guard: QualityGuard | None = None, probe_settings: SamplerSettings | None = None):
+    def __init__(
+        self,
+        tokenizer: TiTok,
+        generator: MaskGITGenerator | None = None,
+        *,
+        options: InferenceOptions | str = "parity",
+        teacher: MaskGITVQGAN | None = None,
+        guard: QualityGuard | None = None,
+        probe_settings: SamplerSettings | None = None,
+    ):
         self.tokenizer, self.generator, self.teacher = tokenizer.eval(), generator, teacher
         self.device = _device_of(tokenizer)
         if options == "auto":  # the guarded choice (its probe runs here): `choice` says which path and why
-            self.choice = choose_path(tokenizer, generator, teacher=teacher, guard=guard or GUARD,
-                                      sampler_settings=probe_settings)
+            self.choice = choose_path(
+                tokenizer, generator, teacher=teacher, guard=guard or GUARD, sampler_settings=probe_settings
+            )
         else:
             mode = options if isinstance(options, str) else "custom"
-            self.choice = PathChoice(mode, resolve_options(options, self.device),
-                                     fallback_note(mode, self.device) or "")
+            self.choice = PathChoice(
+                mode, resolve_options(options, self.device), fallback_note(mode, self.device) or ""
+            )
         self.options = o = self.choice.options
         if o.cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device; the models are on {self.device}")
@@ -223,10 +244,12 @@ class InferencePipeline:
         cast = PRECISIONS[o.precision] if o.cast_weights else None
         self._encoder = self._compiled(_prepared(tokenizer.encoder, cast, False))
         self._decoder = self._compiled(_prepared(tokenizer.decoder, cast, False))
-        self._pixel_decoder = self._compiled(_prepared(getattr(tokenizer, "pixel_decoder", None), cast,
-                                                       o.channels_last))
-        self._teacher_decoder = self._compiled(_prepared(teacher.decoder if teacher is not None else None, cast,
-                                                         o.channels_last))
+        self._pixel_decoder = self._compiled(
+            _prepared(getattr(tokenizer, "pixel_decoder", None), cast, o.channels_last)
+        )
+        self._teacher_decoder = self._compiled(
+            _prepared(teacher.decoder if teacher is not None else None, cast, o.channels_last)
+        )
         self._forward = self._generator_forward(_prepared(generator, cast, False)) if generator is not None else None
 
     # -- building blocks --------------------------------------------------------------------------------------
@@ -296,23 +319,32 @@ class InferencePipeline:
                     codes = out.argmax(dim=1).flatten(1)
                     out = self._teacher_decoder(self._nhwc(self.teacher.quantize.lookup(codes)))
                 else:
-                    raise ValueError("this two-stage TiTok is in stage-1 form (no pixel decoder): pass the "
-                                     "MaskGIT-VQGAN teacher to decode its proxy codes")
+                    raise ValueError(
+                        "this two-stage TiTok is in stage-1 form (no pixel decoder): pass the "
+                        "MaskGIT-VQGAN teacher to decode its proxy codes"
+                    )
             return out.float().clamp(0.0, 1.0).contiguous()
 
-    def sample(self, labels: torch.Tensor, settings: SamplerSettings | None = None,
-               rng: Generators = None) -> torch.Tensor:
+    def sample(
+        self, labels: torch.Tensor, settings: SamplerSettings | None = None, rng: Generators = None
+    ) -> torch.Tensor:
         """Token ids [B, K] for class labels [B] (MaskGITGenerator.generate with this path's forward); `rng`: one
         torch.Generator for the batch or one per row."""
         if self.generator is None:
             raise ValueError("this pipeline has no generator")
         settings = settings or self.generator.config.sampler
         with self.context():
-            return self.generator.generate(labels, generator=rng, batch_guidance=self.options.batch_guidance,
-                                           forward=self._forward, **dataclasses.asdict(settings))
+            return self.generator.generate(
+                labels,
+                generator=rng,
+                batch_guidance=self.options.batch_guidance,
+                forward=self._forward,
+                **dataclasses.asdict(settings),
+            )
 
-    def generate(self, labels: torch.Tensor, settings: SamplerSettings | None = None,
-                 rng: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(
+        self, labels: torch.Tensor, settings: SamplerSettings | None = None, rng: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Class labels -> (token ids, images): sampling with de-tokenisation."""
         ids = self.sample(labels, settings, rng)
         return ids, self.decode(ids)
@@ -324,10 +356,17 @@ def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(psnr(a.reshape(1, -1).float(), b.reshape(1, -1).float())[0])
 
 
-def compare_with_parity(tokenizer: TiTok, generator: MaskGITGenerator | None = None, *,
-                        options: InferenceOptions | str = "fast", batch_size: int = 4, seed: int = 0,
-                        sampler_settings: SamplerSettings | None = None, teacher: MaskGITVQGAN | None = None,
-                        images: torch.Tensor | None = None) -> dict[str, float]:
+def compare_with_parity(
+    tokenizer: TiTok,
+    generator: MaskGITGenerator | None = None,
+    *,
+    options: InferenceOptions | str = "fast",
+    batch_size: int = 4,
+    seed: int = 0,
+    sampler_settings: SamplerSettings | None = None,
+    teacher: MaskGITVQGAN | None = None,
+    images: torch.Tensor | None = None,
+) -> dict[str, float]:
     """A path against the exact fp32 path on a fixed seed.
 
     Returns token_agreement (share of equal sampled ids, generator given), image_psnr_db (the two paths'
@@ -379,10 +418,13 @@ class QualityGuard:
 
     def failures(self, quality: dict[str, float]) -> list[str]:
         """The checks `quality` (compare_with_parity's dict) fails, in words; [] when it passes."""
-        checks = [("token_agreement", ">=", self.min_token_agreement), ("image_psnr_db", ">=", self.min_image_psnr_db),
-                  ("decode_psnr_db", ">=", self.min_decode_psnr_db),
-                  ("encode_agreement", ">=", self.min_encode_agreement),
-                  ("encode_rel_error", "<=", self.max_encode_rel_error)]
+        checks = [
+            ("token_agreement", ">=", self.min_token_agreement),
+            ("image_psnr_db", ">=", self.min_image_psnr_db),
+            ("decode_psnr_db", ">=", self.min_decode_psnr_db),
+            ("encode_agreement", ">=", self.min_encode_agreement),
+            ("encode_rel_error", "<=", self.max_encode_rel_error),
+        ]
         out = []
         for key, op, bound in checks:
             if key in quality and not (quality[key] >= bound if op == ">=" else quality[key] <= bound):
@@ -407,8 +449,14 @@ class PathChoice:
         return f"{self.mode} ({self.options.describe()})"
 
 
-def choose_path(tokenizer: TiTok, generator: MaskGITGenerator | None = None, *, teacher: MaskGITVQGAN | None = None,
-                guard: QualityGuard = GUARD, sampler_settings: SamplerSettings | None = None) -> PathChoice:
+def choose_path(
+    tokenizer: TiTok,
+    generator: MaskGITGenerator | None = None,
+    *,
+    teacher: MaskGITVQGAN | None = None,
+    guard: QualityGuard = GUARD,
+    sampler_settings: SamplerSettings | None = None,
+) -> PathChoice:
     """`auto`: `fast` where the device runs bf16 quickly and `fast` passes `guard` against parity on a probe batch
     (guard.batch_size samples or images, guard.seed, `sampler_settings` or the generator's own), else `parity`."""
     device = _device_of(tokenizer)
@@ -417,10 +465,20 @@ def choose_path(tokenizer: TiTok, generator: MaskGITGenerator | None = None, *, 
     if note:
         return PathChoice("parity", parity, note)
     if guard.exact and not fast.exact:
-        return PathChoice("parity", parity, "the guard admits exact fp32 paths only (tokens equal the reference "
-                                            f"sampler's); fast is {fast.precision}")
-    quality = compare_with_parity(tokenizer, generator, options=fast, batch_size=guard.batch_size, seed=guard.seed,
-                                  sampler_settings=sampler_settings, teacher=teacher)
+        return PathChoice(
+            "parity",
+            parity,
+            f"the guard admits exact fp32 paths only (tokens equal the reference sampler's); fast is {fast.precision}",
+        )
+    quality = compare_with_parity(
+        tokenizer,
+        generator,
+        options=fast,
+        batch_size=guard.batch_size,
+        seed=guard.seed,
+        sampler_settings=sampler_settings,
+        teacher=teacher,
+    )
     failed = guard.failures(quality)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in quality.items())
     if failed:

@@ -20,9 +20,20 @@ SCALING_SIZES = ("S", "B", "L")
 SCALING_TOKENS = (16, 32, 64, 96, 128, 192, 256)
 
 
-def scaling(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, batch_size: int = 8, mode="auto",
-            generator: str = "MaskGIT-ViT", warmup: int = 1, repeats: int = 3, device: torch.device | str = "cpu",
-            generation: bool = True, log: Callable[[dict], None] | None = None) -> list[dict]:
+def scaling(
+    *,
+    sizes=SCALING_SIZES,
+    ks=SCALING_TOKENS,
+    toy: bool = False,
+    batch_size: int = 8,
+    mode="auto",
+    generator: str = "MaskGIT-ViT",
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    generation: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Cost against K of TiTok-{size}-{K}: encode+decode per image and generation with de-tokenisation per sample,
     analytic FLOPs and measured time. Every cell's generator is `generator` over its K tokens with the released
     L-32 sampler settings (8 steps, linear guidance)."""
@@ -37,16 +48,30 @@ def scaling(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, batch_
             teacher = teacher_for(tok)
             parts = tokenizer_runners(tok, batch_size=batch_size, mode=mode, teacher=teacher, device=device)
             flops = parts["encode"].flops_per_item + parts["decode"].flops_per_item
-            runners = {"encode+decode": Runner(lambda parts=parts: parts["encode"]() or parts["decode"]() or {},
-                                               batch_size, flops, dict(parts["encode"].row, task="encode+decode"))}
+            runners = {
+                "encode+decode": Runner(
+                    lambda parts=parts: parts["encode"]() or parts["decode"]() or {},
+                    batch_size,
+                    flops,
+                    dict(parts["encode"].row, task="encode+decode"),
+                )
+            }
             if generation:
                 gen = build_generator(generator, tok, toy=toy).to(device)
-                runners["generate"] = generation_runner(tok, gen, batch_size=batch_size, sampler_settings=settings,
-                                                        mode=mode, teacher=teacher, device=device)
+                runners["generate"] = generation_runner(
+                    tok,
+                    gen,
+                    batch_size=batch_size,
+                    sampler_settings=settings,
+                    mode=mode,
+                    teacher=teacher,
+                    device=device,
+                )
             timings = time_interleaved(runners, warmup=warmup, repeats=repeats, device=device)
             for task, runner in runners.items():
-                rows.append({"section": "scaling", "model": name, "size": size, "tokens": k,
-                             **runner.result(timings[task])})
+                rows.append(
+                    {"section": "scaling", "model": name, "size": size, "tokens": k, **runner.result(timings[task])}
+                )
                 if log:
                     log(rows[-1])
             del tok, teacher, runners, parts
@@ -54,8 +79,9 @@ def scaling(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, batch_
     return _relative_to_smallest_k(rows)
 
 
-def scaling_flops(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False,
-                  generator: str = "MaskGIT-ViT") -> list[dict]:
+def scaling_flops(
+    *, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False, generator: str = "MaskGIT-ViT"
+) -> list[dict]:
     """The analytic half of `scaling` from the configs alone (no model is built or run)."""
     settings = models.VARIANTS["MaskGIT-ViT:TiTok-L-32"].config.sampler
     rows = []
@@ -63,12 +89,28 @@ def scaling_flops(*, sizes=SCALING_SIZES, ks=SCALING_TOKENS, toy: bool = False,
         for k in ks:
             c = tokenizer_config(f"TiTok-{size}-{k}", toy=toy)
             g = generator_config(generator, c, toy=toy)
-            common = {"section": "scaling", "model": f"TiTok-{size}-{k}" + (" (toy)" if toy else ""), "size": size,
-                      "tokens": k}
-            rows.append({**common, "task": "encode+decode", "unit": "images/s",
-                         "gflop_per_item": (FL.titok_encode(c) + FL.titok_decode(c)) / 1e9})
-            rows.append({**common, "task": "generate", "unit": "samples/s",
-                         "gflop_per_item": (FL.generation(g, settings) + FL.titok_decode(c)) / 1e9})
+            common = {
+                "section": "scaling",
+                "model": f"TiTok-{size}-{k}" + (" (toy)" if toy else ""),
+                "size": size,
+                "tokens": k,
+            }
+            rows.append(
+                {
+                    **common,
+                    "task": "encode+decode",
+                    "unit": "images/s",
+                    "gflop_per_item": (FL.titok_encode(c) + FL.titok_decode(c)) / 1e9,
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "task": "generate",
+                    "unit": "samples/s",
+                    "gflop_per_item": (FL.generation(g, settings) + FL.titok_decode(c)) / 1e9,
+                }
+            )
     return _relative_to_smallest_k(rows)
 
 

@@ -35,12 +35,23 @@ class Timing:
         return q[2] - q[0]
 
     def row(self) -> dict:
-        return {"median_s": self.median, "iqr_s": self.iqr, "min_s": min(self.seconds), "max_s": max(self.seconds),
-                "runs": len(self.seconds)}
+        return {
+            "median_s": self.median,
+            "iqr_s": self.iqr,
+            "min_s": min(self.seconds),
+            "max_s": max(self.seconds),
+            "runs": len(self.seconds),
+        }
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: torch.device,
-                     log: Callable[[str], None] | None = None) -> dict[str, Timing]:
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Timing]:
     """`warmup` untimed rounds, then `repeats` timed rounds (device-synchronised), each round calling every
     function once in turn, so a change in machine load affects all of them alike."""
     seconds: dict[str, list[float]] = {name: [] for name in fns}
@@ -76,7 +87,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = Non
             a = torch.randn(n, n, device=device, dtype=dtype)
             product = functools.partial(torch.matmul, a, torch.randn(n, n, device=device, dtype=dtype))
             seconds = time_runs(product, warmup=1, repeats=3, device=device).seconds
-            best = max(best, 2 * n ** 3 / min(seconds))
+            best = max(best, 2 * n**3 / min(seconds))
             # the next size costs ~8x this one, for a warm-up and three runs
             if n < largest and time.perf_counter() + 32 * max(seconds) < deadline:
                 n = min(2 * n, largest)
@@ -84,7 +95,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int | None = Non
             for _ in range(7):
                 if time.perf_counter() + max(seconds) > deadline:
                     break
-                best = max(best, 2 * n ** 3 / time_runs(product, warmup=0, repeats=1, device=device).median)
+                best = max(best, 2 * n**3 / time_runs(product, warmup=0, repeats=1, device=device).median)
             return best
 
 
@@ -101,5 +112,10 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
-    return {"device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version(), "weights": "random (models.build)"}
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "weights": "random (models.build)",
+    }

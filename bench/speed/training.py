@@ -54,8 +54,13 @@ Recipe = Stage1Config | Stage2Config | SingleStageConfig | GeneratorTrainConfig
 PAPER_PRESET = Path(__file__).resolve().parents[2] / "sweeps" / "preset" / "paper.yaml"
 # the cluster the paper preset's global batches are split over (one process per GPU): its GPUs per job
 PAPER_CLUSTER = Path(__file__).resolve().parents[2] / "sweeps" / "cluster" / "example.yaml"
-PRESET_SECTIONS = {"stage1": "stage1", "stage2": "stage2", "single": "single", "generator": "generator",
-                   "generator_pretokenized": "generator"}
+PRESET_SECTIONS = {
+    "stage1": "stage1",
+    "stage2": "stage2",
+    "single": "single",
+    "generator": "generator",
+    "generator_pretokenized": "generator",
+}
 LOOP_STEP = "the loop's step (AdamW with the paper's weight-decay groups, clipping, EMA)"
 
 
@@ -81,17 +86,30 @@ def paper_recipe(stage: str) -> Stage1Config | Stage2Config | SingleStageConfig 
     section = OmegaConf.to_container(OmegaConf.load(PAPER_PRESET)[stage], resolve=True)
     common = {"optim": optim_from(section["optim"]), "loop": loop_from(section["loop"])}
     if stage == "stage1":
-        return Stage1Config(**common, decoder_warmup_fraction=section["decoder_warmup_fraction"],
-                            continuous_fraction=section["continuous_fraction"])
+        return Stage1Config(
+            **common,
+            decoder_warmup_fraction=section["decoder_warmup_fraction"],
+            continuous_fraction=section["continuous_fraction"],
+        )
     if stage == "stage2":
-        return Stage2Config(**common, perceptual=PerceptualConfig(**section["perceptual"]),
-                            gan=gan_from(section["gan"]), allow_random_weights=True)
+        return Stage2Config(
+            **common,
+            perceptual=PerceptualConfig(**section["perceptual"]),
+            gan=gan_from(section["gan"]),
+            allow_random_weights=True,
+        )
     if stage == "single":
-        return SingleStageConfig(**common, quantizer_weight=section["quantizer_weight"],
-                                 kl_weight=section["kl_weight"], perceptual=PerceptualConfig(**section["perceptual"]),
-                                 gan=gan_from(section["gan"]), allow_random_weights=True)
-    return GeneratorTrainConfig(**common, label_smoothing=section["label_smoothing"],
-                                unmasked_weight=section["unmasked_weight"])
+        return SingleStageConfig(
+            **common,
+            quantizer_weight=section["quantizer_weight"],
+            kl_weight=section["kl_weight"],
+            perceptual=PerceptualConfig(**section["perceptual"]),
+            gan=gan_from(section["gan"]),
+            allow_random_weights=True,
+        )
+    return GeneratorTrainConfig(
+        **common, label_smoothing=section["label_smoothing"], unmasked_weight=section["unmasked_weight"]
+    )
 
 
 def paper_loop(section: str, gpus: int | None = None) -> dict:
@@ -104,8 +122,14 @@ def paper_loop(section: str, gpus: int | None = None) -> dict:
         gpus = int(cluster.nodes) * int(cluster.gpus_per_node)
     accum = int(loop.get("grad_accum") or 1)
     per_gpu = loop["batch_size"] // gpus
-    return {"precision": loop["precision"], "batch_size": loop["batch_size"], "gpus": gpus, "per_gpu": per_gpu,
-            "grad_accum": accum, "micro_batch": max(1, per_gpu // accum)}
+    return {
+        "precision": loop["precision"],
+        "batch_size": loop["batch_size"],
+        "gpus": gpus,
+        "per_gpu": per_gpu,
+        "grad_accum": accum,
+        "micro_batch": max(1, per_gpu // accum),
+    }
 
 
 def _reconstruction_terms(recipe: Stage2Config | SingleStageConfig, *extra: str) -> str:
@@ -123,12 +147,17 @@ def _stage1(c: models.TiTokConfig, _, recipe: Stage1Config | None) -> tuple[Stag
     recipe = recipe or paper_recipe("stage1")
     teacher = models.build_from_config(c.vqgan)
     tokenizer = models.build_from_config(dataclasses.replace(c, pixel_decoder=False))
-    return (recipe, stage1_objective(recipe, tokenizer, teacher), FL.train_stage1(c),
-            "stage1_objective: CE to a random teacher's codes + quantiser loss")
+    return (
+        recipe,
+        stage1_objective(recipe, tokenizer, teacher),
+        FL.train_stage1(c),
+        "stage1_objective: CE to a random teacher's codes + quantiser loss",
+    )
 
 
-def _stage2(c: models.TiTokConfig, _, recipe: Stage2Config | SingleStageConfig | None
-            ) -> tuple[Stage2Config | SingleStageConfig, Objective, int, str]:
+def _stage2(
+    c: models.TiTokConfig, _, recipe: Stage2Config | SingleStageConfig | None
+) -> tuple[Stage2Config | SingleStageConfig, Objective, int, str]:
     if c.two_stage:
         recipe = recipe or paper_recipe("stage2")
         stage1 = models.build_from_config(dataclasses.replace(c, pixel_decoder=False))
@@ -147,34 +176,57 @@ def _stage2(c: models.TiTokConfig, _, recipe: Stage2Config | SingleStageConfig |
     return recipe, objective, flops, what
 
 
-def _generator(c: models.TiTokConfig, g: models.GeneratorConfig | None, recipe: GeneratorTrainConfig | None
-               ) -> tuple[GeneratorTrainConfig, Objective, int, str]:
+def _generator(
+    c: models.TiTokConfig, g: models.GeneratorConfig | None, recipe: GeneratorTrainConfig | None
+) -> tuple[GeneratorTrainConfig, Objective, int, str]:
     if g is None:
         raise ValueError("the generator stage needs a generator config")
     recipe = recipe or paper_recipe("generator")
     objective = generator_objective(recipe, models.build_from_config(c), models.build_from_config(g))
-    return (recipe, objective, FL.train_generator(c, g),
-            "generator_objective: frozen-tokenizer tokens of flipped images, arccos masking, MaskGIT loss")
+    return (
+        recipe,
+        objective,
+        FL.train_generator(c, g),
+        "generator_objective: frozen-tokenizer tokens of flipped images, arccos masking, MaskGIT loss",
+    )
 
 
-def _generator_pretokenized(c: models.TiTokConfig, g: models.GeneratorConfig | None,
-                            recipe: GeneratorTrainConfig | None) -> tuple[GeneratorTrainConfig, Objective, int, str]:
+def _generator_pretokenized(
+    c: models.TiTokConfig, g: models.GeneratorConfig | None, recipe: GeneratorTrainConfig | None
+) -> tuple[GeneratorTrainConfig, Objective, int, str]:
     if g is None:
         raise ValueError("the generator stage needs a generator config")
     recipe = recipe or paper_recipe("generator")
     objective = generator_objective(recipe, None, models.build_from_config(g))
-    return (recipe, objective, 3 * FL.generator_forward(g),
-            "generator_objective on pretokenized ids (centre crop / flip), arccos masking, MaskGIT loss")
+    return (
+        recipe,
+        objective,
+        3 * FL.generator_forward(g),
+        "generator_objective on pretokenized ids (centre crop / flip), arccos masking, MaskGIT loss",
+    )
 
 
-_BUILDERS: dict[str, Callable] = {"stage1": _stage1, "stage2": _stage2, "generator": _generator,
-                                  "generator_pretokenized": _generator_pretokenized}
+_BUILDERS: dict[str, Callable] = {
+    "stage1": _stage1,
+    "stage2": _stage2,
+    "generator": _generator,
+    "generator_pretokenized": _generator_pretokenized,
+}
 
 
-def training_step(stage: str, tokenizer_config: models.TiTokConfig,
-                  generator_config: models.GeneratorConfig | None = None, *, batch_size: int,
-                  precision: str = "fp32", device: torch.device | str = "cpu", seed: int = 0,
-                  recipe: Recipe | None = None, info: DistInfo | None = None, grad_accum: int = 1) -> TrainingStep:
+def training_step(
+    stage: str,
+    tokenizer_config: models.TiTokConfig,
+    generator_config: models.GeneratorConfig | None = None,
+    *,
+    batch_size: int,
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    recipe: Recipe | None = None,
+    info: DistInfo | None = None,
+    grad_accum: int = 1,
+) -> TrainingStep:
     """The stage's objective (its recipe's losses and optimizers, random weights seeded by `seed`) in a Trainer
     with the recipe's loop settings at this batch size (this rank's) and precision (fp32, bf16 or fp16), on a random
     batch split into `grad_accum` micro-batches. `recipe`: the stage's settings (a SingleStageConfig for stage2 of a
@@ -186,8 +238,7 @@ def training_step(stage: str, tokenizer_config: models.TiTokConfig,
     torch.manual_seed(seed)
     recipe, objective, flops, what = _BUILDERS[stage](c, generator_config, recipe)
     world = info.world_size if info is not None else 1
-    loop = dataclasses.replace(recipe.loop, batch_size=batch_size * world, grad_accum=grad_accum,
-                               precision=precision)
+    loop = dataclasses.replace(recipe.loop, batch_size=batch_size * world, grad_accum=grad_accum, precision=precision)
     trainer = Trainer(objective, loop, info or DistInfo(device=device))
     g = torch.Generator(device).manual_seed(seed)
     images = torch.rand(batch_size, 3, c.image_size, c.image_size, generator=g, device=device)
@@ -197,8 +248,7 @@ def training_step(stage: str, tokenizer_config: models.TiTokConfig,
     if stage.startswith("generator"):
         crop = crop_choice(seed, 0, batch_size, 2).to(device)
         if stage == "generator_pretokenized":  # the ids of each image's centre crop and its flip
-            images = torch.randint(0, c.codebook_size, (batch_size, 2, c.num_latent_tokens), generator=g,
-                                   device=device)
+            images = torch.randint(0, c.codebook_size, (batch_size, 2, c.num_latent_tokens), generator=g, device=device)
         batch = (images, labels, crop)
     gan = getattr(recipe, "gan", None)
     step = gan.start_step if gan is not None and gan.weight > 0 else 0
@@ -206,17 +256,45 @@ def training_step(stage: str, tokenizer_config: models.TiTokConfig,
     return TrainingStep(task, trainer, batch, step, flops, f"{task}: {what}; {LOOP_STEP}")
 
 
-def measure_training(stage: str, tokenizer_config: models.TiTokConfig,
-                     generator_config: models.GeneratorConfig | None = None, *, batch_size: int,
-                     precision: str = "fp32", warmup: int = 1, repeats: int = 3, device: torch.device | str = "cpu",
-                     seed: int = 0, recipe: Recipe | None = None) -> dict:
+def measure_training(
+    stage: str,
+    tokenizer_config: models.TiTokConfig,
+    generator_config: models.GeneratorConfig | None = None,
+    *,
+    batch_size: int,
+    precision: str = "fp32",
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    recipe: Recipe | None = None,
+) -> dict:
     """Images/s of one training step of `stage` (see training_step), with its analytic FLOPs."""
     device = torch.device(device)
-    step = training_step(stage, tokenizer_config, generator_config, batch_size=batch_size, precision=precision,
-                         device=device, seed=seed, recipe=recipe)
-    runner = Runner(step, batch_size, step.flops_per_image,
-                    {"task": step.task, "mode": precision, "options": precision, "precision": precision,
-                     "batch": batch_size, "unit": "images/s", "note": step.note})
+    step = training_step(
+        stage,
+        tokenizer_config,
+        generator_config,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        seed=seed,
+        recipe=recipe,
+    )
+    runner = Runner(
+        step,
+        batch_size,
+        step.flops_per_image,
+        {
+            "task": step.task,
+            "mode": precision,
+            "options": precision,
+            "precision": precision,
+            "batch": batch_size,
+            "unit": "images/s",
+            "note": step.note,
+        },
+    )
     return runner.result(time_runs(runner, warmup=warmup, repeats=repeats, device=device))
 
 
@@ -229,24 +307,52 @@ def pretokenized_speedups(rows: list[dict]) -> list[str]:
         tokens = by.get(("train-generator_pretokenized", model, precision))
         if task == "train-generator" and tokens is not None:
             bound = fly["gflop_per_item"] / tokens["gflop_per_item"]
-            lines.append(f"# generator training, {model} {precision} batch {fly['batch']}: pretokenized "
-                         f"{tokens['throughput']:.3g} vs on the fly {fly['throughput']:.3g} {fly['unit']}: "
-                         f"{tokens['throughput'] / fly['throughput']:.2f}x (analytic bound {bound:.2f}x)")
+            lines.append(
+                f"# generator training, {model} {precision} batch {fly['batch']}: pretokenized "
+                f"{tokens['throughput']:.3g} vs on the fly {fly['throughput']:.3g} {fly['unit']}: "
+                f"{tokens['throughput'] / fly['throughput']:.2f}x (analytic bound {bound:.2f}x)"
+            )
     return lines
 
 
-def measure_generator_sources(tokenizer_config: models.TiTokConfig, generator_config: models.GeneratorConfig, *,
-                              batch_size: int, precision: str = "fp32", warmup: int = 1, repeats: int = 3,
-                              device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:
+def measure_generator_sources(
+    tokenizer_config: models.TiTokConfig,
+    generator_config: models.GeneratorConfig,
+    *,
+    batch_size: int,
+    precision: str = "fp32",
+    warmup: int = 1,
+    repeats: int = 3,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[dict]:
     """The generator rows, on the fly and pretokenized (see training_step), timed round by round in turn so that a
     change in machine load hits both alike."""
     device = torch.device(device)
     runners = {}
     for stage in ("generator", "generator_pretokenized"):
-        step = training_step(stage, tokenizer_config, generator_config, batch_size=batch_size, precision=precision,
-                             device=device, seed=seed)
-        runners[stage] = Runner(step, batch_size, step.flops_per_image,
-                                {"task": step.task, "mode": precision, "options": precision, "precision": precision,
-                                 "batch": batch_size, "unit": "images/s", "note": step.note})
+        step = training_step(
+            stage,
+            tokenizer_config,
+            generator_config,
+            batch_size=batch_size,
+            precision=precision,
+            device=device,
+            seed=seed,
+        )
+        runners[stage] = Runner(
+            step,
+            batch_size,
+            step.flops_per_image,
+            {
+                "task": step.task,
+                "mode": precision,
+                "options": precision,
+                "precision": precision,
+                "batch": batch_size,
+                "unit": "images/s",
+                "note": step.note,
+            },
+        )
     timings = time_interleaved(runners, warmup=warmup, repeats=repeats, device=device)
     return [runners[stage].result(timings[stage]) for stage in runners]

@@ -40,9 +40,40 @@ from .speed import SpeedSpec
 from .task import StageTask, Tracking, any_random, cell_cost, final_metrics, new_task, run_task, single_process
 
 # in pipeline order: every stage after the stages it can read (the SLURM launcher submits in this order)
-STAGES = {m.NAME: m for m in (teacher, real_stats, reference_batch, stage1, stage2, single, pretokenize, generator,
-                              eval_recon, eval_gen, probe, speed)}
+STAGES = {
+    m.NAME: m
+    for m in (
+        teacher,
+        real_stats,
+        reference_batch,
+        stage1,
+        stage2,
+        single,
+        pretokenize,
+        generator,
+        eval_recon,
+        eval_gen,
+        probe,
+        speed,
+    )
+}
 
-__all__ = ["STAGES", "Context", "DataConfig", "EvalGenSpec", "EvalReconSpec", "ProbeSpec", "RealStatsSpec",
-           "ReferenceBatchSpec", "SpeedSpec", "StageTask", "Tracking", "any_random", "cell_cost", "final_metrics",
-           "new_task", "run_task", "single_process"]
+__all__ = [
+    "STAGES",
+    "Context",
+    "DataConfig",
+    "EvalGenSpec",
+    "EvalReconSpec",
+    "ProbeSpec",
+    "RealStatsSpec",
+    "ReferenceBatchSpec",
+    "SpeedSpec",
+    "StageTask",
+    "Tracking",
+    "any_random",
+    "cell_cost",
+    "final_metrics",
+    "new_task",
+    "run_task",
+    "single_process",
+]

@@ -40,8 +40,12 @@ from models.checkpoints import file_sha256
 
 # fields of every spec that never change a result
 WHERE_AND_HOW = ("device", "data.root", "data.train_shards", "data.val_shards", "data.num_workers")
-TRAINING_IGNORED = WHERE_AND_HOW + ("loop.checkpoint_every", "loop.checkpoint_every_s", "loop.log_every",
-                                    "loop.max_consecutive_skips")  # the last: when a failing fp16 run stops
+TRAINING_IGNORED = WHERE_AND_HOW + (
+    "loop.checkpoint_every",
+    "loop.checkpoint_every_s",
+    "loop.log_every",
+    "loop.max_consecutive_skips",
+)  # the last: when a failing fp16 run stops
 # an evaluation reads `num_images` images of its own: the dataset's size setting picks nothing
 EVAL_IGNORED = WHERE_AND_HOW + ("data.num_images", "batch_size")
 
@@ -89,8 +93,10 @@ class IdentityRule:
         if unknown:
             raise ValueError(f"stage {self.stage} reads no input {sorted(unknown)}; its inputs: {sorted(self.inputs)}")
         tree = dataclasses.asdict(spec)
-        ids = {role: inputs[role] if role in inputs else source_identity(_get(tree, path))
-               for role, path in self.inputs.items()}
+        ids = {
+            role: inputs[role] if role in inputs else source_identity(_get(tree, path))
+            for role, path in self.inputs.items()
+        }
         return short_hash({"stage": self.stage, "settings": self.settings(spec), "inputs": ids})
 
 
@@ -123,8 +129,9 @@ def source_identity(source: str | None) -> str | None:
     if name is not None:
         return name
     # hidden files (a stage's owner lock, a writer's temporary file) are not content
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() \
-        else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    )
     return short_hash([(str(p.relative_to(path)) if path.is_dir() else p.name, file_sha256(p)) for p in files])
 
 
@@ -143,8 +150,12 @@ def inception(spec, ctx: Context):
 
     # resolved here, not only when the network is made: the stage's tags name the file each stage used
     resolved = weights.resolve(weights.INCEPTION, spec.allow_random_weights)
-    return _inception(str(ctx.info.device), spec.allow_random_weights, spec.inception_dtype,
-                      str(resolved.path) if resolved.path else None)
+    return _inception(
+        str(ctx.info.device),
+        spec.allow_random_weights,
+        spec.inception_dtype,
+        str(resolved.path) if resolved.path else None,
+    )
 
 
 def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]:
@@ -155,11 +166,13 @@ def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]
 
     path = Path(extractor.weights_path)
     weights = "a random stand-in" if extractor.random else "released weights"
-    tags = {"features": f"torch-fidelity InceptionV3 ({TF_EXTRACTOR_NAME}, {weights})",
-            "features_sha256": file_sha256(path),
-            "inception_dtype": spec.inception_dtype,
-            "distance": f"titok-bench bench.eval.metrics.frechet_distance ({spec.fid_method})",
-            "reference": reference}
+    tags = {
+        "features": f"torch-fidelity InceptionV3 ({TF_EXTRACTOR_NAME}, {weights})",
+        "features_sha256": file_sha256(path),
+        "inception_dtype": spec.inception_dtype,
+        "distance": f"titok-bench bench.eval.metrics.frechet_distance ({spec.fid_method})",
+        "reference": reference,
+    }
     return {eval_tag(metric, kind): value for kind, value in tags.items()}
 
 
@@ -168,14 +181,29 @@ def eval_dataset(data: DataConfig, split: str, num_images: int):
     chosen with data.seed), the same for every stage and entry point that reads them."""
     from bench.data import build_dataset
 
-    return build_dataset(data.name, split=split, image_size=data.image_size, train=False, root=data.root,
-                         num_images=num_images, num_classes=data.num_classes, seed=data.seed,
-                         shards=data.train_shards if split == "train" else data.val_shards)
+    return build_dataset(
+        data.name,
+        split=split,
+        image_size=data.image_size,
+        train=False,
+        root=data.root,
+        num_images=num_images,
+        num_classes=data.num_classes,
+        seed=data.seed,
+        shards=data.train_shards if split == "train" else data.val_shards,
+    )
 
 
 def training_result(result) -> dict:
     """A training stage's result (bench.train's StageResult) as a stage result."""
-    return {"metrics": {}, "final_logs": {k: float(v) for k, v in result.final_logs.items()},
-            "checkpoint": result.checkpoint, "steps": result.steps, "wall_s": result.wall_s,
-            "random_weights": result.random_weights, "resumed_from": result.resumed_from, "precision": result.precision,
-            "lost_s": result.lost_s}
+    return {
+        "metrics": {},
+        "final_logs": {k: float(v) for k, v in result.final_logs.items()},
+        "checkpoint": result.checkpoint,
+        "steps": result.steps,
+        "wall_s": result.wall_s,
+        "random_weights": result.random_weights,
+        "resumed_from": result.resumed_from,
+        "precision": result.precision,
+        "lost_s": result.lost_s,
+    }

@@ -29,9 +29,11 @@ NAME = "eval_gen"
 RESOURCES = "eval"
 PRODUCT = None
 SAMPLE_GRID = "samples.png"
-RULE = base.IdentityRule(NAME, base.WHERE_AND_HOW + ("batch_size", "sample_batch_size", "png", "model_name"),
-                         {"generator": "generator", "tokenizer": "tokenizer", "teacher": "teacher",
-                          "reference_batch": "reference_batch"})
+RULE = base.IdentityRule(
+    NAME,
+    base.WHERE_AND_HOW + ("batch_size", "sample_batch_size", "png", "model_name"),
+    {"generator": "generator", "tokenizer": "tokenizer", "teacher": "teacher", "reference_batch": "reference_batch"},
+)
 
 
 @dataclass(frozen=True)
@@ -56,41 +58,69 @@ class EvalGenSpec:
     device: str = "auto"
 
 
-
 def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval
     from bench.eval.generation import evaluate_generation
     from bench.eval.sample import sample_to_npz, sampler_settings
     from bench.speed.paths import EXACT_GUARD
 
-    loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
-                           allow_random=spec.allow_random_weights)
+    loaded = load_for_eval(
+        spec.tokenizer, teacher=spec.teacher, generator=spec.generator, allow_random=spec.allow_random_weights
+    )
     tok, gen, random = loaded.tokenizer, loaded.generator, loaded.random
     try:
         sampler_settings(gen.model, **spec.sampler)
     except ValueError as err:
         raise SetupError(f"sampler settings: {err}") from None
     pipeline = sampling_pipeline(tok.model, gen.model, loaded.teacher_model, ctx.info.device, EXACT_GUARD)
-    npz = sample_to_npz(gen.model, tok.model, ctx.out, model=spec.model_name or tok.label, checkpoint=gen.label,
-                        num_samples=spec.num_samples, seed=spec.seed, info=ctx.info,
-                        teacher=loaded.teacher_model, num_classes=spec.num_classes,
-                        batch_size=spec.sample_batch_size or spec.batch_size, png=spec.png,
-                        metadata={"weights_random": dict(random)}, pipeline=pipeline, **spec.sampler)
+    npz = sample_to_npz(
+        gen.model,
+        tok.model,
+        ctx.out,
+        model=spec.model_name or tok.label,
+        checkpoint=gen.label,
+        num_samples=spec.num_samples,
+        seed=spec.seed,
+        info=ctx.info,
+        teacher=loaded.teacher_model,
+        num_classes=spec.num_classes,
+        batch_size=spec.sample_batch_size or spec.batch_size,
+        png=spec.png,
+        metadata={"weights_random": dict(random)},
+        pipeline=pipeline,
+        **spec.sampler,
+    )
     inception = base.inception(spec, ctx)
     random["inception"] = inception.random
-    metrics = evaluate_generation(npz, spec.reference_batch, inception=inception, info=ctx.info,
-                                  batch_size=spec.batch_size, fid_method=spec.fid_method, clean_fid=spec.clean_fid,
-                                  bootstrap=spec.bootstrap)
+    metrics = evaluate_generation(
+        npz,
+        spec.reference_batch,
+        inception=inception,
+        info=ctx.info,
+        batch_size=spec.batch_size,
+        fid_method=spec.fid_method,
+        clean_fid=spec.clean_fid,
+        bootstrap=spec.bootstrap,
+    )
     samples = metrics.pop("samples", {})
     grid = ctx.out / SAMPLE_GRID
     if ctx.info.is_main:
         save_sample_grid(npz, grid)
-    return {"metrics": metrics, "samples": samples, "npz": str(npz), "random_weights": random,
-            "tokenizer": tok.label, "generator": gen.label, "inception_dtype": spec.inception_dtype,
-            "tags": {**base.feature_tags("gfid", spec, inception, f"reference batch {Path(spec.reference_batch).name}"),
-                     T.TAG_SAMPLE_PATH: samples.get("inference", pipeline.describe()),
-                     **interval_tags(spec.bootstrap, metrics.get("gfid_num_samples"))},
-            "artifacts": [str(grid)]}
+    return {
+        "metrics": metrics,
+        "samples": samples,
+        "npz": str(npz),
+        "random_weights": random,
+        "tokenizer": tok.label,
+        "generator": gen.label,
+        "inception_dtype": spec.inception_dtype,
+        "tags": {
+            **base.feature_tags("gfid", spec, inception, f"reference batch {Path(spec.reference_batch).name}"),
+            T.TAG_SAMPLE_PATH: samples.get("inference", pipeline.describe()),
+            **interval_tags(spec.bootstrap, metrics.get("gfid_num_samples")),
+        },
+        "artifacts": [str(grid)],
+    }
 
 
 def sampling_pipeline(tokenizer, generator, teacher, device, guard):
@@ -113,7 +143,7 @@ def save_sample_grid(npz: str | os.PathLike, path: Path, count: int = 32, column
     h, w = images.shape[1:3]
     canvas = np.zeros((rows * h, columns * w, 3), np.uint8)
     for i, im in enumerate(images):
-        canvas[(i // columns) * h:(i // columns + 1) * h, (i % columns) * w:(i % columns + 1) * w] = im
+        canvas[(i // columns) * h : (i // columns + 1) * h, (i % columns) * w : (i % columns + 1) * w] = im
     with atomic_file(path) as f:
         Image.fromarray(canvas).save(f, format="PNG")
 

@@ -28,8 +28,9 @@ from bench.train.recipes import DataConfig
 NAME = "eval_recon"
 RESOURCES = "eval"
 PRODUCT = None
-RULE = base.IdentityRule(NAME, base.EVAL_IGNORED,
-                         {"tokenizer": "tokenizer", "teacher": "teacher", "real_stats": "real_stats"})
+RULE = base.IdentityRule(
+    NAME, base.EVAL_IGNORED, {"tokenizer": "tokenizer", "teacher": "teacher", "real_stats": "real_stats"}
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class EvalReconSpec:
     batch_size: int = 64
     device: str = "auto"
 
+
 GALLERY = "gallery.png"
 TOKEN_USAGE = "token_usage.json"
 
@@ -65,8 +67,10 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     stats, meta = load_feature_stats(spec.real_stats)
     made_with = {"inception_dtype": spec.inception_dtype, "inception_random": inception.random}
     if any(meta.get(k) != v for k, v in made_with.items()):
-        raise SetupError(f"real-image statistics {spec.real_stats} were made with another Inception "
-                         f"({ {k: meta.get(k) for k in made_with} }, this evaluation: {made_with})")
+        raise SetupError(
+            f"real-image statistics {spec.real_stats} were made with another Inception "
+            f"({ {k: meta.get(k) for k in made_with} }, this evaluation: {made_with})"
+        )
     for key in ("bootstrap", "gallery"):
         if getattr(spec, key) < 0:
             raise SetupError(f"eval_recon {key}={getattr(spec, key)}: give 0 (none) or a positive number")
@@ -74,18 +78,34 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
     images = base.eval_dataset(spec.data, spec.split, spec.num_images)
     stats_file = Path(spec.real_stats)
     metrics = evaluate_reconstruction(
-        tok.model, images, num_images=spec.num_images, inception=inception, batch_size=spec.batch_size,
-        info=ctx.info, teacher=loaded.teacher_model, real_stats=stats, lpips=lpips,
-        fid_method=spec.fid_method, num_workers=spec.data.num_workers, bootstrap=spec.bootstrap,
+        tok.model,
+        images,
+        num_images=spec.num_images,
+        inception=inception,
+        batch_size=spec.batch_size,
+        info=ctx.info,
+        teacher=loaded.teacher_model,
+        real_stats=stats,
+        lpips=lpips,
+        fid_method=spec.fid_method,
+        num_workers=spec.data.num_workers,
+        bootstrap=spec.bootstrap,
         # the real images' per-image features, written beside their statistics by the real_stats stage
-        real_pool_cache=pool_features_path(stats_file), gallery=spec.gallery,
-        token_positions=True)
+        real_pool_cache=pool_features_path(stats_file),
+        gallery=spec.gallery,
+        token_positions=True,
+    )
     gallery, positions = metrics.pop("gallery", None), metrics.pop("token_positions", None)
     random = {**loaded.random, "inception": inception.random}
     if lpips is not None:
         random["lpips"] = lpips.random
-    tags = base.feature_tags("rfid", spec, inception, f"{meta.get('num_images')} real images' statistics "
-                             f"({images.describe()['name']} {spec.split}, {stats_file.name})")
+    tags = base.feature_tags(
+        "rfid",
+        spec,
+        inception,
+        f"{meta.get('num_images')} real images' statistics "
+        f"({images.describe()['name']} {spec.split}, {stats_file.name})",
+    )
     if spec.bootstrap:
         tags[eval_tag("rfid", "interval")] = interval_description(spec.bootstrap, metrics["rfid_num_images"])
     artifacts = []
@@ -93,18 +113,27 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
         artifacts.append(str(save_gallery(gallery, ctx.out / GALLERY, tok.label)))
     if ctx.info.is_main and positions is not None:
         artifacts.append(str(atomic_write_json(ctx.out / TOKEN_USAGE, {"tokenizer": tok.label, **positions})))
-    return {"metrics": metrics, "random_weights": random, "tokenizer": tok.label, "data": images.describe(),
-            "inception_dtype": spec.inception_dtype, "tags": tags, "artifacts": artifacts}
+    return {
+        "metrics": metrics,
+        "random_weights": random,
+        "tokenizer": tok.label,
+        "data": images.describe(),
+        "inception_dtype": spec.inception_dtype,
+        "tags": tags,
+        "artifacts": artifacts,
+    }
 
 
 def interval_description(resamples: int, num_images: int) -> str:
     from bench.eval.metrics import BOOTSTRAP_SEED, INTERVAL_LEVEL
 
-    return (f"{INTERVAL_LEVEL:.0%} bootstrap interval, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the "
-            f"{num_images} evaluation images: rfid with the real and reconstructed per-image features resampled "
-            "together (exact Frechet distance per resample, bench.eval.metrics.bootstrap_fid); rfid_is, psnr, ssim, "
-            "lpips from the same resampling; the percentile interval moved by the resamples' bias and widened to "
-            "hold the estimate")
+    return (
+        f"{INTERVAL_LEVEL:.0%} bootstrap interval, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the "
+        f"{num_images} evaluation images: rfid with the real and reconstructed per-image features resampled "
+        "together (exact Frechet distance per resample, bench.eval.metrics.bootstrap_fid); rfid_is, psnr, ssim, "
+        "lpips from the same resampling; the percentile interval moved by the resamples' bias and widened to "
+        "hold the estimate"
+    )
 
 
 def save_gallery(pairs, path: Path, label: str) -> Path:
@@ -118,8 +147,12 @@ def save_gallery(pairs, path: Path, label: str) -> Path:
     rows, n, _, h, w = pairs.shape
     canvas = pairs.permute(0, 3, 1, 4, 2).reshape(rows * h, n * w, 3).numpy().astype(np.uint8)
     info = PngImagePlugin.PngInfo()
-    info.add_text("titok.gallery", json.dumps({"rows": ["original", "reconstruction"], "count": int(n),
-                                               "tile": [int(h), int(w)], "tokenizer": label}))
+    info.add_text(
+        "titok.gallery",
+        json.dumps(
+            {"rows": ["original", "reconstruction"], "count": int(n), "tile": [int(h), int(w)], "tokenizer": label}
+        ),
+    )
     with atomic_file(path) as f:
         Image.fromarray(canvas).save(f, format="PNG", pnginfo=info)
     return path

@@ -24,6 +24,8 @@ def run(spec: Spec, ctx: base.Context) -> dict:
     from bench.train.pretokenize import pretokenize
 
     m = pretokenize(spec, ctx.out, ctx.info)
-    return {"metrics": {"pretokenize_images": m["count"], "pretokenize_skipped": m["skipped"]},
-            "tags": {"titok.pretokenize_crops": m["crops"], "titok.pretokenize_precision": m["precision"]},
-            "random_weights": {}}
+    return {
+        "metrics": {"pretokenize_images": m["count"], "pretokenize_skipped": m["skipped"]},
+        "tags": {"titok.pretokenize_crops": m["crops"], "titok.pretokenize_precision": m["precision"]},
+        "random_weights": {},
+    }

@@ -47,9 +47,25 @@ def run(spec: ProbeSpec, ctx: base.Context) -> dict:
         raise SetupError(str(err)) from None
     tok = load_model(spec.tokenizer, "tokenizer", spec.allow_random_weights)
     val = base.eval_dataset(spec.data, spec.split, spec.num_val)
-    metrics = linear_probe(tok.model, base.eval_dataset(spec.data, "train", spec.num_train), val,
-                           num_train=spec.num_train, num_val=spec.num_val, info=ctx.info, epochs=spec.epochs,
-                           batch_size=spec.batch_size, num_workers=spec.data.num_workers, features=spec.features)
-    return {"metrics": metrics, "random_weights": {"tokenizer": tok.random}, "tokenizer": tok.label,
-            "data": val.describe(), "tags": {eval_tag("probe", "features"): spec.features,
-                                             eval_tag("probe", "interval"): PROBE_INTERVAL.format(n=spec.num_val)}}
+    metrics = linear_probe(
+        tok.model,
+        base.eval_dataset(spec.data, "train", spec.num_train),
+        val,
+        num_train=spec.num_train,
+        num_val=spec.num_val,
+        info=ctx.info,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        num_workers=spec.data.num_workers,
+        features=spec.features,
+    )
+    return {
+        "metrics": metrics,
+        "random_weights": {"tokenizer": tok.random},
+        "tokenizer": tok.label,
+        "data": val.describe(),
+        "tags": {
+            eval_tag("probe", "features"): spec.features,
+            eval_tag("probe", "interval"): PROBE_INTERVAL.format(n=spec.num_val),
+        },
+    }

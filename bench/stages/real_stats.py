@@ -40,7 +40,6 @@ class RealStatsSpec:
     path: str | None = None  # where the statistics go (None: PRODUCT in the stage's folder); reused when they match
 
 
-
 def run(spec: RealStatsSpec, ctx: base.Context) -> dict:
     from bench.eval.reconstruction import (
         load_feature_stats,
@@ -55,24 +54,45 @@ def run(spec: RealStatsSpec, ctx: base.Context) -> dict:
     pool_path = pool_features_path(path)
     inception = base.inception(spec, ctx)
     images = base.eval_dataset(spec.data, spec.split, spec.num_images)
-    describe = json.loads(json.dumps({  # as it reads back from the file
-        "dataset": images.describe(), "num_images": spec.num_images, "inception_random": inception.random,
-        "inception_dtype": spec.inception_dtype}, default=str))
+    describe = json.loads(
+        json.dumps(
+            {  # as it reads back from the file
+                "dataset": images.describe(),
+                "num_images": spec.num_images,
+                "inception_random": inception.random,
+                "inception_dtype": spec.inception_dtype,
+            },
+            default=str,
+        )
+    )
     # rank 0 looks at the files and every rank follows (which pass runs is a collective decision)
     have_stats = main_rank_says(ctx.info.is_main and path.is_file(), ctx.info.device)
     have_pool = main_rank_says(ctx.info.is_main and pool_path.is_file(), ctx.info.device)
     if have_stats:
         stored = on_main(lambda: load_feature_stats(path)[1], ctx.info)
         if any(stored.get(k) != v for k, v in describe.items()):
-            raise SetupError(f"real-image statistics {path} describe other images or another Inception "
-                             f"({ {k: stored.get(k) for k in describe} }); delete the file or pass another path")
+            raise SetupError(
+                f"real-image statistics {path} describe other images or another Inception "
+                f"({ {k: stored.get(k) for k in describe} }); delete the file or pass another path"
+            )
     if not (have_stats and have_pool):  # a reused statistics file without its per-image features: add them
-        stats, pool = real_features(images, spec.num_images, inception=inception, batch_size=spec.batch_size,
-                                    info=ctx.info, num_workers=spec.data.num_workers)
+        stats, pool = real_features(
+            images,
+            spec.num_images,
+            inception=inception,
+            batch_size=spec.batch_size,
+            info=ctx.info,
+            num_workers=spec.data.num_workers,
+        )
         if ctx.info.is_main:
             if not have_stats:
                 save_feature_stats(stats, path, describe)
             save_pool_features(pool, pool_path)
         barrier()
-    return {"metrics": {}, "path": str(path), "pool_features": str(pool_path), "inception_dtype": spec.inception_dtype,
-            "random_weights": {"inception": inception.random}}
+    return {
+        "metrics": {},
+        "path": str(path),
+        "pool_features": str(pool_path),
+        "inception_dtype": spec.inception_dtype,
+        "random_weights": {"inception": inception.random},
+    }

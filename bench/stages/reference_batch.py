@@ -41,7 +41,6 @@ class ReferenceBatchSpec:
     path: str | None = None  # where the batch goes (None: PRODUCT in the stage's folder)
 
 
-
 def run(spec: ReferenceBatchSpec, ctx: base.Context) -> dict:
     from bench.eval.generation import make_reference_batch, reference_pool_features
 
@@ -56,8 +55,19 @@ def run(spec: ReferenceBatchSpec, ctx: base.Context) -> dict:
         reference_pool_features(path, inception, ctx.info, spec.batch_size)  # cached for every eval_gen
     else:  # the features are cached as the batch is written
         images = base.eval_dataset(spec.data, spec.split, spec.num_images)
-        make_reference_batch(images, spec.num_images, inception, path, batch_size=spec.batch_size, info=ctx.info,
-                             num_workers=spec.data.num_workers,
-                             metadata={"data": dataclasses.asdict(spec.data), "inception_dtype": spec.inception_dtype})
-    return {"metrics": {}, "path": str(path), "inception_dtype": spec.inception_dtype,
-            "random_weights": {"inception": inception.random}}
+        make_reference_batch(
+            images,
+            spec.num_images,
+            inception,
+            path,
+            batch_size=spec.batch_size,
+            info=ctx.info,
+            num_workers=spec.data.num_workers,
+            metadata={"data": dataclasses.asdict(spec.data), "inception_dtype": spec.inception_dtype},
+        )
+    return {
+        "metrics": {},
+        "path": str(path),
+        "inception_dtype": spec.inception_dtype,
+        "random_weights": {"inception": inception.random},
+    }

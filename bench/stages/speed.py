@@ -37,33 +37,54 @@ class SpeedSpec:
     device: str = "auto"
 
 
-
 def run(spec: SpeedSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval
     from bench.speed import measure_generation
 
-    loaded = load_for_eval(spec.tokenizer, teacher=spec.teacher, generator=spec.generator,
-                           allow_random=spec.allow_random_weights)
+    loaded = load_for_eval(
+        spec.tokenizer, teacher=spec.teacher, generator=spec.generator, allow_random=spec.allow_random_weights
+    )
     if spec.generator is None:
         return _tokenizer_speed(spec, loaded, ctx)
-    result = measure_generation(loaded.tokenizer.model, loaded.generator.model, batch_size=spec.batch_size,
-                                sampler_settings=spec.sampler or None, mode=spec.mode, teacher=loaded.teacher_model,
-                                warmup=spec.warmup, repeats=spec.repeats, device=ctx.info.device)
+    result = measure_generation(
+        loaded.tokenizer.model,
+        loaded.generator.model,
+        batch_size=spec.batch_size,
+        sampler_settings=spec.sampler or None,
+        mode=spec.mode,
+        teacher=loaded.teacher_model,
+        warmup=spec.warmup,
+        repeats=spec.repeats,
+        device=ctx.info.device,
+    )
     # timings do not depend on the weights, but the row is still the speed of stand-ins: say so
-    return {"metrics": {"samples_per_s": float(result["samples_per_s"])}, "speed": result,
-            "random_weights": loaded.random, "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, result)}}
+    return {
+        "metrics": {"samples_per_s": float(result["samples_per_s"])},
+        "speed": result,
+        "random_weights": loaded.random,
+        "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, result)},
+    }
 
 
 def _tokenizer_speed(spec: SpeedSpec, loaded, ctx: base.Context) -> dict:
     from bench.speed.measure import measure_tokenizer
 
-    rows = measure_tokenizer(loaded.tokenizer.model, batch_size=spec.batch_size, mode=spec.mode,
-                             teacher=loaded.teacher_model, warmup=spec.warmup, repeats=spec.repeats,
-                             device=ctx.info.device)
+    rows = measure_tokenizer(
+        loaded.tokenizer.model,
+        batch_size=spec.batch_size,
+        mode=spec.mode,
+        teacher=loaded.teacher_model,
+        warmup=spec.warmup,
+        repeats=spec.repeats,
+        device=ctx.info.device,
+    )
     by = {row["task"]: row for row in rows}
-    return {"metrics": {f"{task}_images_per_s": float(row["throughput"]) for task, row in by.items()},
-            "speed": by, "random_weights": loaded.random,
-            "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, by["decode"])}}
+    return {
+        "metrics": {f"{task}_images_per_s": float(row["throughput"]) for task, row in by.items()},
+        "speed": by,
+        "random_weights": loaded.random,
+        "tags": {T.TAG_SPEED_PATH: speed_path(spec.mode, by["decode"])},
+    }
 
 
 def speed_path(mode: str, result: dict) -> str:

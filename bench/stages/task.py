@@ -85,15 +85,24 @@ class StageTask:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def new_task(grid: str, cell: str, stage: str, spec, folder: Path,
-             inputs: dict[str, StageTask | None] | None = None) -> StageTask:
+def new_task(
+    grid: str, cell: str, stage: str, spec, folder: Path, inputs: dict[str, StageTask | None] | None = None
+) -> StageTask:
     """The task of `stage` with `spec`, in `folder`/<stage>-<identity>. `inputs`: role -> the task whose product
     the spec names (None, or a role left out: the input comes from outside the plan)."""
     module = stage_module(stage)
     made = {role: t for role, t in (inputs or {}).items() if t is not None}
     identity = module.RULE.identity(spec, {role: t.identity for role, t in made.items()})
-    return StageTask(grid, cell, stage, identity, str(folder / f"{stage}-{identity}"), spec,
-                     tuple(t.key for t in made.values()), module.RESOURCES)
+    return StageTask(
+        grid,
+        cell,
+        stage,
+        identity,
+        str(folder / f"{stage}-{identity}"),
+        spec,
+        tuple(t.key for t in made.values()),
+        module.RESOURCES,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class Tracking:
     uri: str
     run_dir: str
     system_metrics_s: float | None = None  # seconds between system/* samples of a training stage (None: the
-                                           # environment's $TITOK_SYSTEM_METRICS_S, else 10 s; 0: none)
+    # environment's $TITOK_SYSTEM_METRICS_S, else 10 s; 0: none)
 
     @property
     def buffer(self) -> Path:
@@ -140,8 +149,11 @@ def run_task(task: StageTask, tracking: Tracking | None = None) -> dict:
     if info.distributed:  # rank 0 tries the lock without blocking; every rank hears each try's outcome, between
         # sleeps: ranks waiting for another job's owner never wait inside a collective (it would time out)
         agree = functools.partial(D.main_rank_says, device=info.device)
-        owned = polled_owner_lock(out / LOCK, lambda pid: _waiting(task, pid), agree, LOCK_POLL_S) \
-            if info.is_main else _following(agree)
+        owned = (
+            polled_owner_lock(out / LOCK, lambda pid: _waiting(task, pid), agree, LOCK_POLL_S)
+            if info.is_main
+            else _following(agree)
+        )
     else:
         owned = owner_lock(out / LOCK, lambda pid: _waiting(task, pid))
     with owned:
@@ -158,8 +170,11 @@ def _following(agree) -> Iterator[None]:
 
 
 def _waiting(task: StageTask, pid: int | None) -> None:
-    print(f"{task.uid}: another process (PID {pid or 'unknown'}) owns this stage; waiting for it to end",
-          file=sys.stderr, flush=True)
+    print(
+        f"{task.uid}: another process (PID {pid or 'unknown'}) owns this stage; waiting for it to end",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out: Path) -> dict:
@@ -181,16 +196,23 @@ def _run_owned(task: StageTask, tracking: Tracking | None, info: D.DistInfo, out
             last[0] = step
 
     if info.is_main:
-        atomic_write_json(out / SPEC, {"stage": task.stage, "cell": task.cell, "identity": task.identity,
-                                       "spec": dataclasses.asdict(task.spec)})
+        atomic_write_json(
+            out / SPEC,
+            {"stage": task.stage, "cell": task.cell, "identity": task.identity, "spec": dataclasses.asdict(task.spec)},
+        )
     t0 = time.time()
     named = spec_weights(task.spec)  # checked before the work, not after
     system = tracking.system_metrics(task, info) if tracking else nullcontext()
     with weights.recording() as used, system:
         result = stage_module(task.stage).run(task.spec, Context(out, info, log))
-    result.update(stage=task.stage, cell=task.cell, identity=task.identity,
-                  wall_s=result.get("wall_s", time.time() - t0), device=_device_name(info),
-                  devices=_device_count(info, task.threads))
+    result.update(
+        stage=task.stage,
+        cell=task.cell,
+        identity=task.identity,
+        wall_s=result.get("wall_s", time.time() - t0),
+        device=_device_name(info),
+        devices=_device_count(info, task.threads),
+    )
     if info.is_main:
         result["tags"] = {**weights_tags({**used, **named}), **result.get("tags", {})}
         if "precision" in result:  # a training stage: what ran, which may be fp32 where autocast is slow
@@ -221,8 +243,11 @@ def spec_weights(spec) -> dict[str, Path]:
 def weights_tags(used: dict[str, Path | None]) -> dict[str, str]:
     """Tags naming each registry file a stage used (name -> its file, None: a stand-in) with the revision it was
     fetched at and its sha256, or that it was a stand-in (bench.weights.provenance)."""
-    return {T.weights_tag(name, kind): value for name, path in sorted(used.items())
-            for kind, value in weights.provenance(name, path).items()}
+    return {
+        T.weights_tag(name, kind): value
+        for name, path in sorted(used.items())
+        for kind, value in weights.provenance(name, path).items()
+    }
 
 
 def _strings(tree) -> list[str]:

@@ -18,7 +18,6 @@ PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED)
 
 
-
 def run(spec: Spec, ctx: base.Context) -> dict:
     from bench.train.tokenizer import train_teacher
 

@@ -37,8 +37,9 @@ def load_tokenizer(source: str) -> models.TiTok:
     return tokenizer.eval().requires_grad_(False)
 
 
-def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok | None,
-                        generator: models.MaskGITGenerator) -> Objective:
+def generator_objective(
+    cfg: GeneratorTrainConfig, tokenizer: models.TiTok | None, generator: models.MaskGITGenerator
+) -> Objective:
     """The MaskGIT loss of `generator` on each batch's tokens: those the frozen `tokenizer` gives the batch's
     images (flipped where crop is 1), or, with `tokenizer` None, the pretokenized ids of each sample's crop."""
     mask_id = generator.mask_token_id
@@ -62,8 +63,13 @@ def generator_objective(cfg: GeneratorTrainConfig, tokenizer: models.TiTok | Non
         acc = ((logits.argmax(-1) == ids) & mask).sum() / mask.sum()  # no boolean indexing: it reads the device
         return total, {"generator/loss": total.detach(), "generator/masked_acc": acc}
 
-    return Objective(modules={"generator": generator}, optim={"generator": cfg.optim}, loss=loss,
-                     ema_of="generator", frozen={"tokenizer": tokenizer} if tokenizer is not None else {})
+    return Objective(
+        modules={"generator": generator},
+        optim={"generator": cfg.optim},
+        loss=loss,
+        ema_of="generator",
+        frozen={"tokenizer": tokenizer} if tokenizer is not None else {},
+    )
 
 
 def generator_batches(dataset, num_crops: int, cfg: GeneratorTrainConfig, info: D.DistInfo, num_workers: int = 0):
@@ -95,16 +101,28 @@ def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: 
         from .pretokenize import tokenizer_identity
 
         dataset = TokenDataset(cfg.tokens)
-        dataset.check(tokenizer=tokenizer_identity(cfg.tokenizer), data=cfg.data, num_tokens=t.num_latent_tokens,
-                      codebook_size=t.codebook_size)
+        dataset.check(
+            tokenizer=tokenizer_identity(cfg.tokenizer),
+            data=cfg.data,
+            num_tokens=t.num_latent_tokens,
+            codebook_size=t.codebook_size,
+        )
         objective = generator_objective(cfg, None, generator)
         batches = generator_batches(dataset, dataset.num_crops, cfg, info)  # memory-mapped rows: no workers
         del tokenizer
     else:
         data = cfg.data
-        dataset = build_dataset(data.name, split="train", image_size=data.image_size, train=False, root=data.root,
-                                num_images=data.num_images, num_classes=data.num_classes, seed=data.seed,
-                                shards=data.train_shards)
+        dataset = build_dataset(
+            data.name,
+            split="train",
+            image_size=data.image_size,
+            train=False,
+            root=data.root,
+            num_images=data.num_images,
+            num_classes=data.num_classes,
+            seed=data.seed,
+            shards=data.train_shards,
+        )
         objective = generator_objective(cfg, tokenizer, generator)
         batches = generator_batches(dataset, 2, cfg, info, data.num_workers)  # crop 1: the flip
     result = train(objective, batches, cfg.loop, out_dir, info, log)

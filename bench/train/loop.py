@@ -102,8 +102,11 @@ def param_groups(module: nn.Module, weight_decay: float, part_of: Callable[[str]
         decays = not (p.ndim < 2 or any(w in name for w in _NO_DECAY))
         groups.setdefault((part_of(name) if part_of else "", decays), []).append(p)
     parts = sorted({part for part, _ in groups}) or [""]
-    return [{"params": groups.get((part, decays), []), "weight_decay": weight_decay if decays else 0.0, "part": part}
-            for part in parts for decays in (True, False)]
+    return [
+        {"params": groups.get((part, decays), []), "weight_decay": weight_decay if decays else 0.0, "part": part}
+        for part in parts
+        for decays in (True, False)
+    ]
 
 
 def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
@@ -171,8 +174,11 @@ class TrainResult:
 def _rng_state() -> dict:
     # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store its parts as tensors
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                       gauss], "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -234,12 +240,18 @@ def load_resume_point(out: Path, say: bool = True) -> tuple[dict | None, Path | 
         except Exception as err:  # a torn zip, a bad pickle, a digest mismatch
             damaged = True
             if say:
-                print(f"warning: the resume point {path} is damaged ({type(err).__name__}: {err}); it is not used",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"warning: the resume point {path} is damaged ({type(err).__name__}: {err}); it is not used",
+                    file=sys.stderr,
+                    flush=True,
+                )
             continue
         if damaged and say:
-            print(f"warning: resuming from the previous resume point {path} (step {state['step']})",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: resuming from the previous resume point {path} (step {state['step']})",
+                file=sys.stderr,
+                flush=True,
+            )
         return state, path
     if damaged and say:
         print(f"warning: no good resume point: the stage restarts from step 0 in {out}", file=sys.stderr, flush=True)
@@ -266,8 +278,9 @@ class Trainer:
 
     `state` (a checkpoint's payload, see `state_dict`) is loaded before the modules are wrapped for DDP."""
 
-    def __init__(self, objective: Objective, cfg: LoopConfig, info: D.DistInfo | None = None,
-                 state: dict | None = None):
+    def __init__(
+        self, objective: Objective, cfg: LoopConfig, info: D.DistInfo | None = None, state: dict | None = None
+    ):
         self.objective, self.cfg = objective, cfg
         self.info = info or D.DistInfo()
         self.device = device = self.info.device
@@ -275,34 +288,50 @@ class Trainer:
             m.to(device)
         for m in objective.frozen.values():
             m.eval().requires_grad_(False)
-        self.optimizers = {name: torch.optim.AdamW(
-            param_groups(m, objective.optim[name].weight_decay,
-                         functools.partial(objective.part_of, name) if objective.part_of else None),
-            lr=objective.optim[name].lr, betas=objective.optim[name].betas) for name, m in objective.modules.items()}
+        self.optimizers = {
+            name: torch.optim.AdamW(
+                param_groups(
+                    m,
+                    objective.optim[name].weight_decay,
+                    functools.partial(objective.part_of, name) if objective.part_of else None,
+                ),
+                lr=objective.optim[name].lr,
+                betas=objective.optim[name].betas,
+            )
+            for name, m in objective.modules.items()
+        }
         self.precision = D.runnable_precision(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
-        self.ema = EMA(objective.modules[objective.ema_of], cfg.ema_max_decay) if (
-            objective.ema_of and cfg.ema_max_decay > 0) else None
+        self.ema = (
+            EMA(objective.modules[objective.ema_of], cfg.ema_max_decay)
+            if (objective.ema_of and cfg.ema_max_decay > 0)
+            else None
+        )
         # fp16 steps skipped for a non-finite loss or gradient, per optimizer: in all, and in a row up to now
         self.skips = {name: {"total": 0, "in_a_row": 0} for name in objective.modules}
         self.save_requested = False  # this rank's wish to save at the next step boundary (signal, wall time)
         self.save_agreed = None  # the ranks' answer, read with the step's first non-finite check (None: not asked)
         if state is not None:
             self.load_state_dict(state)
-        self.wrapped = {name: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
-                        if self.info.distributed and any(p.requires_grad for p in m.parameters()) else m
-                        for name, m in objective.modules.items()}
+        self.wrapped = {
+            name: DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+            if self.info.distributed and any(p.requires_grad for p in m.parameters())
+            else m
+            for name, m in objective.modules.items()
+        }
         for m in objective.modules.values():
             m.train()
 
     def state_dict(self) -> dict:
         """Weights, optimizer and scaler states, EMA and the objective's extra state."""
-        return {"modules": {n: m.state_dict() for n, m in self.objective.modules.items()},
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "scaler": self.scaler.state_dict(),
-                "ema": self.ema.shadow if self.ema is not None else {},
-                "extra": self.objective.extra_state(),
-                "skips": copy.deepcopy(self.skips)}
+        return {
+            "modules": {n: m.state_dict() for n, m in self.objective.modules.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.shadow if self.ema is not None else {},
+            "extra": self.objective.extra_state(),
+            "skips": copy.deepcopy(self.skips),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name, m in self.objective.modules.items():
@@ -390,14 +419,21 @@ class Trainer:
         count = self.skips[name]
         count["total"] += 1
         count["in_a_row"] += 1
-        logger.warning("step %d: non-finite %s %s in fp16: update skipped, loss scale now %g (%d in a row)", step,
-                       name, what, state["scale"], count["in_a_row"])
+        logger.warning(
+            "step %d: non-finite %s %s in fp16: update skipped, loss scale now %g (%d in a row)",
+            step,
+            name,
+            what,
+            state["scale"],
+            count["in_a_row"],
+        )
         if count["in_a_row"] >= self.cfg.max_consecutive_skips:
             raise NonFiniteLossError(
                 f"{count['in_a_row']} fp16 steps in a row (the last at step {step}) had a non-finite {name} loss or "
                 f"gradient, each skipped with the gradient scaler backing off (loss scale now {state['scale']:g}): "
                 f"stopping at LoopConfig.max_consecutive_skips={self.cfg.max_consecutive_skips}. The forward itself "
-                "may overflow in fp16: try precision bf16 or fp32, or a lower learning rate")
+                "may overflow in fp16: try precision bf16 or fp32, or a lower learning rate"
+            )
 
 
 def _grad_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -429,8 +465,14 @@ def _read(values: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
-def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopConfig, out_dir: str | os.PathLike,
-          info: D.DistInfo | None = None, log: Callable[[dict, int], None] | None = None) -> TrainResult:
+def train(
+    objective: Objective,
+    batches: Callable[[int], Iterator],
+    cfg: LoopConfig,
+    out_dir: str | os.PathLike,
+    info: D.DistInfo | None = None,
+    log: Callable[[dict, int], None] | None = None,
+) -> TrainResult:
     """Run (or resume) training to cfg.steps.
 
     batches(start_step) -> iterator of this rank's batches for steps start_step, start_step + 1, ... (each of
@@ -475,8 +517,11 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
         nonlocal keep_previous, last_save
         wall = wall_s()
         if info.is_main:
-            save_resume_point({"step": step, **trainer.state_dict(), "rng": rng, "wall_s": wall, "lost_s": lost_s},
-                              ckpt_path, keep_previous)
+            save_resume_point(
+                {"step": step, **trainer.state_dict(), "rng": rng, "wall_s": wall, "lost_s": lost_s},
+                ckpt_path,
+                keep_previous,
+            )
         keep_previous = True
         last_save = time.time()
         heartbeat(step, wall)
@@ -492,12 +537,14 @@ def train(objective: Objective, batches: Callable[[int], Iterator], cfg: LoopCon
             batch = next(it)
             asked = bool(signalled)
             trainer.save_requested = asked or (
-                cfg.checkpoint_every_s > 0 and time.time() - last_save >= cfg.checkpoint_every_s)
+                cfg.checkpoint_every_s > 0 and time.time() - last_save >= cfg.checkpoint_every_s
+            )
             try:
                 step_logs = trainer.step(step, batch, logs=log_step)
             except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"{err}; the last good checkpoint "
-                                         f"({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept") from None
+                raise NonFiniteLossError(
+                    f"{err}; the last good checkpoint ({ckpt_path if ckpt_path.exists() else 'none yet'}) is kept"
+                ) from None
             if log_step:
                 logs = step_logs
                 if log is not None and info.is_main:

@@ -19,8 +19,7 @@ class BlurPool(nn.Module):
         self.register_buffer("kernel", (k / k.sum()).expand(channels, 1, 4, 4).clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), self.kernel.to(x.dtype), stride=2,
-                        groups=x.shape[1])
+        return F.conv2d(F.pad(x, (1, 2, 1, 2), mode="reflect"), self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
 
 
 class NLayerDiscriminator(nn.Module):
@@ -32,10 +31,18 @@ class NLayerDiscriminator(nn.Module):
         widths = [base, base, 2 * base, 4 * base]
         layers: list[nn.Module] = [nn.Conv2d(3, base, 5, padding=2), nn.LeakyReLU(0.1)]
         for cin, cout in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1), BlurPool(cout), nn.GroupNorm(groups, cout),
-                       nn.LeakyReLU(0.1)]
-        layers += [nn.AdaptiveMaxPool2d(pool), nn.Conv2d(widths[-1], widths[-1], 1), nn.LeakyReLU(0.1),
-                   nn.Conv2d(widths[-1], 1, 5, padding=2)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                BlurPool(cout),
+                nn.GroupNorm(groups, cout),
+                nn.LeakyReLU(0.1),
+            ]
+        layers += [
+            nn.AdaptiveMaxPool2d(pool),
+            nn.Conv2d(widths[-1], widths[-1], 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(widths[-1], 1, 5, padding=2),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,12 +77,16 @@ class LeCam(nn.Module):
         with torch.no_grad():
             self.real_mean.lerp_(real_logits.float().mean(), 1 - self.decay)
             self.fake_mean.lerp_(fake_logits.float().mean(), 1 - self.decay)
-        return (F.relu(real_logits - self.fake_mean).pow(2).mean()
-                + F.relu(self.real_mean - fake_logits).pow(2).mean())
+        return F.relu(real_logits - self.fake_mean).pow(2).mean() + F.relu(self.real_mean - fake_logits).pow(2).mean()
 
 
-def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                      label_smoothing: float = 0.1, unmasked_weight: float = 0.1) -> torch.Tensor:
+def masked_token_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    label_smoothing: float = 0.1,
+    unmasked_weight: float = 0.1,
+) -> torch.Tensor:
     """MaskGIT loss: label-smoothed CE on every position, weight 1 on masked and `unmasked_weight` on the
     others, normalised by the weight sum."""
     ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none", label_smoothing=label_smoothing)

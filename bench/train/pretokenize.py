@@ -62,9 +62,18 @@ def training_images(data: DataConfig, crops: str, skipped_log: str | None = None
     """The training split the generator reads on the fly (centre crops, no augmentation), at the size its crops
     are cut from."""
     size = data.image_size if crops == "flip" else ten_crop_size(data.image_size)
-    return build_dataset(data.name, split="train", image_size=size, train=False, root=data.root,
-                         num_images=data.num_images, num_classes=data.num_classes, seed=data.seed,
-                         skipped_log=skipped_log, shards=data.train_shards)
+    return build_dataset(
+        data.name,
+        split="train",
+        image_size=size,
+        train=False,
+        root=data.root,
+        num_images=data.num_images,
+        num_classes=data.num_classes,
+        seed=data.seed,
+        skipped_log=skipped_log,
+        shards=data.train_shards,
+    )
 
 
 class _Rows(Dataset):
@@ -114,16 +123,23 @@ def _done_shards(out: Path, records: list[dict]) -> set[int]:
         have = json.loads(path.read_text())
         for key in ("tokenizer", "data", "crops"):
             if have[key] != want[key]:
-                raise TokensError(f"{out} holds shards of other tokens ({key}: {have[key]!r}, this run: "
-                                  f"{want[key]!r}): pretokenize into an empty folder, or remove it")
+                raise TokensError(
+                    f"{out} holds shards of other tokens ({key}: {have[key]!r}, this run: "
+                    f"{want[key]!r}): pretokenize into an empty folder, or remove it"
+                )
         if have["range"] == want["range"]:
             done.add(i)
     return done
 
 
 def _encode_shard(tokenizer, rows: _Rows, cfg: PretokenizeConfig, info: D.DistInfo):
-    loader = DataLoader(rows, batch_size=cfg.batch_size, num_workers=cfg.data.num_workers, collate_fn=_collate,
-                        pin_memory=info.device.type == "cuda")
+    loader = DataLoader(
+        rows,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.data.num_workers,
+        collate_fn=_collate,
+        pin_memory=info.device.type == "cuda",
+    )
     c = tokenizer.config
     ids, tokens, labels, skipped = [], [], [], []
     for index, images, label, bad in loader:
@@ -167,8 +183,9 @@ def pretokenize(cfg: PretokenizeConfig, out_dir: str | os.PathLike, info: D.Dist
     if not tokenizer.is_vq:
         raise ValueError(f"{cfg.tokenizer} is a VAE tokenizer: it has no discrete tokens to store")
     if tokenizer.config.image_size != cfg.data.image_size:
-        raise ValueError(f"the tokenizer encodes {tokenizer.config.image_size} px images, data.image_size is "
-                         f"{cfg.data.image_size}")
+        raise ValueError(
+            f"the tokenizer encodes {tokenizer.config.image_size} px images, data.image_size is {cfg.data.image_size}"
+        )
     identity = tokenizer_identity(cfg.tokenizer)
     (out / SKIPPED).mkdir(exist_ok=True)
     dataset = training_images(cfg.data, cfg.crops, str(out / SKIPPED))
@@ -187,22 +204,34 @@ def pretokenize(cfg: PretokenizeConfig, out_dir: str | os.PathLike, info: D.Dist
         _save_npy(Path(f"{base}.labels.npy"), labels)
         _save_npy(Path(f"{base}.index.npy"), ids)
         # the record last: a shard is done when its record exists
-        atomic_write_json(f"{base}.json", {**records[i], "count": len(ids), "skipped": len(skipped),
-                                           "skipped_index": skipped})
+        atomic_write_json(
+            f"{base}.json", {**records[i], "count": len(ids), "skipped": len(skipped), "skipped_index": skipped}
+        )
     D.barrier()
     if info.is_main:
         shards = [json.loads((out / f"{shard_name(i)}.json").read_text()) for i in range(len(bounds))]
         c = tokenizer.config
         manifest = {
-            "format": FORMAT, "tokenizer": {"source": cfg.tokenizer, "identity": identity},
-            "data": data_settings(cfg.data), "dataset": _describe(dataset), "crops": cfg.crops,
-            "num_crops": num_crops(cfg.crops), "precision": D.runnable_precision(cfg.precision, info.device),
-            "num_tokens": c.num_latent_tokens, "codebook_size": c.codebook_size,
-            "dtype": token_dtype(c.codebook_size).name, "images": n, "count": sum(s["count"] for s in shards),
+            "format": FORMAT,
+            "tokenizer": {"source": cfg.tokenizer, "identity": identity},
+            "data": data_settings(cfg.data),
+            "dataset": _describe(dataset),
+            "crops": cfg.crops,
+            "num_crops": num_crops(cfg.crops),
+            "precision": D.runnable_precision(cfg.precision, info.device),
+            "num_tokens": c.num_latent_tokens,
+            "codebook_size": c.codebook_size,
+            "dtype": token_dtype(c.codebook_size).name,
+            "images": n,
+            "count": sum(s["count"] for s in shards),
             "skipped": sum(s["skipped"] for s in shards),
-            "shards": [{"name": shard_name(i), "count": s["count"], "skipped": s["skipped"], "range": s["range"]}
-                       for i, s in enumerate(shards)],
-            "settings": dataclasses.asdict(cfg), "wall_s_last_run": time.time() - t0}
+            "shards": [
+                {"name": shard_name(i), "count": s["count"], "skipped": s["skipped"], "range": s["range"]}
+                for i, s in enumerate(shards)
+            ],
+            "settings": dataclasses.asdict(cfg),
+            "wall_s_last_run": time.time() - t0,
+        }
         atomic_write_json(out / MANIFEST, manifest)
     D.barrier()
     return json.loads((out / MANIFEST).read_text())

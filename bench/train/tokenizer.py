@@ -79,49 +79,91 @@ def loader_batches(dataset, batch_size: int, seed: int, info: D.DistInfo, num_wo
     local = local_batch(batch_size, info)
 
     def batches(start_step: int):
-        loader = make_loader(dataset, batch_size=local, seed=seed, rank=info.rank, world_size=info.world_size,
-                             num_workers=num_workers, start_step=start_step, pin_memory=info.device.type == "cuda")
+        loader = make_loader(
+            dataset,
+            batch_size=local,
+            seed=seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            num_workers=num_workers,
+            start_step=start_step,
+            pin_memory=info.device.type == "cuda",
+        )
         for step, items in infinite_batches(loader):
             yield step, tuple(x.to(info.device, non_blocking=True) for x in items)
 
     return batches
 
 
-def batches_for(data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True,
-                train_augment: bool = True):
+def batches_for(
+    data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True, train_augment: bool = True
+):
     """The loop's batch source: a function of the start step, yielding this rank's (images, labels).
     `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
     if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shards.py)
-        shards = shard_list(data.train_shards if train_split else data.val_shards,
-                            "data.train_shards" if train_split else "data.val_shards")
+        shards = shard_list(
+            data.train_shards if train_split else data.val_shards,
+            "data.train_shards" if train_split else "data.val_shards",
+        )
         local = local_batch(batch_size, info)
 
         def shard_batches(start_step: int):
-            stream = ShardStream(shards, image_size=data.image_size, train=train_split and train_augment,
-                                 batch_size=local, seed=seed, start_step=start_step,
-                                 rank=info.rank, world_size=info.world_size, num_workers=data.num_workers,
-                                 num_classes=data.num_classes)
+            stream = ShardStream(
+                shards,
+                image_size=data.image_size,
+                train=train_split and train_augment,
+                batch_size=local,
+                seed=seed,
+                start_step=start_step,
+                rank=info.rank,
+                world_size=info.world_size,
+                num_workers=data.num_workers,
+                num_classes=data.num_classes,
+            )
             for images, labels in make_stream_loader(stream, pin_memory=info.device.type == "cuda"):
                 yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
 
         return shard_batches
-    dataset = build_dataset(data.name, split="train" if train_split else "val", image_size=data.image_size,
-                            train=train_split and train_augment, root=data.root, num_images=data.num_images,
-                            num_classes=data.num_classes, seed=data.seed)
+    dataset = build_dataset(
+        data.name,
+        split="train" if train_split else "val",
+        image_size=data.image_size,
+        train=train_split and train_augment,
+        root=data.root,
+        num_images=data.num_images,
+        num_classes=data.num_classes,
+        seed=data.seed,
+    )
     stepped = loader_batches(dataset, batch_size, seed, info, data.num_workers)
     return lambda start_step: (batch for _, batch in stepped(start_step))
 
 
-def finish(result: TrainResult, out_dir: str | os.PathLike, info: D.DistInfo, random_weights: dict[str, bool],
-           metadata: dict | None = None) -> StageResult:
+def finish(
+    result: TrainResult,
+    out_dir: str | os.PathLike,
+    info: D.DistInfo,
+    random_weights: dict[str, bool],
+    metadata: dict | None = None,
+) -> StageResult:
     path = Path(out_dir) / MODEL_FILE
     if info.is_main:
-        meta = {"steps": str(result.steps), **{f"random.{k}": str(v).lower() for k, v in random_weights.items()},
-                **(metadata or {})}
+        meta = {
+            "steps": str(result.steps),
+            **{f"random.{k}": str(v).lower() for k, v in random_weights.items()},
+            **(metadata or {}),
+        }
         models.save(result.model, path, metadata=meta)
     D.barrier()
-    return StageResult(str(path), result.steps, result.wall_s, result.final_logs, random_weights, result.resumed_from,
-                       result.precision, result.lost_s)
+    return StageResult(
+        str(path),
+        result.steps,
+        result.wall_s,
+        result.final_logs,
+        random_weights,
+        result.resumed_from,
+        result.precision,
+        result.lost_s,
+    )
 
 
 def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:
@@ -130,7 +172,8 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
         raise ValueError(
             f"the tokenizer predicts a {tokenizer.config.token_grid}x{tokenizer.config.token_grid} proxy-code grid "
             f"at {tokenizer.config.image_size} px, but the teacher gives {grid}x{grid} codes at {image_size} px: "
-            "match image_size, decoder_patch_size and the teacher's channel_mult")
+            "match image_size, decoder_patch_size and the teacher's channel_mult"
+        )
 
 
 # ---- stage 1 --------------------------------------------------------------------------------------------------------
@@ -154,8 +197,9 @@ def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models
         with torch.no_grad():
             codes = teacher.encode(images)
             if continuous and step == continuous and step not in codebook_set_at:
-                tokenizer.quantize.init_codebook(tokenizer.forward_encoder(images),
-                                                 generator=torch.Generator().manual_seed(cfg.loop.seed + step))
+                tokenizer.quantize.init_codebook(
+                    tokenizer.forward_encoder(images), generator=torch.Generator().manual_seed(cfg.loop.seed + step)
+                )
                 D.broadcast_(tokenizer.quantize.embedding.weight.data)
                 codebook_set_at.append(step)
         if continuous:
@@ -166,30 +210,53 @@ def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models
         indices = q.indices
         # torch.unique reads the device: deferred to log steps (the loop calls it there)
         distinct = (lambda: len(torch.unique(indices, dim=0)) / len(indices)) if indices is not None else float("nan")
-        return total, {"stage1/loss": total.detach(), "stage1/ce": ce.detach(), "stage1/quantizer": q.loss.detach(),
-                       "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean(),
-                       "stage1/distinct_sequences": distinct}
+        return total, {
+            "stage1/loss": total.detach(),
+            "stage1/ce": ce.detach(),
+            "stage1/quantizer": q.loss.detach(),
+            "stage1/code_acc": (logits.argmax(1).flatten(1) == codes).float().mean(),
+            "stage1/distinct_sequences": distinct,
+        }
 
     def encoder_lr_factor(part: str, step: int) -> float:
         return 1.0 if part == "decoder" else min(1.0, max(0.0, (step - warmup) / warmup))
 
-    return Objective(modules={"tokenizer": tokenizer}, optim={"tokenizer": cfg.optim}, loss=loss,
-                     ema_of="tokenizer", frozen={"teacher": teacher},
-                     **({"part_of": lambda _, param: "decoder" if param.startswith("decoder.") else "encoder",
-                         "lr_factor": encoder_lr_factor} if warmup else {}))
+    return Objective(
+        modules={"tokenizer": tokenizer},
+        optim={"tokenizer": cfg.optim},
+        loss=loss,
+        ema_of="tokenizer",
+        frozen={"teacher": teacher},
+        **(
+            {
+                "part_of": lambda _, param: "decoder" if param.startswith("decoder.") else "encoder",
+                "lr_factor": encoder_lr_factor,
+            }
+            if warmup
+            else {}
+        ),
+    )
 
 
 def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
     info = start_stage(cfg.device, cfg.loop.seed)
     teacher, teacher_random = load_teacher(cfg.teacher.source, cfg.teacher.overrides, cfg.allow_random_weights)
     # the proxy-code head predicts the teacher's codebook
-    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
-                                               image_size=cfg.data.image_size))
+    tokenizer = models.build(
+        cfg.model,
+        **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config, image_size=cfg.data.image_size),
+    )
     if not tokenizer.config.two_stage:
         raise ValueError(f"{cfg.model} is a single-stage tokenizer; stage 1 trains the two-stage family")
     _check_grid(tokenizer, teacher, cfg.data.image_size)
-    result = train(stage1_objective(cfg, tokenizer, teacher),
-                   batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir, info, log)
+    result = train(
+        stage1_objective(cfg, tokenizer, teacher),
+        batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info),
+        cfg.loop,
+        out_dir,
+        info,
+        log,
+    )
     return finish(result, out_dir, info, {"teacher": teacher_random}, {"stage": "stage1"})
 
 
@@ -237,12 +304,22 @@ class ReconstructionLoss(nn.Module):
         d = hinge_d_loss(real, fake)
         reg = self.lecam(real, fake)
         total = d + self.gan_cfg.lecam_weight * reg
-        return total, {"gan_d": d.detach(), "lecam": reg.detach(), "logits_real": real.mean().detach(),
-                       "logits_fake": fake.mean().detach()}
+        return total, {
+            "gan_d": d.detach(),
+            "lecam": reg.detach(),
+            "logits_real": real.mean().detach(),
+            "logits_fake": fake.mean().detach(),
+        }
 
 
-def _reconstruction_objective(stage: str, tokenizer: models.TiTok, criterion: ReconstructionLoss, optim, gan_optim,
-                              quantizer_term: Callable | None) -> Objective:
+def _reconstruction_objective(
+    stage: str,
+    tokenizer: models.TiTok,
+    criterion: ReconstructionLoss,
+    optim,
+    gan_optim,
+    quantizer_term: Callable | None,
+) -> Objective:
     def loss(name, wrapped, batch, step, cache):
         images, _ = batch
         if name == "tokenizer":
@@ -260,14 +337,23 @@ def _reconstruction_objective(stage: str, tokenizer: models.TiTok, criterion: Re
 
     return Objective(
         modules={"tokenizer": tokenizer, "discriminator": criterion.discriminator},
-        optim={"tokenizer": optim, "discriminator": gan_optim}, loss=loss,
-        active=lambda name, step: name == "tokenizer" or criterion.gan_active(step), ema_of="tokenizer",
+        optim={"tokenizer": optim, "discriminator": gan_optim},
+        loss=loss,
+        active=lambda name, step: name == "tokenizer" or criterion.gan_active(step),
+        ema_of="tokenizer",
         extra_state=lambda: {"lecam": criterion.lecam.state_dict()},
         load_extra_state=lambda s: criterion.lecam.load_state_dict(s["lecam"]),
-        frozen={k: m for k, m in (("convnext", getattr(criterion, "convnext", None)),
-                                  ("lpips", getattr(criterion, "lpips", None)), ("lecam", criterion.lecam))
-                if m is not None},
-        random_weights=criterion.random)
+        frozen={
+            k: m
+            for k, m in (
+                ("convnext", getattr(criterion, "convnext", None)),
+                ("lpips", getattr(criterion, "lpips", None)),
+                ("lecam", criterion.lecam),
+            )
+            if m is not None
+        },
+        random_weights=criterion.random,
+    )
 
 
 # ---- stage 2 --------------------------------------------------------------------------------------------------------
@@ -283,9 +369,11 @@ def stage2_model(stage1: models.TiTok, teacher: models.MaskGITVQGAN) -> models.T
     and quantiser frozen."""
     config = dataclasses.replace(stage1.config, pixel_decoder=True, vqgan=teacher.config)
     model = models.build_from_config(config)
-    state = {**stage1.state_dict(),
-             **{f"pixel_decoder.{k}": v for k, v in teacher.decoder.state_dict().items()},
-             "pixel_quantize.embedding.weight": teacher.quantize.embedding.weight.detach()}
+    state = {
+        **stage1.state_dict(),
+        **{f"pixel_decoder.{k}": v for k, v in teacher.decoder.state_dict().items()},
+        "pixel_quantize.embedding.weight": teacher.quantize.embedding.weight.detach(),
+    }
     model.load_state_dict(state, strict=True)
     for part in (model.encoder, model.quantize):
         part.requires_grad_(False)
@@ -309,8 +397,9 @@ def train_stage2(cfg: Stage2Config, out_dir: str | os.PathLike, log: Log = None)
     _check_grid(tokenizer, teacher, cfg.data.image_size)
     del teacher
     objective = stage2_objective(cfg, tokenizer)
-    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
-                   info, log)
+    result = train(
+        objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir, info, log
+    )
     return finish(result, out_dir, info, {"teacher": teacher_random, **objective.random_weights}, {"stage": "stage2"})
 
 
@@ -333,8 +422,9 @@ def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: 
     if tokenizer.config.two_stage:
         raise ValueError(f"{cfg.model} is a two-stage tokenizer; train it with stage 1 and stage 2")
     objective = single_stage_objective(cfg, tokenizer)
-    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
-                   info, log)
+    result = train(
+        objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir, info, log
+    )
     return finish(result, out_dir, info, objective.random_weights, {"stage": "single"})
 
 
@@ -387,7 +477,8 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | os.PathLike, log: Log 
         return l2 + vq, {"teacher/l2": l2.detach(), "teacher/vq": vq.detach()}
 
     objective = Objective(modules={"teacher": net}, optim={"teacher": cfg.optim}, loss=loss, ema_of="teacher")
-    result = train(objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir,
-                   info, log)
+    result = train(
+        objective, batches_for(cfg.data, cfg.loop.batch_size, cfg.loop.seed, info), cfg.loop, out_dir, info, log
+    )
     result.model = result.model.vqgan
     return finish(result, out_dir, info, {}, {"stage": "teacher"})

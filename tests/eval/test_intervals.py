@@ -55,8 +55,9 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_images():
     widths = {}
     for n in (20, 80, 320):
         real, fake = features(n, 16, n)
-        estimate = M.frechet_distance(*M.FeatureStats.of(real).mean_cov(), *M.FeatureStats.of(fake).mean_cov(),
-                                      method="eigh")
+        estimate = M.frechet_distance(
+            *M.FeatureStats.of(real).mean_cov(), *M.FeatureStats.of(fake).mean_cov(), method="eigh"
+        )
         lo, hi = M.bootstrap_interval(estimate, M.bootstrap_fid(fake, real=real, resamples=200))
         values = (fake - real).pow(2).mean(1)  # a per-image value, as PSNR
         mlo, mhi = M.bootstrap_mean(values, 200)
@@ -77,8 +78,15 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_images():
 def test_reconstruction_records_intervals_gallery_and_token_positions(toys, inception, tmp_path):  # noqa: F811
     tok, teacher, _ = toys
     cache_file = tmp_path / "real.pool.npy"
-    kw = dict(num_images=N, batch_size=4, inception=inception, teacher=teacher, fid_method="eigh",
-              bootstrap=50, real_pool_cache=cache_file)
+    kw = dict(
+        num_images=N,
+        batch_size=4,
+        inception=inception,
+        teacher=teacher,
+        fid_method="eigh",
+        bootstrap=50,
+        real_pool_cache=cache_file,
+    )
     out = evaluate_reconstruction(tok, val_images(), gallery=3, token_positions=True, **kw)
     for metric in ("rfid", "rfid_is", "psnr", "ssim"):
         assert out[f"{metric}_lo"] <= out[metric] <= out[f"{metric}_hi"], metric
@@ -111,8 +119,9 @@ def test_generation_records_intervals(inception, tmp_path):  # noqa: F811
     path = make_reference_batch(ds, N, inception, tmp_path / "ref.npz", batch_size=4)
     ref = load_reference_batch(path)
     samples = save_samples_npz(tmp_path / "samples.npz", ref.images[::-1].copy(), ref.labels, {"seed": 1})
-    out = evaluate_generation(samples, path, inception=inception, batch_size=4, fid_method="eigh",
-                              clean_fid=False, bootstrap=50)
+    out = evaluate_generation(
+        samples, path, inception=inception, batch_size=4, fid_method="eigh", clean_fid=False, bootstrap=50
+    )
     for metric in ("gfid", "gfid_is", "precision", "recall"):
         assert out[f"{metric}_lo"] <= out[metric] <= out[f"{metric}_hi"], metric
 
@@ -121,7 +130,8 @@ def test_eval_settings_are_in_the_eval_identities():
     data = DataConfig(name="synthetic", image_size=32)
     recon = EvalReconSpec(tokenizer="t", real_stats="s.npz", data=data, num_images=8)
     for change in ({"bootstrap": 0}, {"gallery": 0}):
-        assert eval_recon.RULE.identity(recon) != eval_recon.RULE.identity(EvalReconSpec(**{
-            **recon.__dict__, **change}))
+        assert eval_recon.RULE.identity(recon) != eval_recon.RULE.identity(
+            EvalReconSpec(**{**recon.__dict__, **change})
+        )
     gen = EvalGenSpec(generator="g", tokenizer="t", reference_batch="r.npz", num_samples=8)
     assert eval_gen.RULE.identity(gen) != eval_gen.RULE.identity(EvalGenSpec(**{**gen.__dict__, "bootstrap": 0}))

@@ -154,7 +154,7 @@ def test_fid_from_sampled_gaussians_approaches_closed_form():
     d, shift, scale = 8, 0.5, 2.0
     s1 = FeatureStats.of(gaussian_features(20000, d, seed=4))
     s2 = FeatureStats.of(gaussian_features(20000, d, seed=5, shift=shift, scale=scale))
-    assert fid_from_stats(s1, s2) == pytest.approx(d * shift ** 2 + d * (scale - 1) ** 2, rel=0.05)
+    assert fid_from_stats(s1, s2) == pytest.approx(d * shift**2 + d * (scale - 1) ** 2, rel=0.05)
 
 
 def test_fid_from_npz_statistics_equals_fid_from_images(features, image_sets, tmp_path):
@@ -163,8 +163,9 @@ def test_fid_from_npz_statistics_equals_fid_from_images(features, image_sets, tm
     mu, sigma = ref_pool.mean_cov()
     mu_s, sigma_s = ref_spatial.mean_cov()
     images = image_sets[0].permute(0, 2, 3, 1).numpy()
-    path = npz.save_reference_batch(tmp_path / "ref.npz", mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s,
-                                    images=images, metadata={"source": "test"})
+    path = npz.save_reference_batch(
+        tmp_path / "ref.npz", mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, images=images, metadata={"source": "test"}
+    )
     with np.load(path) as f:
         assert {"mu", "sigma", "mu_s", "sigma_s", "arr_0"} <= set(f.files)
     ref = npz.load_reference_batch(path)
@@ -194,7 +195,7 @@ def test_inception_score_adm_formula_by_hand():
     # 3/4 ln(3/2) + 1/4 ln(1/2), so IS = (3/2)^(3/4) (1/2)^(1/4). Split 2 = [a, a]: marginal = p_a, IS = 1.
     la, lb = [math.log(3), 0.0], [0.0, math.log(3)]
     logits = torch.tensor([la, lb, la, la], dtype=torch.float64)
-    v = 1.5 ** 0.75 * 0.5 ** 0.25
+    v = 1.5**0.75 * 0.5**0.25
     mean, std = inception_score(logits, splits=2)
     assert mean == pytest.approx((v + 1) / 2, rel=1e-12) and std == pytest.approx((v - 1) / 2, rel=1e-12)
     assert backends.torch_fidelity_isc(logits, splits=2) == pytest.approx((mean, std), rel=1e-12)
@@ -273,7 +274,7 @@ def test_ssim_known_values():
     x = torch.rand(2, 3, 32, 32, generator=g)
     np.testing.assert_allclose(ssim(x, x).numpy(), 1.0, rtol=1e-12)
     # Constant images a and b: no variance, SSIM = (2ab + C1) / (a^2 + b^2 + C1).
-    a, b, c1 = 0.2, 0.6, 0.01 ** 2
+    a, b, c1 = 0.2, 0.6, 0.01**2
     got = ssim(torch.full((1, 3, 16, 16), a, dtype=torch.float64), torch.full((1, 3, 16, 16), b, dtype=torch.float64))
     assert got.item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-9)
     noisy = (x + 0.2 * torch.randn(x.shape, generator=g)).clamp(0, 1)
@@ -315,5 +316,6 @@ def test_inception_score_follows_adms_split_rule():
     logits = torch.randn(7000, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     chunks = [inception_score(logits[:5000], splits=1)[0], inception_score(logits[5000:], splits=1)[0]]
     assert inception_score(logits, split_size=ADM_IS_SPLIT_SIZE) == pytest.approx(
-        (np.mean(chunks), np.std(chunks)), rel=1e-12)
+        (np.mean(chunks), np.std(chunks)), rel=1e-12
+    )
     assert inception_score(logits, split_size=ADM_IS_SPLIT_SIZE) != pytest.approx(inception_score(logits, splits=10))

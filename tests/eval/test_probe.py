@@ -16,8 +16,15 @@ from bench.plan import PlanError, make_plan
 from bench.stages import Context, DataConfig, ProbeSpec, probe
 from tests.sweep.test_plan import changed_by, config, stages_of
 
-TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
-           codebook_size=64, token_size=8)
+TOY = dict(
+    encoder_size="toy-S",
+    decoder_size="toy-S",
+    image_size=32,
+    patch_size=8,
+    decoder_patch_size=8,
+    codebook_size=64,
+    token_size=8,
+)
 K = 16
 
 
@@ -43,9 +50,11 @@ def test_each_setting_reads_the_features_it_names():
     grid = 32 // 8
     assert last.shape[1] == 1 + grid * grid + K
     with torch.no_grad():
-        want = {"latent_mean": tok.encoder.ln_post(last[:, -K:]).mean(1),
-                "latent_mean_pre_ln": last[:, -K:].mean(1),
-                "patch_mean": last[:, 1:1 + grid * grid].mean(1)}
+        want = {
+            "latent_mean": tok.encoder.ln_post(last[:, -K:]).mean(1),
+            "latent_mean_pre_ln": last[:, -K:].mean(1),
+            "patch_mean": last[:, 1 : 1 + grid * grid].mean(1),
+        }
     assert set(got) == set(want)
     for name in want:
         assert got[name].shape == (3, 64) and got[name].dtype == torch.float32
@@ -65,8 +74,13 @@ def test_an_unknown_setting_is_a_one_line_error(tmp_path, capsys):
     assert str(err.value) == message
     with pytest.raises(ValueError, match="choose one of"):
         linear_probe(tok, None, None, num_train=1, num_val=1, features="cls_token")  # before any image is read
-    spec = ProbeSpec(tokenizer="nowhere", data=DataConfig(name="synthetic", image_size=32), num_train=1, num_val=1,
-                     features="cls_token")
+    spec = ProbeSpec(
+        tokenizer="nowhere",
+        data=DataConfig(name="synthetic", image_size=32),
+        num_train=1,
+        num_val=1,
+        features="cls_token",
+    )
     with pytest.raises(SetupError) as err:  # before the tokenizer is loaded
         probe.run(spec, Context(tmp_path))
     assert str(err.value) == message
@@ -94,8 +108,16 @@ def test_the_stage_fits_on_the_train_split_and_records_the_setting(tmp_path, mon
     data = DataConfig(name="synthetic", image_size=32, num_classes=4, num_workers=0, seed=0)
     results = {}
     for features in ("latent_mean", "patch_mean"):
-        spec = ProbeSpec(tokenizer=str(path), data=data, num_train=24, num_val=12, epochs=5, features=features,
-                         batch_size=12, device="cpu")
+        spec = ProbeSpec(
+            tokenizer=str(path),
+            data=data,
+            num_train=24,
+            num_val=12,
+            epochs=5,
+            features=features,
+            batch_size=12,
+            device="cpu",
+        )
         results[features] = probe.run(spec, Context(tmp_path / features))
     for (train, val, features), name in zip(calls, ("latent_mean", "patch_mean")):
         assert train["split"] == "train" and train["len"] == 24  # the classifier's images: the train split

@@ -30,10 +30,26 @@ from bench.perceptual import LPIPS
 from tests.distributed import join, spawn
 
 N = 10  # images per set: the stand-in Inception costs ~0.1-0.3 s per image here; IS needs >= 10 (10 splits)
-TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
-           codebook_size=64, token_size=8)
-RECON_KEYS = {"rfid", "rfid_is", "psnr", "ssim", "lpips", "codebook_usage", "codebook_entropy", "rfid_num_images",
-              "eval_skipped_images"}
+TOY = dict(
+    encoder_size="toy-S",
+    decoder_size="toy-S",
+    image_size=32,
+    patch_size=8,
+    decoder_patch_size=8,
+    codebook_size=64,
+    token_size=8,
+)
+RECON_KEYS = {
+    "rfid",
+    "rfid_is",
+    "psnr",
+    "ssim",
+    "lpips",
+    "codebook_usage",
+    "codebook_entropy",
+    "rfid_num_images",
+    "eval_skipped_images",
+}
 
 
 def val_images():
@@ -42,8 +58,9 @@ def val_images():
 
 def toy_teacher():
     torch.manual_seed(0)
-    return models.build("MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32,
-                        codebook_size=64).eval()
+    return models.build(
+        "MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32, codebook_size=64
+    ).eval()
 
 
 def toy_stage1_tokenizer(teacher):
@@ -82,8 +99,16 @@ def real_stats(inception):
 @pytest.fixture(scope="module")
 def recon(toys, inception):
     tok, teacher, _ = toys
-    return evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=4, inception=inception,
-                                   teacher=teacher, lpips=LPIPS(allow_random=True), fid_method="eigh")
+    return evaluate_reconstruction(
+        tok,
+        val_images(),
+        num_images=N,
+        batch_size=4,
+        inception=inception,
+        teacher=teacher,
+        lpips=LPIPS(allow_random=True),
+        fid_method="eigh",
+    )
 
 
 # ---- pixels ---------------------------------------------------------------------------------------------------
@@ -127,32 +152,49 @@ def test_cached_real_statistics_give_the_same_rfid(recon, toys, inception, real_
     path = save_feature_stats(real_stats, tmp_path / "real.npz", {"dataset": "synthetic val"})
     loaded, meta = load_feature_stats(path)
     assert meta == {"dataset": "synthetic val", "num_images": N}
-    out = evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=5, inception=inception,
-                                  teacher=teacher, real_stats=loaded, fid_method="eigh")
+    out = evaluate_reconstruction(
+        tok,
+        val_images(),
+        num_images=N,
+        batch_size=5,
+        inception=inception,
+        teacher=teacher,
+        real_stats=loaded,
+        fid_method="eigh",
+    )
     assert out["rfid"] == pytest.approx(recon["rfid"], rel=1e-5)
     assert out["psnr"] == pytest.approx(recon["psnr"], rel=1e-9) and "lpips" not in out
     with pytest.raises(SetupError, match="real_stats hold"):
-        evaluate_reconstruction(tok, val_images(), num_images=N - 1, inception=inception, teacher=teacher,
-                                real_stats=loaded)
+        evaluate_reconstruction(
+            tok, val_images(), num_images=N - 1, inception=inception, teacher=teacher, real_stats=loaded
+        )
 
 
 @pytest.mark.slow
 def test_vae_tokenizer_has_no_codebook_metrics(inception, real_stats):
     torch.manual_seed(2)
     vae = models.build("TiTok-S-16-VAE", **{**TOY, "token_size": 4})
-    out = evaluate_reconstruction(vae, val_images(), num_images=N, inception=inception, real_stats=real_stats,
-                                  fid_method="eigh")
+    out = evaluate_reconstruction(
+        vae, val_images(), num_images=N, inception=inception, real_stats=real_stats, fid_method="eigh"
+    )
     assert set(out) == RECON_KEYS - {"lpips", "codebook_usage", "codebook_entropy"}
-
 
 
 def _recon_worker(rank, world, port, folder):
     join(rank, world, port)
     info = setup("cpu")
     tok, teacher = models.load(f"{folder}/tok.safetensors"), models.load(f"{folder}/teacher.safetensors")
-    out = evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=4, info=info,
-                                  inception=InceptionFeatures("cpu", allow_random=True), teacher=teacher,
-                                  lpips=LPIPS(allow_random=True), fid_method="eigh")
+    out = evaluate_reconstruction(
+        tok,
+        val_images(),
+        num_images=N,
+        batch_size=4,
+        info=info,
+        inception=InceptionFeatures("cpu", allow_random=True),
+        teacher=teacher,
+        lpips=LPIPS(allow_random=True),
+        fid_method="eigh",
+    )
     with open(f"{folder}/recon{rank}.json", "w") as f:
         json.dump(out, f)
     torch.distributed.destroy_process_group()
@@ -182,10 +224,18 @@ def test_generation_against_its_own_reference_batch(inception, tmp_path):
     assert ref.metadata["why"] == "test" and ref.metadata["inception_random"] is True
     assert np.array_equal(npz_member(path, "arr_0"), ref.images)  # the memory-mapped read
 
-    samples = save_samples_npz(tmp_path / "samples.npz", ref.images, ref.labels,
-                               {"sampler": {"num_steps": 8}, "seed": 42})
-    out = evaluate_generation(samples, path, inception=inception, batch_size=4, fid_method="eigh", clean_fid=False,
-                              metadata={"note": "reference images as samples"})
+    samples = save_samples_npz(
+        tmp_path / "samples.npz", ref.images, ref.labels, {"sampler": {"num_steps": 8}, "seed": 42}
+    )
+    out = evaluate_generation(
+        samples,
+        path,
+        inception=inception,
+        batch_size=4,
+        fid_method="eigh",
+        clean_fid=False,
+        metadata={"note": "reference images as samples"},
+    )
     assert abs(out["gfid"]) < 1e-2 and abs(out["sfid"]) < 1e-2
     assert out["precision"] == 1.0 and out["recall"] == 1.0
     assert out["gfid_is"] >= 1.0 - 1e-9 and out["gfid_num_samples"] == N
@@ -193,8 +243,9 @@ def test_generation_against_its_own_reference_batch(inception, tmp_path):
     with pytest.raises(SetupError, match="does not exist"):
         evaluate_generation(samples, tmp_path / "missing.npz", inception=inception)
     # ADM's Inception Score takes chunks of 5,000 (the last one shorter): any count makes one
-    few = evaluate_generation(ref.images[:5], path, inception=inception, batch_size=4, fid_method="eigh",
-                              clean_fid=False)
+    few = evaluate_generation(
+        ref.images[:5], path, inception=inception, batch_size=4, fid_method="eigh", clean_fid=False
+    )
     assert few["gfid_num_samples"] == 5 and few["gfid_is"] >= 1.0 - 1e-9
 
 
@@ -231,8 +282,21 @@ def test_cli_clear_errors(toys, cache, tmp_path, capsys):
     assert main(["TiTok-L-32", "--data", "synthetic"]) == 2  # released weights not in the (empty) cache
     err = capsys.readouterr().err
     assert "missing pretrained weights 'TiTok-L-32'" in err and "Traceback" not in err
-    assert main([ckpt, "--metrics", "gfid", "--generator", "MaskGIT-ViT", "--reference-batch",
-                 str(tmp_path / "missing.npz"), "--allow-random-weights"]) == 2
+    assert (
+        main(
+            [
+                ckpt,
+                "--metrics",
+                "gfid",
+                "--generator",
+                "MaskGIT-ViT",
+                "--reference-batch",
+                str(tmp_path / "missing.npz"),
+                "--allow-random-weights",
+            ]
+        )
+        == 2
+    )
     assert "reference batch" in capsys.readouterr().err
     assert main([ckpt, "--metrics", "fid"]) == 2
     assert "choose from" in capsys.readouterr().err
@@ -242,26 +306,78 @@ def test_cli_clear_errors(toys, cache, tmp_path, capsys):
 def test_cli_end_to_end_with_stand_ins(toys, cache, tmp_path, capsys):
     tok, _, folder = toys
     torch.manual_seed(3)
-    gen = models.build("MaskGIT-ViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                       num_tokens=16, codebook_size=64, num_classes=10)
+    gen = models.build(
+        "MaskGIT-ViT",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        num_tokens=16,
+        codebook_size=64,
+        num_classes=10,
+    )
     models.save(gen, folder / "gen.safetensors")
     out = tmp_path / "result.json"
-    argv = [str(folder / "tok.safetensors"), "--teacher", str(folder / "teacher.safetensors"),
-            "--generator", str(folder / "gen.safetensors"), "--metrics", "rfid,gfid,probe", "--data", "synthetic",
-            "--num-images", str(N), "--num-samples", str(N), "--probe-num-train", "50", "--probe-epochs", "10",
-            "--reference-batch", str(tmp_path / "ref.npz"), "--make-reference-batch",
-            "--samples-dir", str(tmp_path / "samples"), "--num-steps", "4", "--seed", "1",
-            "--fid-method", "eigh", "--inception-dtype", "float32", "--batch-size", "5", "--num-workers", "0",
-            "--allow-random-weights", "--out", str(out)]
+    argv = [
+        str(folder / "tok.safetensors"),
+        "--teacher",
+        str(folder / "teacher.safetensors"),
+        "--generator",
+        str(folder / "gen.safetensors"),
+        "--metrics",
+        "rfid,gfid,probe",
+        "--data",
+        "synthetic",
+        "--num-images",
+        str(N),
+        "--num-samples",
+        str(N),
+        "--probe-num-train",
+        "50",
+        "--probe-epochs",
+        "10",
+        "--reference-batch",
+        str(tmp_path / "ref.npz"),
+        "--make-reference-batch",
+        "--samples-dir",
+        str(tmp_path / "samples"),
+        "--num-steps",
+        "4",
+        "--seed",
+        "1",
+        "--fid-method",
+        "eigh",
+        "--inception-dtype",
+        "float32",
+        "--batch-size",
+        "5",
+        "--num-workers",
+        "0",
+        "--allow-random-weights",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "RANDOM STAND-IN WEIGHTS (inception)" in printed
     report = json.loads(out.read_text())
     assert report["random"] is True and report["weights_random"] == {
-        "tokenizer": False, "teacher": False, "inception": True, "generator": False}
+        "tokenizer": False,
+        "teacher": False,
+        "inception": True,
+        "generator": False,
+    }
     m = report["metrics"]
-    point = (RECON_KEYS - {"lpips"}) | {"gfid", "gfid_clean", "gfid_is", "sfid", "precision", "recall",
-                                        "gfid_num_samples", "probe_top1"}
+    point = (RECON_KEYS - {"lpips"}) | {
+        "gfid",
+        "gfid_clean",
+        "gfid_is",
+        "sfid",
+        "precision",
+        "recall",
+        "gfid_num_samples",
+        "probe_top1",
+    }
     intervals = {key for name in set(T.INTERVAL_METRICS) & point for key in T.interval_keys(name)}
     assert set(m) == point | intervals  # each number with its interval
     for name in set(T.INTERVAL_METRICS) & point:

@@ -27,14 +27,30 @@ NUM_CLASSES = 10
 
 def toy_tokenizer():
     torch.manual_seed(0)
-    return models.build("TiTok-S-16-VQ", encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8,
-                        decoder_patch_size=8, codebook_size=64, token_size=8).eval()
+    return models.build(
+        "TiTok-S-16-VQ",
+        encoder_size="toy-S",
+        decoder_size="toy-S",
+        image_size=32,
+        patch_size=8,
+        decoder_patch_size=8,
+        codebook_size=64,
+        token_size=8,
+    ).eval()
 
 
 def toy_generator():
     torch.manual_seed(1)
-    return models.build("MaskGIT-ViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
-                        num_tokens=16, codebook_size=64, num_classes=NUM_CLASSES).eval()
+    return models.build(
+        "MaskGIT-ViT",
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        num_tokens=16,
+        codebook_size=64,
+        num_classes=NUM_CLASSES,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +82,8 @@ def test_sample_seed_rule():
 def test_sample_name():
     l32 = models.VARIANTS["MaskGIT-ViT:TiTok-L-32"].config.sampler
     assert sample_name("TiTok-L-32", "MaskGIT-ViT:TiTok-L-32", l32, 42, 50_000) == (
-        "samples_TiTok-L-32_MaskGIT-ViT-TiTok-L-32_steps8_cfg4.5-linear_temp9.5_seed42_n50000.npz")
+        "samples_TiTok-L-32_MaskGIT-ViT-TiTok-L-32_steps8_cfg4.5-linear_temp9.5_seed42_n50000.npz"
+    )
     s128 = models.VARIANTS["MaskGIT-UViT:TiTok-S-128"].config.sampler
     assert "_steps64_cfg6.9-power-cosine_temp2.8_" in sample_name("m", "c", s128, 0, 10)
     other = s128.updated(guidance_scale_pow=2.0, softmax_temperature_annealing=False)
@@ -101,8 +118,19 @@ def test_the_seed_changes_the_samples(toys):
 
 def test_npz_content_name_and_metadata(toys, tmp_path):
     tok, gen, _ = toys
-    path = sample_to_npz(gen, tok, tmp_path, model="toy-tok", checkpoint="toy-gen", num_samples=5, seed=7,
-                         png=True, metadata={"weights_random": {"tokenizer": True}}, num_steps=4, guidance_scale=2.0)
+    path = sample_to_npz(
+        gen,
+        tok,
+        tmp_path,
+        model="toy-tok",
+        checkpoint="toy-gen",
+        num_samples=5,
+        seed=7,
+        png=True,
+        metadata={"weights_random": {"tokenizer": True}},
+        num_steps=4,
+        guidance_scale=2.0,
+    )
     assert path.name == "samples_toy-tok_toy-gen_steps4_cfg2-linear_temp9.5_seed7_n5.npz"
     s = load_samples_npz(path)
     assert s.images.dtype == np.uint8 and s.images.shape == (5, 32, 32, 3)
@@ -118,12 +146,32 @@ def test_npz_content_name_and_metadata(toys, tmp_path):
     assert np.array_equal(np.asarray(Image.open(path.with_suffix("") / "000003.png")), s.images[3])
     # the same settings name the same file, which is reused rather than sampled again
     mtime = path.stat().st_mtime_ns
-    again = sample_to_npz(gen, tok, tmp_path, model="toy-tok", checkpoint="toy-gen", num_samples=5, seed=7,
-                          metadata={"weights_random": {"tokenizer": True}}, num_steps=4, guidance_scale=2.0)
+    again = sample_to_npz(
+        gen,
+        tok,
+        tmp_path,
+        model="toy-tok",
+        checkpoint="toy-gen",
+        num_samples=5,
+        seed=7,
+        metadata={"weights_random": {"tokenizer": True}},
+        num_steps=4,
+        guidance_scale=2.0,
+    )
     assert again == path and path.stat().st_mtime_ns == mtime
     # ... unless something recorded differs, e.g. whether the weights were stand-ins
-    sample_to_npz(gen, tok, tmp_path, model="toy-tok", checkpoint="toy-gen", num_samples=5, seed=7, num_steps=4,
-                  guidance_scale=2.0, metadata={"weights_random": {"tokenizer": False}})
+    sample_to_npz(
+        gen,
+        tok,
+        tmp_path,
+        model="toy-tok",
+        checkpoint="toy-gen",
+        num_samples=5,
+        seed=7,
+        num_steps=4,
+        guidance_scale=2.0,
+        metadata={"weights_random": {"tokenizer": False}},
+    )
     assert load_samples_npz(path).metadata["weights_random"] == {"tokenizer": False}
 
 
@@ -133,13 +181,13 @@ def test_unknown_sampler_setting_fails_early(toys, tmp_path):
         sample_to_npz(gen, tok, tmp_path, model="m", checkpoint="c", num_samples=2, num_step=3)
 
 
-
 def _sampling_worker(rank, world, port, folder):
     join(rank, world, port)
     info = setup("cpu")
     tok, gen = models.load(f"{folder}/tok.safetensors"), models.load(f"{folder}/gen.safetensors")
-    sample_to_npz(gen, tok, f"{folder}/ddp", model="toy", checkpoint="toy", num_samples=7, seed=5, info=info,
-                  batch_size=2)
+    sample_to_npz(
+        gen, tok, f"{folder}/ddp", model="toy", checkpoint="toy", num_samples=7, seed=5, info=info, batch_size=2
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -156,8 +204,7 @@ def test_two_ranks_write_the_single_process_file(toys, tmp_path):
 
 
 @pytest.mark.parametrize("bf16_percent", [1.0, 150.0])
-def test_eval_sampling_auto_path_under_the_exact_guard_equals_the_reference(toys, tmp_path, monkeypatch,
-                                                                           bf16_percent):
+def test_eval_sampling_auto_path_under_the_exact_guard_equals_the_reference(toys, tmp_path, monkeypatch, bf16_percent):
     """eval_gen samples through `auto` under the exact guard: on a CPU with slow bf16 and on one with fast bf16 alike
     it runs an exact fp32 path, its samples equal the reference procedure's, and the file says which path ran."""
     from bench.core import dist as D
@@ -174,7 +221,10 @@ def test_eval_sampling_auto_path_under_the_exact_guard_equals_the_reference(toys
     guarded = generate_samples(gen, tok, num_samples=5, seed=3, batch_size=2, pipeline=pipe)
     assert np.array_equal(reference.images, guarded.images)
     path = sample_to_npz(gen, tok, tmp_path, model="m", checkpoint="c", num_samples=3, pipeline=pipe)
-    assert load_samples_npz(path).metadata["inference"] == pipe.describe() == (
-        "parity (fp32+batch_guidance+inference_mode)")
+    assert (
+        load_samples_npz(path).metadata["inference"]
+        == pipe.describe()
+        == ("parity (fp32+batch_guidance+inference_mode)")
+    )
     path = sample_to_npz(gen, tok, tmp_path / "ref", model="m", checkpoint="c", num_samples=3)
     assert load_samples_npz(path).metadata["inference"] == REFERENCE_PATH

@@ -33,9 +33,18 @@ def _worker(rank, world, port, folder):
     # each rank sees the shared file differently: there on rank 0 only, then on rank 1 only
     for case, seen_by in (("rank0", 0), ("rank1", 1)):
         path = Path(folder, "pool.npy") if rank == seen_by else Path(folder, f"missing-{case}-{rank}.npy")
-        out[case] = evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=3, info=info, inception=inc,
-                                            teacher=teacher, fid_method="eigh", bootstrap=RESAMPLES,
-                                            real_pool_cache=path)
+        out[case] = evaluate_reconstruction(
+            tok,
+            val_images(),
+            num_images=N,
+            batch_size=3,
+            info=info,
+            inception=inc,
+            teacher=teacher,
+            fid_method="eigh",
+            bootstrap=RESAMPLES,
+            real_pool_cache=path,
+        )
     Path(folder, f"out{rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
 
@@ -45,9 +54,17 @@ def test_ranks_that_see_the_cache_differently_agree(toys, inception, tmp_path): 
     tok, teacher, folder = toys
     for name in ("tok.safetensors", "teacher.safetensors"):
         (tmp_path / name).write_bytes((folder / name).read_bytes())
-    single = evaluate_reconstruction(tok, val_images(), num_images=N, batch_size=3, inception=inception,
-                                     teacher=teacher, fid_method="eigh", bootstrap=RESAMPLES,
-                                     real_pool_cache=tmp_path / "pool.npy")  # writes the cache
+    single = evaluate_reconstruction(
+        tok,
+        val_images(),
+        num_images=N,
+        batch_size=3,
+        inception=inception,
+        teacher=teacher,
+        fid_method="eigh",
+        bootstrap=RESAMPLES,
+        real_pool_cache=tmp_path / "pool.npy",
+    )  # writes the cache
     assert np.load(tmp_path / "pool.npy").shape == (N, 2048)
     spawn(_worker, 2, str(tmp_path))
     outs = [json.loads((tmp_path / f"out{r}.json").read_text()) for r in (0, 1)]
@@ -59,12 +76,17 @@ def test_ranks_that_see_the_cache_differently_agree(toys, inception, tmp_path): 
     assert (tmp_path / "missing-rank1-0.npy").is_file() and not (tmp_path / "missing-rank1-1.npy").exists()
 
 
-def test_real_stats_writes_the_per_image_features_that_eval_recon_reads(toys, cache, monkeypatch,  # noqa: F811
-                                                                        tmp_path):
+def test_real_stats_writes_the_per_image_features_that_eval_recon_reads(
+    toys,  # noqa: F811
+    cache,  # noqa: F811
+    monkeypatch,
+    tmp_path,
+):
     _, _, folder = toys
     data = DataConfig(name="synthetic", image_size=32, num_workers=0)
-    common = dict(data=data, num_images=N, inception_dtype="float32", allow_random_weights=True, batch_size=5,
-                  device="cpu")
+    common = dict(
+        data=data, num_images=N, inception_dtype="float32", allow_random_weights=True, batch_size=5, device="cpu"
+    )
     result = real_stats.run(RealStatsSpec(**common), Context(tmp_path / "stats"))
     pool_file = tmp_path / "stats" / "real_stats.pool.npy"
     assert result["pool_features"] == str(pool_file) and np.load(pool_file).shape == (N, 2048)
@@ -77,9 +99,16 @@ def test_real_stats_writes_the_per_image_features_that_eval_recon_reads(toys, ca
         return call(self, images)
 
     monkeypatch.setattr(InceptionFeatures, "__call__", counting)
-    spec = EvalReconSpec(tokenizer=str(folder / "tok.safetensors"), real_stats=result["path"],
-                         teacher=str(folder / "teacher.safetensors"), lpips=False, fid_method="eigh", bootstrap=10,
-                         gallery=0, **common)
+    spec = EvalReconSpec(
+        tokenizer=str(folder / "tok.safetensors"),
+        real_stats=result["path"],
+        teacher=str(folder / "teacher.safetensors"),
+        lpips=False,
+        fid_method="eigh",
+        bootstrap=10,
+        gallery=0,
+        **common,
+    )
     out = eval_recon.run(spec, Context(tmp_path / "eval"))
     assert out["metrics"]["rfid_lo"] <= out["metrics"]["rfid"] <= out["metrics"]["rfid_hi"]
     assert sum(seen) == N  # the reconstructions only: the real images' features came from real_stats

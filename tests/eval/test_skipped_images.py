@@ -45,9 +45,16 @@ def pixel_features(u8: torch.Tensor) -> InceptionOutput:
 
 def test_reconstruction_counts_distinct_images_and_reports_the_skips(val):
     torch.manual_seed(0)
-    tok = models.build("TiTok-S-16-VQ", encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8,
-                       decoder_patch_size=8, codebook_size=64, token_size=8).eval()
-    out = evaluate_reconstruction(tok, val, num_images=4, batch_size=4, fid_method="eigh",
-                                  inception=pixel_features)
+    tok = models.build(
+        "TiTok-S-16-VQ",
+        encoder_size="toy-S",
+        decoder_size="toy-S",
+        image_size=32,
+        patch_size=8,
+        decoder_patch_size=8,
+        codebook_size=64,
+        token_size=8,
+    ).eval()
+    out = evaluate_reconstruction(tok, val, num_images=4, batch_size=4, fid_method="eigh", inception=pixel_features)
     assert out["rfid_num_images"] == 3 and out["eval_skipped_images"] == 1
     assert "eval_skipped_images" in METRICS  # logged to MLflow with the stage's other metrics

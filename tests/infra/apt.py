@@ -26,15 +26,17 @@ def ensure(packages: list[str]) -> None:
     if not todo:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"the tests need the Debian packages {todo}; install them with "
-                           f"`sudo apt-get install -y {' '.join(todo)}`")
+        raise RuntimeError(
+            f"the tests need the Debian packages {todo}; install them with `sudo apt-get install -y {' '.join(todo)}`"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     update = subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, text=True)
     cmd = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *todo]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{update.stderr[-2000:]}\n{r.stdout[-2000:]}\n"
-                           f"{r.stderr[-4000:]}")
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed:\n{update.stderr[-2000:]}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+        )
 
 
 if __name__ == "__main__":

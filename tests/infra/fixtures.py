@@ -47,9 +47,13 @@ def slurm_cluster():
     cluster = SlurmCluster()
     try:
         cluster.start()
-        with job_environment({**cluster.env,
-                              "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                              "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}):
+        with job_environment(
+            {
+                **cluster.env,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            }
+        ):
             yield cluster
     finally:
         cluster.stop()
@@ -84,8 +88,11 @@ def rehearsal_files(tmp_path_factory):
     try:
         rehearsal.write_imagenet_tree(root / "imagenet")
         rehearsal.write_weights_cache(root / "weights", rehearsal.shared_names())
-        yield SimpleNamespace(imagenet=root / "imagenet", weights=root / "weights",
-                              add=lambda names: rehearsal.write_weights_cache(root / "weights", list(names)),
-                              env={**os.environ, "TITOK_BENCH_WEIGHTS": str(root / "weights")})
+        yield SimpleNamespace(
+            imagenet=root / "imagenet",
+            weights=root / "weights",
+            add=lambda names: rehearsal.write_weights_cache(root / "weights", list(names)),
+            env={**os.environ, "TITOK_BENCH_WEIGHTS": str(root / "weights")},
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)

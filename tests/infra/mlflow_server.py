@@ -72,15 +72,34 @@ class MlflowServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self.healthy():
             raise RuntimeError(f"something else already answers on {self.uri}")
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{self.directory / 'mlflow.db'}",
-               "--artifacts-destination", str(self.directory / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.directory / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.directory / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         # without this the server starts a job runner (~10 processes, ~1.45 GB)
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.directory, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.directory,
+                start_new_session=True,
+            )
         self._pids = [self.proc.pid]
         self.started_pids.append(self.proc.pid)
         deadline = time.monotonic() + self.start_timeout_s

@@ -27,8 +27,10 @@ from PIL import Image
 
 SYNSETS = ("n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041", "n01514668")
 SIZES = ((320, 256), (256, 384), (500, 375), (200, 180), (256, 256), (640, 480))
-NOTE = ("Random weights made by tests/infra/rehearsal.py for a rehearsal of the paper path: real formats and file "
-        "names, NOT the released networks. Numbers computed with them mean nothing.\n")
+NOTE = (
+    "Random weights made by tests/infra/rehearsal.py for a rehearsal of the paper path: real formats and file "
+    "names, NOT the released networks. Numbers computed with them mean nothing.\n"
+)
 
 # the files a rehearsal of grid=latent_vs_size and of the rehearsal's released cells read
 REHEARSAL_RELEASED = ("TiTok-B-64", "TiTok-BL-64-VQ", "TiTok-BL-64-VAE")
@@ -66,8 +68,9 @@ KINDS = ("rgb", "rgb", "rgb", "gray", "cmyk", "rgb", "palette_png", "rgb", "rgba
 CORRUPT = {"zero_bytes": b"", "not_an_image": b"this is not a JPEG\n"}
 
 
-def write_imagenet_tree(root: Path, *, num_classes: int = 4, train_per_class: int = 10, val_per_class: int = 6,
-                        seed: int = 0) -> dict:
+def write_imagenet_tree(
+    root: Path, *, num_classes: int = 4, train_per_class: int = 10, val_per_class: int = 6, seed: int = 0
+) -> dict:
     """The tree under `root`; returns what it holds (counts of images and of corrupt files per split)."""
     rng = np.random.default_rng(seed)
     counts = {}
@@ -87,8 +90,10 @@ def write_imagenet_tree(root: Path, *, num_classes: int = 4, train_per_class: in
                 (folder / f"{synset}_{split}_{name}.JPEG").write_bytes(data)
                 corrupt += 1
         counts[split] = {"images": images, "corrupt": corrupt}
-    (root / "STANDIN.txt").write_text("Synthetic images in ImageNet's folder layout, made by "
-                                      "tests/infra/rehearsal.py; a few files are corrupt on purpose.\n")
+    (root / "STANDIN.txt").write_text(
+        "Synthetic images in ImageNet's folder layout, made by "
+        "tests/infra/rehearsal.py; a few files are corrupt on purpose.\n"
+    )
     return counts
 
 
@@ -122,8 +127,9 @@ def _write_lpips(path: Path) -> None:
     import torch
 
     torch.manual_seed(0)
-    _save_torch({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1
-                 for i, c in enumerate((64, 128, 256, 512, 512))}, path)
+    _save_torch(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for i, c in enumerate((64, 128, 256, 512, 512))}, path
+    )
 
 
 def _write_reference_batch(path: Path, num_images: int = 16) -> None:
@@ -140,8 +146,15 @@ def _write_reference_batch(path: Path, num_images: int = 16) -> None:
     mu_s, sigma_s = stats(2023)
     images = np.stack([_image(rng, i % 4, (256, 256)) for i in range(num_images)])
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_reference_batch(path, mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s, images=images,
-                         metadata={"made_by": "tests/infra/rehearsal.py", "random": True})
+    save_reference_batch(
+        path,
+        mu=mu,
+        sigma=sigma,
+        mu_s=mu_s,
+        sigma_s=sigma_s,
+        images=images,
+        metadata={"made_by": "tests/infra/rehearsal.py", "random": True},
+    )
 
 
 def _write_teacher(path: Path) -> None:
@@ -165,8 +178,12 @@ def _official_config(name: str) -> dict:
     entry = official_checkpoints()[variant.official_key]
     if variant.kind == "generator":
         tokens = variant.config.num_tokens
-        return {"model": {"vq_model": {"codebook_size": entry["codebook_size"], "num_latent_tokens": tokens},
-                          "generator": entry["config"]}}
+        return {
+            "model": {
+                "vq_model": {"codebook_size": entry["codebook_size"], "num_latent_tokens": tokens},
+                "generator": entry["config"],
+            }
+        }
     return {"model": {"vq_model": entry["config"]}, "dataset": {"preprocessing": {"crop_size": entry["image_size"]}}}
 
 
@@ -188,10 +205,14 @@ def _write_hub_folder(name: str, folder: Path) -> None:
 def _writers() -> dict:
     from bench import weights as W
 
-    return {W.INCEPTION: _write_inception, W.LPIPS_VGG: _write_lpips,
-            W.VGG16: lambda p: _save_torch(_random_torchvision("vgg16"), p),
-            W.CONVNEXT_SMALL: lambda p: _save_torch(_random_torchvision("convnext_small"), p),
-            W.TEACHER: _write_teacher, W.ADM_REFERENCE_256: _write_reference_batch}
+    return {
+        W.INCEPTION: _write_inception,
+        W.LPIPS_VGG: _write_lpips,
+        W.VGG16: lambda p: _save_torch(_random_torchvision("vgg16"), p),
+        W.CONVNEXT_SMALL: lambda p: _save_torch(_random_torchvision("convnext_small"), p),
+        W.TEACHER: _write_teacher,
+        W.ADM_REFERENCE_256: _write_reference_batch,
+    }
 
 
 def shared_names() -> list[str]:
@@ -204,8 +225,11 @@ def rehearsal_names() -> list[str]:
     released checkpoints of REHEARSAL_RELEASED with their generators."""
     import models
 
-    gens = [n for n, v in models.VARIANTS.items() if v.kind == "generator" and v.hub_repo
-            and any(n.endswith(":" + t) for t in REHEARSAL_RELEASED)]
+    gens = [
+        n
+        for n, v in models.VARIANTS.items()
+        if v.kind == "generator" and v.hub_repo and any(n.endswith(":" + t) for t in REHEARSAL_RELEASED)
+    ]
     return [*shared_names(), *REHEARSAL_RELEASED, *gens]
 
 

@@ -147,8 +147,14 @@ def _hardware() -> tuple[str, str]:
 class SlurmCluster:
     """A single-node SLURM cluster with slurmdbd accounting; `start()`/`stop()` or a context manager."""
 
-    def __init__(self, parent: str | Path | None = None, partition: str = "debug",
-                 cluster_name: str = "titok", cred_expire_s: int = 5, keep_state: bool = False):
+    def __init__(
+        self,
+        parent: str | Path | None = None,
+        partition: str = "debug",
+        cluster_name: str = "titok",
+        cred_expire_s: int = 5,
+        keep_state: bool = False,
+    ):
         self.parent = Path(parent) if parent is not None else DEFAULT_PARENT
         self.partition = partition
         self.cluster_name = cluster_name
@@ -248,70 +254,143 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         _chown(key, "munge")
-        self._spawn("munged", ["munged", "-F", f"--key-file={key}", f"--socket={munge_sock}",
-                               f"--pid-file={munge_dir / 'munged.pid'}",
-                               f"--log-file={munge_dir / 'munged.log'}",
-                               f"--seed-file={munge_dir / 'munged.seed'}"], user="munge")
+        self._spawn(
+            "munged",
+            [
+                "munged",
+                "-F",
+                f"--key-file={key}",
+                f"--socket={munge_sock}",
+                f"--pid-file={munge_dir / 'munged.pid'}",
+                f"--log-file={munge_dir / 'munged.log'}",
+                f"--seed-file={munge_dir / 'munged.seed'}",
+            ],
+            user="munge",
+        )
 
         datadir = db_dir / "data"
         db_sock = db_dir / "mysqld.sock"
-        r = subprocess.run(["mariadb-install-db", *MARIADB_OPTS, f"--datadir={datadir}", "--user=mysql",
-                            "--auth-root-authentication-method=socket", "--skip-test-db"],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "mariadb-install-db",
+                *MARIADB_OPTS,
+                f"--datadir={datadir}",
+                "--user=mysql",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed: {r.stdout[-2000:]}{r.stderr[-2000:]}")
-        self._spawn("mariadbd", ["mariadbd", *MARIADB_OPTS, f"--datadir={datadir}", f"--socket={db_sock}",
-                                 f"--pid-file={db_dir / 'mysqld.pid'}",
-                                 f"--log-error={db_dir / 'mysqld.log'}",
-                                 "--bind-address=127.0.0.1", f"--port={db_port}", "--skip-name-resolve"],
-                    user="mysql")
+        self._spawn(
+            "mariadbd",
+            [
+                "mariadbd",
+                *MARIADB_OPTS,
+                f"--datadir={datadir}",
+                f"--socket={db_sock}",
+                f"--pid-file={db_dir / 'mysqld.pid'}",
+                f"--log-error={db_dir / 'mysqld.log'}",
+                "--bind-address=127.0.0.1",
+                f"--port={db_port}",
+                "--skip-name-resolve",
+            ],
+            user="mysql",
+        )
         self._wait(munge_sock.exists, 10, "munged socket")
         self._wait(db_sock.exists, 30, "MariaDB socket")
         password = os.urandom(12).hex()
-        subprocess.run(["mariadb", "--no-defaults", f"--socket={db_sock}", "-u", "root", "-e",
-                        f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
-                        "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                "mariadb",
+                "--no-defaults",
+                f"--socket={db_sock}",
+                "-u",
+                "root",
+                "-e",
+                f"CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
+                "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
 
         dbd_conf = slurm_dir / "slurmdbd.conf"
-        dbd_conf.write_text("\n".join([
-            "AuthType=auth/munge", f"AuthInfo={auth_info}",
-            f"DbdHost={self.node}", "DbdAddr=127.0.0.1", f"DbdPort={dbd_port}", "SlurmUser=root",
-            f"PidFile={slurm_dir / 'slurmdbd.pid'}", f"LogFile={slurm_dir / 'slurmdbd.log'}",
-            "StorageType=accounting_storage/mysql", "StorageHost=127.0.0.1", f"StoragePort={db_port}",
-            "StorageUser=slurm", f"StoragePass={password}", "StorageLoc=slurm_acct_db", "",
-        ]))
+        dbd_conf.write_text(
+            "\n".join(
+                [
+                    "AuthType=auth/munge",
+                    f"AuthInfo={auth_info}",
+                    f"DbdHost={self.node}",
+                    "DbdAddr=127.0.0.1",
+                    f"DbdPort={dbd_port}",
+                    "SlurmUser=root",
+                    f"PidFile={slurm_dir / 'slurmdbd.pid'}",
+                    f"LogFile={slurm_dir / 'slurmdbd.log'}",
+                    "StorageType=accounting_storage/mysql",
+                    "StorageHost=127.0.0.1",
+                    f"StoragePort={db_port}",
+                    "StorageUser=slurm",
+                    f"StoragePass={password}",
+                    "StorageLoc=slurm_acct_db",
+                    "",
+                ]
+            )
+        )
         dbd_conf.chmod(0o600)  # slurmdbd refuses a readable config (it holds the DB password)
-        conf.write_text("\n".join([
-            f"ClusterName={self.cluster_name}",
-            f"SlurmctldHost={socket.gethostname()}(127.0.0.1)",
-            f"SlurmctldPort={ctld_port}", f"SlurmdPort={slurmd_port}",
-            "SlurmUser=root", "SlurmdUser=root",
-            "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo={auth_info},cred_expire={self.cred_expire_s}",
-            "CommunicationParameters=NoInAddrAny",
-            f"StateSaveLocation={slurm_dir / 'state'}", f"SlurmdSpoolDir={slurm_dir / 'spool'}",
-            f"SlurmctldPidFile={slurm_dir / 'slurmctld.pid'}", f"SlurmdPidFile={slurm_dir / 'slurmd.pid'}",
-            f"SlurmctldLogFile={slurm_dir / 'slurmctld.log'}", f"SlurmdLogFile={slurm_dir / 'slurmd.log'}",
-            # no cgroups here: track processes by parentage, no task binding
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core_Memory", "DefMemPerCPU=1024",
-            "SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1",
-            "KillWait=5",  # submitit ignores SIGTERM: the default 30 s would block the node after scancel
-            "JobRequeue=1", "ReturnToService=2", "MailProg=/bin/true", "MpiDefault=none",
-            "AccountingStorageType=accounting_storage/slurmdbd", "AccountingStorageHost=127.0.0.1",
-            f"AccountingStoragePort={dbd_port}",
-            f"AccountingStoragePass={munge_sock}",  # slurmdbd's own connection ignores AuthInfo
-            "JobCompType=jobcomp/none",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN",
-            f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        conf.write_text(
+            "\n".join(
+                [
+                    f"ClusterName={self.cluster_name}",
+                    f"SlurmctldHost={socket.gethostname()}(127.0.0.1)",
+                    f"SlurmctldPort={ctld_port}",
+                    f"SlurmdPort={slurmd_port}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo={auth_info},cred_expire={self.cred_expire_s}",
+                    "CommunicationParameters=NoInAddrAny",
+                    f"StateSaveLocation={slurm_dir / 'state'}",
+                    f"SlurmdSpoolDir={slurm_dir / 'spool'}",
+                    f"SlurmctldPidFile={slurm_dir / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={slurm_dir / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={slurm_dir / 'slurmctld.log'}",
+                    f"SlurmdLogFile={slurm_dir / 'slurmd.log'}",
+                    # no cgroups here: track processes by parentage, no task binding
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "DefMemPerCPU=1024",
+                    "SchedulerParameters=batch_sched_delay=0,sched_interval=1,bf_interval=1",
+                    "KillWait=5",  # submitit ignores SIGTERM: the default 30 s would block the node after scancel
+                    "JobRequeue=1",
+                    "ReturnToService=2",
+                    "MailProg=/bin/true",
+                    "MpiDefault=none",
+                    "AccountingStorageType=accounting_storage/slurmdbd",
+                    "AccountingStorageHost=127.0.0.1",
+                    f"AccountingStoragePort={dbd_port}",
+                    f"AccountingStoragePass={munge_sock}",  # slurmdbd's own connection ignores AuthInfo
+                    "JobCompType=jobcomp/none",
+                    f"NodeName={self.node} NodeAddr=127.0.0.1 {hardware} State=UNKNOWN",
+                    f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
 
         self._spawn("slurmdbd", ["slurmdbd", "-D"])
-        self._wait(lambda: self._try("sacctmgr", "-i", "add", "cluster", self.cluster_name), 30,
-                   "slurmdbd accepting `sacctmgr add cluster`")
+        self._wait(
+            lambda: self._try("sacctmgr", "-i", "add", "cluster", self.cluster_name),
+            30,
+            "slurmdbd accepting `sacctmgr add cluster`",
+        )
         self._spawn("slurmctld", ["slurmctld", "-D"])
         self._spawn("slurmd", ["slurmd", "-D", "-N", self.node])
         self._wait(lambda: self._try("sinfo", "-h", "-o", "%t", check_out="idle"), 30, "node idle in sinfo")
@@ -323,8 +402,16 @@ class SlurmCluster:
         log_dir = self.root / ("munge" if user == "munge" else "mysql" if user == "mysql" else "slurm")
         with open(log_dir / f"{name}.out.log", "ab") as out:
             kwargs = {"user": user, "group": user, "extra_groups": []} if user else {}
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, cwd=log_dir, start_new_session=True, **kwargs)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=log_dir,
+                start_new_session=True,
+                **kwargs,
+            )
         self.procs[name] = proc
         self.started_pids.append(proc.pid)
 

@@ -64,8 +64,7 @@ class Resumable:
 
 def _executor(folder: Path, cluster: SlurmCluster, **params) -> submitit.AutoExecutor:
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
-    ex.update_parameters(slurm_partition=cluster.partition, timeout_min=30, cpus_per_task=1, mem_gb=1,
-                         **params)
+    ex.update_parameters(slurm_partition=cluster.partition, timeout_min=30, cpus_per_task=1, mem_gb=1, **params)
     return ex
 
 
@@ -112,8 +111,9 @@ def test_array(slurm_cluster, tmp_path):
 @pytest.mark.slurm
 def test_afterok_dependency(slurm_cluster, tmp_path):
     first = _executor(tmp_path, slurm_cluster).submit(stamp, str(tmp_path / "first"), 1.5)
-    second = _executor(tmp_path, slurm_cluster, slurm_additional_parameters={
-        "dependency": f"afterok:{first.job_id}"}).submit(stamp, str(tmp_path / "second"), 0)
+    second = _executor(
+        tmp_path, slurm_cluster, slurm_additional_parameters={"dependency": f"afterok:{first.job_id}"}
+    ).submit(stamp, str(tmp_path / "second"), 0)
 
     def reason() -> str:
         return slurm_cluster.run("squeue", "-h", "-j", second.job_id, "-o", "%r").stdout.strip()
@@ -130,8 +130,9 @@ def test_sweep_sees_each_pending_array_element(slurm_cluster, tmp_path):
     from bench.launch import slurm_states
 
     blocker = _executor(tmp_path, slurm_cluster).submit(stamp, str(tmp_path / "blocker"), 600)
-    waiting = _executor(tmp_path, slurm_cluster, slurm_additional_parameters={
-        "dependency": f"afterok:{blocker.job_id}"}).map_array(square, [1, 2, 3])
+    waiting = _executor(
+        tmp_path, slurm_cluster, slurm_additional_parameters={"dependency": f"afterok:{blocker.job_id}"}
+    ).map_array(square, [1, 2, 3])
     ids = [j.job_id for j in waiting]
     try:
         states = slurm_states(ids)

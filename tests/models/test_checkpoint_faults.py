@@ -19,8 +19,15 @@ from bench.train.loop import atomic_torch_save
 from models.checkpoints import DIGEST_KEY, STALE_TEMP_AGE_S, CheckpointError, from_pretrained
 from tests.reference import PARITY
 
-TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
-           codebook_size=64, token_size=8)
+TOY = dict(
+    encoder_size="toy-S",
+    decoder_size="toy-S",
+    image_size=32,
+    patch_size=8,
+    decoder_patch_size=8,
+    codebook_size=64,
+    token_size=8,
+)
 
 # a writer that stops in the middle of its write, as a job does when SLURM preempts it
 KILLED_WRITER = """
@@ -109,10 +116,15 @@ def test_own_checkpoint_must_hold_the_requested_variant(tmp_path):
     text = str(err.value)
     assert str(path) in text and "TiTok-L-32" in text and "encoder toy-S" in text and "encoder L" in text
     teacher = tmp_path / "vqgan.safetensors"
-    models.save(models.build("MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32,
-                             codebook_size=64), teacher)
-    with pytest.raises(CheckpointError, match="holds a teacher .* not the requested MaskGIT-ViT:TiTok-L-32 "
-                                              r"\(a generator"):
+    models.save(
+        models.build("MaskGIT-VQGAN", hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32, codebook_size=64),
+        teacher,
+    )
+    with pytest.raises(
+        CheckpointError,
+        match="holds a teacher .* not the requested MaskGIT-ViT:TiTok-L-32 "
+        r"\(a generator",
+    ):
         from_pretrained(teacher, variant="MaskGIT-ViT:TiTok-L-32")
     assert from_pretrained(path).config == toy_tokenizer().config  # no variant: what the file holds
 
@@ -129,6 +141,7 @@ def test_bit_rot_in_tensor_data_is_refused_files_without_a_checksum_still_load(t
         from_pretrained(rotten)
     # a checkpoint written before the checksum existed
     from safetensors.torch import load_file, save_file
+
     meta = {k: v for k, v in models.checkpoints.read_metadata(path).items() if k != DIGEST_KEY}
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
     assert from_pretrained(tmp_path / "old.safetensors").config == toy_tokenizer().config

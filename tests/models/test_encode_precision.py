@@ -8,8 +8,14 @@ import torch
 import models
 
 TOY_TEACHER = {"hidden_channels": 32, "channel_mult": (1, 1, 2, 2, 2), "z_channels": 32, "codebook_size": 64}
-TOY_TOKENIZER = {"encoder_size": "toy-S", "decoder_size": "toy-S", "patch_size": 8, "image_size": 32,
-                 "codebook_size": 64, "token_size": 8}
+TOY_TOKENIZER = {
+    "encoder_size": "toy-S",
+    "decoder_size": "toy-S",
+    "patch_size": 8,
+    "image_size": 32,
+    "codebook_size": 64,
+    "token_size": 8,
+}
 
 
 def _images(n, size, seed=0):

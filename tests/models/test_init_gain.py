@@ -8,9 +8,17 @@ import torch
 import models
 from bench.data.synthetic import SyntheticShapes
 
-TOY = dict(encoder_size="toy-S", decoder_size="toy-S", image_size=32, patch_size=8, decoder_patch_size=8,
-           codebook_size=8, token_size=16, pixel_decoder=False,
-           vqgan=models.VQGANConfig(hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32, codebook_size=16))
+TOY = dict(
+    encoder_size="toy-S",
+    decoder_size="toy-S",
+    image_size=32,
+    patch_size=8,
+    decoder_patch_size=8,
+    codebook_size=8,
+    token_size=16,
+    pixel_decoder=False,
+    vqgan=models.VQGANConfig(hidden_channels=32, channel_mult=(1, 1, 2, 2), z_channels=32, codebook_size=16),
+)
 
 
 def _toy(init_gain):
@@ -18,11 +26,16 @@ def _toy(init_gain):
     return models.build("TiTok-S-16", init_gain=init_gain, **TOY)
 
 
-@pytest.mark.parametrize("name, fan_in", [("encoder.transformer.0.attn.out_proj.weight", 64),
-                                          ("encoder.transformer.1.mlp.c_proj.weight", 256),
-                                          ("encoder.transformer.0.attn.in_proj_weight", 64),
-                                          ("encoder.patch_embed.weight", 3 * 8 * 8),
-                                          ("decoder.decoder_embed.weight", 16)])
+@pytest.mark.parametrize(
+    "name, fan_in",
+    [
+        ("encoder.transformer.0.attn.out_proj.weight", 64),
+        ("encoder.transformer.1.mlp.c_proj.weight", 256),
+        ("encoder.transformer.0.attn.in_proj_weight", 64),
+        ("encoder.patch_embed.weight", 3 * 8 * 8),
+        ("decoder.decoder_embed.weight", 16),
+    ],
+)
 def test_init_gain_scales_every_weight_by_its_fan_in(name, fan_in):
     reference, scaled = (dict(_toy(g).named_parameters())[name].detach() for g in (None, 1.0))
     assert scaled.std().item() == pytest.approx(0.88 / fan_in**0.5, rel=0.15)  # trunc-normal at 2 std: 0.88 std

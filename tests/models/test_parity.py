@@ -21,8 +21,16 @@ def case(name):
 
 
 def test_parity_cases_are_present():
-    assert parity_cases() == ["generator_uvit", "generator_vit", "maskgit_vqgan", "tatitok_vq", "titok_legacy_stage1",
-                              "titok_legacy_twostage", "titok_singlestage_vq", "titok_vae"]
+    assert parity_cases() == [
+        "generator_uvit",
+        "generator_vit",
+        "maskgit_vqgan",
+        "tatitok_vq",
+        "titok_legacy_stage1",
+        "titok_legacy_twostage",
+        "titok_singlestage_vq",
+        "titok_vae",
+    ]
 
 
 @torch.no_grad()
@@ -76,10 +84,13 @@ def test_maskgit_vqgan_teacher():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("name,guidance", [
-    ("generator_vit", dict(guidance_scale=4.5, guidance_decay="linear", num_steps=8)),
-    ("generator_uvit", dict(guidance_scale=6.9, guidance_decay="power-cosine", num_steps=12)),
-])
+@pytest.mark.parametrize(
+    "name,guidance",
+    [
+        ("generator_vit", dict(guidance_scale=4.5, guidance_decay="linear", num_steps=8)),
+        ("generator_uvit", dict(guidance_scale=6.9, guidance_decay="power-cosine", num_steps=12)),
+    ],
+)
 def test_generators(name, guidance):
     model, io = case(name)
     labels, ids = io["condition"], io["input_ids"]
@@ -88,8 +99,10 @@ def test_generators(name, guidance):
     for key, settings in [
         ("sampled_sta0", dict(guidance, softmax_temperature_annealing=False)),
         ("sampled_sta1", dict(guidance, softmax_temperature_annealing=True)),
-        ("sampled_constant", dict(guidance_scale=2.0, guidance_decay="constant", num_steps=6,
-                                  softmax_temperature_annealing=False)),
+        (
+            "sampled_constant",
+            dict(guidance_scale=2.0, guidance_decay="constant", num_steps=6, softmax_temperature_annealing=False),
+        ),
     ]:
         sampled = model.generate(labels, randomize_temperature=0.0, **settings)
         assert torch.equal(sampled, io[key]), key

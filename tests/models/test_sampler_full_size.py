@@ -28,19 +28,34 @@ STEPS = {"MaskGIT-ViT:TiTok-L-32": 8, "MaskGIT-ViT:TiTok-B-64": 8, "MaskGIT-UViT
 # temperature annealing is on in its ImageNet sampling script; power-cosine's exponent is 3.0.
 RELEASED = {
     "MaskGIT-ViT:TiTok-L-32": dict(num_steps=8, guidance_scale=4.5, guidance_decay="linear", randomize_temperature=9.5),
-    "MaskGIT-ViT:TiTok-B-64": dict(num_steps=8, guidance_scale=3.0, guidance_decay="linear",
-                                   randomize_temperature=11.0),
-    "MaskGIT-UViT:TiTok-S-128": dict(num_steps=64, guidance_scale=6.9, guidance_decay="power-cosine",
-                                     randomize_temperature=2.8),
+    "MaskGIT-ViT:TiTok-B-64": dict(
+        num_steps=8, guidance_scale=3.0, guidance_decay="linear", randomize_temperature=11.0
+    ),
+    "MaskGIT-UViT:TiTok-S-128": dict(
+        num_steps=64, guidance_scale=6.9, guidance_decay="power-cosine", randomize_temperature=2.8
+    ),
 }
-SIZES = {"MaskGIT-ViT:TiTok-L-32": (32, 177.2), "MaskGIT-ViT:TiTok-B-64": (64, 177.2),
-         "MaskGIT-UViT:TiTok-S-128": (128, 295.0)}  # K, millions of parameters (counted from the released layouts)
+SIZES = {
+    "MaskGIT-ViT:TiTok-L-32": (32, 177.2),
+    "MaskGIT-ViT:TiTok-B-64": (64, 177.2),
+    "MaskGIT-UViT:TiTok-S-128": (128, 295.0),
+}  # K, millions of parameters (counted from the released layouts)
 
 
 # ---- the reference sampler, restated ----------------------------------------------------------------------------
-def reference_tokens(logits, labels: torch.Tensor, num_tokens: int, mask_id: int, *, num_steps: int,
-                     guidance_scale: float, guidance_decay: str, guidance_scale_pow: float = 3.0,
-                     softmax_temperature_annealing: bool = True, rank_dtype=torch.float32) -> torch.Tensor:
+def reference_tokens(
+    logits,
+    labels: torch.Tensor,
+    num_tokens: int,
+    mask_id: int,
+    *,
+    num_steps: int,
+    guidance_scale: float,
+    guidance_decay: str,
+    guidance_scale_pow: float = 3.0,
+    softmax_temperature_annealing: bool = True,
+    rank_dtype=torch.float32,
+) -> torch.Tensor:
     """ImageBert.generate at randomize_temperature 0 (no Gumbel noise), one step at a time: guidance, annealing and
     the argmax in the logits' dtype; the chosen logits cast to float32 (`.float()`) before they are ranked
     (`rank_dtype`: another dtype only to show that a case has float32 ties).
@@ -113,17 +128,24 @@ class RowLogits:
 
 
 # ---- the statement against the reference's own samples ------------------------------------------------------------
-@pytest.mark.parametrize("name,guidance", [
-    ("generator_vit", dict(guidance_scale=4.5, guidance_decay="linear", num_steps=8)),
-    ("generator_uvit", dict(guidance_scale=6.9, guidance_decay="power-cosine", num_steps=12)),
-])
+@pytest.mark.parametrize(
+    "name,guidance",
+    [
+        ("generator_vit", dict(guidance_scale=4.5, guidance_decay="linear", num_steps=8)),
+        ("generator_uvit", dict(guidance_scale=6.9, guidance_decay="power-cosine", num_steps=12)),
+    ],
+)
 def test_the_restated_sampler_reproduces_the_reference_samples(name, guidance):
     model, io = models.from_pretrained(parity_folder(name)).eval(), parity_io(name)
     labels, c = io["condition"], model.config
-    for key, settings in [("sampled_sta0", dict(guidance, softmax_temperature_annealing=False)),
-                          ("sampled_sta1", dict(guidance, softmax_temperature_annealing=True)),
-                          ("sampled_constant", dict(guidance_scale=2.0, guidance_decay="constant", num_steps=6,
-                                                    softmax_temperature_annealing=False))]:
+    for key, settings in [
+        ("sampled_sta0", dict(guidance, softmax_temperature_annealing=False)),
+        ("sampled_sta1", dict(guidance, softmax_temperature_annealing=True)),
+        (
+            "sampled_constant",
+            dict(guidance_scale=2.0, guidance_decay="constant", num_steps=6, softmax_temperature_annealing=False),
+        ),
+    ]:
         got = reference_tokens(RowLogits(model), labels, c.num_tokens, model.mask_token_id, **settings)
         assert torch.equal(got, io[key]), key
 
@@ -152,10 +174,17 @@ def test_released_generator_samples_the_reference_tokens_in_float64(name):
     assert logits.cache and all(v.dtype == torch.float64 for v in logits.cache.values())
     passes = logits.passes
     separate = model.generate(labels, forward=logits, randomize_temperature=0.0, num_steps=steps)
-    expected = reference_tokens(logits, labels, c.num_tokens, model.mask_token_id, num_steps=steps,
-                                guidance_scale=released.guidance_scale, guidance_decay=released.guidance_decay,
-                                guidance_scale_pow=released.guidance_scale_pow,
-                                softmax_temperature_annealing=released.softmax_temperature_annealing)
+    expected = reference_tokens(
+        logits,
+        labels,
+        c.num_tokens,
+        model.mask_token_id,
+        num_steps=steps,
+        guidance_scale=released.guidance_scale,
+        guidance_decay=released.guidance_decay,
+        guidance_scale_pow=released.guidance_scale_pow,
+        softmax_temperature_annealing=released.softmax_temperature_annealing,
+    )
     assert expected.shape == (2, c.num_tokens) and not (expected == model.mask_token_id).any()
     assert torch.equal(batched, expected)
     assert torch.equal(separate, expected)
@@ -163,8 +192,10 @@ def test_released_generator_samples_the_reference_tokens_in_float64(name):
     # not a constant answer (seen: the ViT generators give each label its own tokens; the random-init U-ViT barely
     # hears the class token and picks from two codes, with distinct float64 confidences)
     assert expected.unique().numel() > 1
-    print(f"{name}: {steps} steps, {passes} float64 forward passes; build {built - t0:.1f} s, "
-          f"sampling {time.perf_counter() - built:.1f} s")
+    print(
+        f"{name}: {steps} steps, {passes} float64 forward passes; build {built - t0:.1f} s, "
+        f"sampling {time.perf_counter() - built:.1f} s"
+    )
 
 
 @pytest.mark.slow
@@ -182,12 +213,17 @@ def test_float32_ties_at_full_size_are_ranked_as_the_reference():
     logits = RowLogits(model)
     batched = model.generate(labels, batch_guidance=True, forward=logits, randomize_temperature=0.0)
     separate = model.generate(labels, forward=logits, randomize_temperature=0.0)
-    reference = dict(num_steps=released.num_steps, guidance_scale=released.guidance_scale,
-                     guidance_decay=released.guidance_decay, guidance_scale_pow=released.guidance_scale_pow,
-                     softmax_temperature_annealing=released.softmax_temperature_annealing)
+    reference = dict(
+        num_steps=released.num_steps,
+        guidance_scale=released.guidance_scale,
+        guidance_decay=released.guidance_decay,
+        guidance_scale_pow=released.guidance_scale_pow,
+        softmax_temperature_annealing=released.softmax_temperature_annealing,
+    )
     expected = reference_tokens(logits, labels, c.num_tokens, model.mask_token_id, **reference)
-    ranked_in_float64 = reference_tokens(logits, labels, c.num_tokens, model.mask_token_id, **reference,
-                                         rank_dtype=torch.float64)
+    ranked_in_float64 = reference_tokens(
+        logits, labels, c.num_tokens, model.mask_token_id, **reference, rank_dtype=torch.float64
+    )
     assert not torch.equal(ranked_in_float64, expected)  # the case has float32 ties that change the samples
     assert torch.equal(batched, expected)
     assert torch.equal(separate, expected)

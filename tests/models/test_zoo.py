@@ -1,7 +1,6 @@
 """Round trips for each tokenizer family at 256 and 512 px, own-checkpoint save/load, the loaders for
 hub-style folders and raw .bin files, the mismatch error, and the registry's names."""
 
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -81,14 +80,17 @@ def test_own_checkpoint_save_load(tmp_path, family):
 
 
 def test_own_generator_checkpoint(tmp_path):
-    gen = build("MaskGIT-UViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, num_tokens=8,
-                codebook_size=32).eval()
+    gen = build(
+        "MaskGIT-UViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, num_tokens=8, codebook_size=32
+    ).eval()
     models.save(gen, tmp_path / "g.safetensors")
     loaded = models.load(tmp_path / "g.safetensors")
     labels = torch.tensor([1, 2])
     assert loaded.config == gen.config
-    assert torch.equal(loaded.generate(labels, generator=torch.Generator().manual_seed(0)),
-                       gen.generate(labels, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(
+        loaded.generate(labels, generator=torch.Generator().manual_seed(0)),
+        gen.generate(labels, generator=torch.Generator().manual_seed(0)),
+    )
 
 
 def test_raw_bin_with_position_ids_buffer(tmp_path):
@@ -139,9 +141,22 @@ def test_offline_hub_error_says_what_to_do(monkeypatch):
 def test_registry_names():
     grid = [f"TiTok-{s}-{k}" for s in "SBL" for k in (16, 32, 64, 96, 128, 192, 256)]
     assert set(grid) <= set(VARIANTS)
-    for name in ["TiTok-L-32", "TiTok-B-64", "TiTok-S-128", "TiTok-BL-64-VQ", "TiTok-BL-128-VQ", "TiTok-SL-256-VQ",
-                 "TiTok-LL-32-VAE", "TiTok-BL-64-VAE", "TiTok-BL-128-VAE", "MaskGIT-ViT:TiTok-L-32",
-                 "MaskGIT-ViT:TiTok-B-64", "MaskGIT-UViT:TiTok-S-128", "TA-TiTok-SL-128-VAE", "MaskGIT-VQGAN"]:
+    for name in [
+        "TiTok-L-32",
+        "TiTok-B-64",
+        "TiTok-S-128",
+        "TiTok-BL-64-VQ",
+        "TiTok-BL-128-VQ",
+        "TiTok-SL-256-VQ",
+        "TiTok-LL-32-VAE",
+        "TiTok-BL-64-VAE",
+        "TiTok-BL-128-VAE",
+        "MaskGIT-ViT:TiTok-L-32",
+        "MaskGIT-ViT:TiTok-B-64",
+        "MaskGIT-UViT:TiTok-S-128",
+        "TA-TiTok-SL-128-VAE",
+        "MaskGIT-VQGAN",
+    ]:
         assert VARIANTS[name].released, name
     for name in ["TiTok-L-64@512", "TiTok-B-128@512"]:
         assert not VARIANTS[name].released and VARIANTS[name].config.image_size == 512
@@ -170,12 +185,13 @@ def test_sampler_noise_is_finite_and_per_row():
 
     noise = _gumbel((4, 8, 16), torch.zeros(1), torch.Generator().manual_seed(0))
     assert torch.isfinite(noise).all() and noise.std() > 0.5
-    gen = build("MaskGIT-ViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, num_tokens=8,
-                codebook_size=32).eval()
+    gen = build(
+        "MaskGIT-ViT", hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, num_tokens=8, codebook_size=32
+    ).eval()
     labels = torch.tensor([1, 2, 3])
     rows = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
     batched = gen.generate(labels, generator=rows())
-    alone = torch.cat([gen.generate(labels[i:i + 1], generator=[torch.Generator().manual_seed(i)]) for i in range(3)])
+    alone = torch.cat([gen.generate(labels[i : i + 1], generator=[torch.Generator().manual_seed(i)]) for i in range(3)])
     assert torch.equal(batched, alone)
     assert not torch.equal(batched, gen.generate(labels, generator=torch.Generator().manual_seed(7)))
 
@@ -197,8 +213,9 @@ def test_sampler_ranks_confidences_in_float32_as_the_reference():
         return logits
 
     # K=4, 2 steps: step 0 re-masks floor(4 acos(0.5) / (pi/2)) = 2 by count, every tied position by the rule
-    ids = sample_tokens(logits_fn, 2, 4, mask_id=3, settings=SamplerSettings(num_steps=2, guidance_scale=0.0,
-                                                                             randomize_temperature=0.0))
+    ids = sample_tokens(
+        logits_fn, 2, 4, mask_id=3, settings=SamplerSettings(num_steps=2, guidance_scale=0.0, randomize_temperature=0.0)
+    )
     assert masked_per_call == [[4, 4], [4, 4]]  # float64 ranking would have left [2, 2] masked for step 1
     assert (ids == 1).all()
 
@@ -219,7 +236,8 @@ def test_sampler_remask_count_is_the_first_rows():
         return logits
 
     # K=4, 8 steps: re-mask targets floor(4 acos(r) / (pi/2)) = 3, 3, ...
-    sample_tokens(logits_fn, 2, 4, mask_id=5, settings=SamplerSettings(num_steps=8, guidance_scale=0.0,
-                                                                         randomize_temperature=0.0))
+    sample_tokens(
+        logits_fn, 2, 4, mask_id=5, settings=SamplerSettings(num_steps=8, guidance_scale=0.0, randomize_temperature=0.0)
+    )
     assert masked_per_call[1] == [3, 4]  # the tie masked all of row 1 again
     assert masked_per_call[2] == [2, 2]  # per-row counts would have left row 1 with 3

@@ -21,8 +21,16 @@ from tests.reports.test_reports import Store, scaling_metrics
 
 pytestmark = pytest.mark.browser
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 GRID = {"sizes": ["S", "B", "L"], "num_tokens": [16, 32, 64, 128]}
 
 
@@ -37,8 +45,7 @@ def pages(tmp_path_factory):
         exp, parent = store.sweep(grid, preset)
         for size in GRID["sizes"]:
             for k in GRID["num_tokens"]:
-                store.cell(exp, parent, grid, f"TiTok-{size}-{k}", scaling_metrics(size, k, samples),
-                           preset=preset)
+                store.cell(exp, parent, grid, f"TiTok-{size}-{k}", scaling_metrics(size, k, samples), preset=preset)
         out[grid] = build_report({"name": grid, **GRID}, store.uri, tmp / grid).html
     return out
 
@@ -58,7 +65,7 @@ def _screenshot(tmp_path, page) -> np.ndarray:
 
 
 def _pixels_near(rgb: np.ndarray, hex_color: str, tol: int = 30) -> int:
-    target = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+    target = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)])
     return int((np.abs(rgb - target).sum(axis=-1) < tol).sum())
 
 

@@ -30,9 +30,17 @@ T0 = 1_700_000_000_000  # ms; runs are created at T0 + offsets so that "newest" 
 def scaling_metrics(size: str, k: int, samples: int) -> dict[str, float]:
     """Known, distinct values per cell (checked exactly against the CSV)."""
     rfid = round(SIZE_FACTOR[size] * 256 / k, 4)
-    return {"rfid": rfid, "gfid": round(rfid / 2 + 1, 4), "gfid_is": 150 + k / 4,
-            "probe_top1": 0.3 + 0.1 / rfid, "samples_per_s": 2000 / k, "rfid_num_images": samples,
-            "gfid_num_samples": samples, "cost_gpu_hours": 10 * k / 256, "cost_wall_hours": k / 256}
+    return {
+        "rfid": rfid,
+        "gfid": round(rfid / 2 + 1, 4),
+        "gfid_is": 150 + k / 4,
+        "probe_top1": 0.3 + 0.1 / rfid,
+        "samples_per_s": 2000 / k,
+        "rfid_num_images": samples,
+        "gfid_num_samples": samples,
+        "cost_gpu_hours": 10 * k / 256,
+        "cost_wall_hours": k / 256,
+    }
 
 
 class Store:
@@ -47,25 +55,52 @@ class Store:
         exp = self.client.create_experiment(T.experiment_name(grid))
         tags = {T.TAG_ROLE: "sweep", T.TAG_GRID: grid}
         run = self.client.create_run(exp, start_time=self._tick(), tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param("preset", preset), Param("launcher", "local")],
-                              tags=[RunTag(T.TAG_PRESET, preset)])
+        self.client.log_batch(
+            run.info.run_id,
+            params=[Param("preset", preset), Param("launcher", "local")],
+            tags=[RunTag(T.TAG_PRESET, preset)],
+        )
         self.client.set_terminated(run.info.run_id, "FINISHED", end_time=self._tick())
         return exp, run.info.run_id
 
-    def cell(self, exp: str, parent: str, grid: str, cell: str, metrics: dict[str, float], *,
-             preset: str = "paper", weights_random: bool = False, mlflow_status: str = "FINISHED",
-             titok_status: str = "finished", extra_tags: dict[str, str] | None = None) -> str:
+    def cell(
+        self,
+        exp: str,
+        parent: str,
+        grid: str,
+        cell: str,
+        metrics: dict[str, float],
+        *,
+        preset: str = "paper",
+        weights_random: bool = False,
+        mlflow_status: str = "FINISHED",
+        titok_status: str = "finished",
+        extra_tags: dict[str, str] | None = None,
+    ) -> str:
         size, k = cell.split("-")[1][0], int(cell.split("-")[2])
-        tags = {T.TAG_ROLE: "cell", T.TAG_GRID: grid, T.TAG_CELL: cell, T.TAG_MODEL_SIZE: size,
-                T.TAG_NUM_TOKENS: str(k), T.TAG_PRESET: preset, T.TAG_STATUS: titok_status,
-                T.TAG_WEIGHTS_RANDOM: str(weights_random).lower(), T.TAG_SMOKE: str(preset == "tiny").lower(),
-                T.eval_tag("gfid", "distance"): "titok-bench frechet_distance (eigh)",
-                T.TAG_REFERENCE: "imagenet-val-50k", T.TAG_DEVICE: "cpu",
-                "mlflow.parentRunId": parent, **(extra_tags or {})}
+        tags = {
+            T.TAG_ROLE: "cell",
+            T.TAG_GRID: grid,
+            T.TAG_CELL: cell,
+            T.TAG_MODEL_SIZE: size,
+            T.TAG_NUM_TOKENS: str(k),
+            T.TAG_PRESET: preset,
+            T.TAG_STATUS: titok_status,
+            T.TAG_WEIGHTS_RANDOM: str(weights_random).lower(),
+            T.TAG_SMOKE: str(preset == "tiny").lower(),
+            T.eval_tag("gfid", "distance"): "titok-bench frechet_distance (eigh)",
+            T.TAG_REFERENCE: "imagenet-val-50k",
+            T.TAG_DEVICE: "cpu",
+            "mlflow.parentRunId": parent,
+            **(extra_tags or {}),
+        }
         run_id = self.client.create_run(exp, start_time=self._tick(), tags=tags).info.run_id
-        self.client.log_batch(run_id, metrics=[Metric(m, float(v), self.clock, 0) for m, v in metrics.items()]
-                              + [Metric("tokenizer/loss", 1.0, self.clock, 5)],  # a training curve: not final
-                              params=[Param("preset", preset), Param("model.tokenizer", cell)])
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(m, float(v), self.clock, 0) for m, v in metrics.items()]
+            + [Metric("tokenizer/loss", 1.0, self.clock, 5)],  # a training curve: not final
+            params=[Param("preset", preset), Param("model.tokenizer", cell)],
+        )
         self.client.set_terminated(run_id, mlflow_status, end_time=self._tick())
         return run_id
 
@@ -87,28 +122,56 @@ def paper_store(tmp_path_factory):
         if cell == "TiTok-B-96":  # missing: no run at all
             continue
         if cell == "TiTok-L-256":  # only a failed run
-            ignored.add(store.cell(exp, parent, "latent_vs_size", cell, metrics, mlflow_status="FAILED",
-                                   titok_status="failed"))
+            ignored.add(
+                store.cell(exp, parent, "latent_vs_size", cell, metrics, mlflow_status="FAILED", titok_status="failed")
+            )
             continue
         if cell == "TiTok-S-32":  # an older finished run, superseded by the rerun below
             ignored.add(store.cell(exp, parent, "latent_vs_size", cell, {**metrics, "rfid": 99.0}))
         status = "running" if cell == "TiTok-S-256" else "finished"  # kept as a fallback
         kept[cell] = (store.cell(exp, parent, "latent_vs_size", cell, metrics, titok_status=status), metrics)
         if cell == "TiTok-L-64":  # a newer failed rerun: the older finished run stays
-            ignored.add(store.cell(exp, parent, "latent_vs_size", cell, {"rfid": 50.0},
-                                   mlflow_status="FAILED", titok_status="failed"))
+            ignored.add(
+                store.cell(
+                    exp, parent, "latent_vs_size", cell, {"rfid": 50.0}, mlflow_status="FAILED", titok_status="failed"
+                )
+            )
     ignored.add(store.cell(exp, parent, "latent_vs_size", "TiTok-S-512", scaling_metrics("S", 512, 50_000)))
 
     exp_r, parent_r = store.sweep("released", "paper")
     released = {
-        "TiTok-L-32": store.cell(exp_r, parent_r, "released", "TiTok-L-32", {
-            "rfid": 2.31, "gfid": 2.97, "gfid_is": 190.0, "samples_per_s": 100.0, "rfid_num_images": 50_000,
-            "gfid_num_samples": 50_000}),
-        "TiTok-B-64": store.cell(exp_r, parent_r, "released", "TiTok-B-64", {
-            "rfid": 1.9, "gfid": 2.5, "gfid_is": 250.0, "samples_per_s": 80.0, "rfid_num_images": 50_000,
-            "gfid_num_samples": 50_000}, weights_random=True),
-        "TiTok-BL-64-VQ": store.cell(exp_r, parent_r, "released", "TiTok-BL-64-VQ", {
-            "rfid": 2.0, "rfid_num_images": 50_000}),
+        "TiTok-L-32": store.cell(
+            exp_r,
+            parent_r,
+            "released",
+            "TiTok-L-32",
+            {
+                "rfid": 2.31,
+                "gfid": 2.97,
+                "gfid_is": 190.0,
+                "samples_per_s": 100.0,
+                "rfid_num_images": 50_000,
+                "gfid_num_samples": 50_000,
+            },
+        ),
+        "TiTok-B-64": store.cell(
+            exp_r,
+            parent_r,
+            "released",
+            "TiTok-B-64",
+            {
+                "rfid": 1.9,
+                "gfid": 2.5,
+                "gfid_is": 250.0,
+                "samples_per_s": 80.0,
+                "rfid_num_images": 50_000,
+                "gfid_num_samples": 50_000,
+            },
+            weights_random=True,
+        ),
+        "TiTok-BL-64-VQ": store.cell(
+            exp_r, parent_r, "released", "TiTok-BL-64-VQ", {"rfid": 2.0, "rfid_num_images": 50_000}
+        ),
     }
     store.client.create_experiment(T.experiment_name("sweep_only"))  # an experiment without cell runs
     return {"uri": store.uri, "kept": kept, "ignored": ignored, "released": released}
@@ -120,8 +183,9 @@ def smoke_store(tmp_path_factory):
     exp, parent = store.sweep("latent_vs_size", "tiny")
     for cell in load_grid("latent_vs_size").cells:
         size, k = cell.split("-")[1], int(cell.split("-")[2])
-        store.cell(exp, parent, "latent_vs_size", cell, scaling_metrics(size, k, 64), preset="tiny",
-                   weights_random=True)
+        store.cell(
+            exp, parent, "latent_vs_size", cell, scaling_metrics(size, k, 64), preset="tiny", weights_random=True
+        )
     return store.uri
 
 
@@ -151,8 +215,7 @@ def test_tidy_csv_holds_the_latest_finished_run_per_cell(paper_store, paper_repo
 
 
 def test_missing_ignored_and_fallback_runs_are_listed(paper_store, paper_report):
-    assert paper_report.missing_cells == {"TiTok-B-96": "no run",
-                                          "TiTok-L-256": "no finished run (1 not finished)"}
+    assert paper_report.missing_cells == {"TiTok-B-96": "no run", "TiTok-L-256": "no finished run (1 not finished)"}
     assert {r.run_id for r in paper_report.ignored_runs} == paper_store["ignored"]
     reasons = {r.cell: r.reason for r in paper_report.ignored_runs}
     assert reasons["TiTok-S-32"].startswith("superseded by " + paper_store["kept"]["TiTok-S-32"][0])
@@ -178,13 +241,19 @@ def test_all_panels_and_files_are_written(paper_store, paper_report):
     assert not (out / "tables" / "released.csv").exists()  # only for grid released
     page = paper_report.html.read_text()
     assert page.count("data:image/png;base64,") == len(PANELS) + 1 and "http" not in page.split("<body")[0]
-    for text in ("preset</b>: paper (19 cells)", "50,000 (19 cells)", "titok-bench frechet_distance (eigh)",
-                 "imagenet-val-50k", "launcher"):  # what the numbers are, and the sweep's settings
+    for text in (
+        "preset</b>: paper (19 cells)",
+        "50,000 (19 cells)",
+        "titok-bench frechet_distance (eigh)",
+        "imagenet-val-50k",
+        "launcher",
+    ):  # what the numbers are, and the sweep's settings
         assert text in page
     cost = pd.read_csv(out / "tables" / "cost.csv").set_index("cell")
     assert cost.at["TiTok-L-128", "cost_gpu_hours"] == pytest.approx(5.0)
     assert cost.at["total (logged cells)", "cost_wall_hours"] == pytest.approx(
-        sum(m["cost_wall_hours"] for _, m in paper_store["kept"].values()))
+        sum(m["cost_wall_hours"] for _, m in paper_store["kept"].values())
+    )
 
 
 def test_paper_values_appear_only_beside_comparable_results(paper_report, smoke_report):
@@ -228,8 +297,12 @@ def test_released_table_sets_the_reference_beside_every_row(paper_store, tmp_pat
 def test_empty_unknown_and_unreachable_are_one_line_errors(paper_store, smoke_store, tmp_path):
     cases = [
         (lambda: build_report("released", smoke_store, tmp_path), "'released' has no runs: no experiment"),
-        (lambda: build_report({"name": "sweep_only", "sizes": ["S"], "num_tokens": [16]}, paper_store["uri"],
-                              tmp_path), "holds no cell runs"),
+        (
+            lambda: build_report(
+                {"name": "sweep_only", "sizes": ["S"], "num_tokens": [16]}, paper_store["uri"], tmp_path
+            ),
+            "holds no cell runs",
+        ),
         (lambda: build_report("nope", paper_store["uri"], tmp_path), "unknown grid 'nope': choose one of"),
         (lambda: build_report("released", f"sqlite:///{tmp_path}/absent.db", tmp_path), "does not exist"),
         (lambda: build_report("released", "http://127.0.0.1:9", tmp_path), "cannot reach the MLflow server"),
@@ -242,16 +315,19 @@ def test_empty_unknown_and_unreachable_are_one_line_errors(paper_store, smoke_st
 
 
 def _cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reports", *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "reports", *overrides], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_command_line(paper_store, smoke_store, tmp_path):
     ok = _cli("grid=latent_vs_size", f"tracking_uri={paper_store['uri']}", f"out_dir={tmp_path}/out")
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "out" / "index.html").is_file() and "missing cells (2)" in ok.stdout
-    for overrides, message in ((["grid=nope"], "unknown grid 'nope'"),
-                               (["grid=released", f"tracking_uri={smoke_store}"], "has no runs")):
+    for overrides, message in (
+        (["grid=nope"], "unknown grid 'nope'"),
+        (["grid=released", f"tracking_uri={smoke_store}"], "has no runs"),
+    ):
         bad = _cli(*overrides, f"out_dir={tmp_path}/bad")
         assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
 
@@ -268,14 +344,21 @@ def test_the_cost_table_shows_the_estimate_beside_the_actual(tmp_path):
     estimates = {"TiTok-L-32": ("351.2", "43.9"), "TiTok-S-16": ("63.1", "7.89")}
     for cell in ("TiTok-L-32", "TiTok-S-16", "TiTok-B-64"):
         size, k = cell.split("-")[1], int(cell.split("-")[2])
-        tags = ({C.TAG_EST_GPU_HOURS: estimates[cell][0], C.TAG_EST_WALL_HOURS: estimates[cell][1],
-                 C.TAG_EST_BASIS: basis} if cell in estimates else {})  # B-64: a run from before estimates
+        tags = (
+            {C.TAG_EST_GPU_HOURS: estimates[cell][0], C.TAG_EST_WALL_HOURS: estimates[cell][1], C.TAG_EST_BASIS: basis}
+            if cell in estimates
+            else {}
+        )  # B-64: a run from before estimates
         store.cell(exp, parent, "latent_vs_size", cell, scaling_metrics(size, k, 50_000), extra_tags=tags)
     col = collect(load_grid("latent_vs_size"), store.uri)
     table = cost_table(col, col.table())
     frame = table.frame.set_index("cell")
-    assert list(frame.columns[-4:]) == ["cost_gpu_hours_est", "cost_gpu_hours", "cost_wall_hours_est",
-                                        "cost_wall_hours"]
+    assert list(frame.columns[-4:]) == [
+        "cost_gpu_hours_est",
+        "cost_gpu_hours",
+        "cost_wall_hours_est",
+        "cost_wall_hours",
+    ]
     assert frame.at["TiTok-L-32", "cost_gpu_hours_est"] == pytest.approx(351.2)
     assert frame.at["TiTok-L-32", "cost_gpu_hours"] == pytest.approx(10 * 32 / 256)
     assert frame.at["TiTok-S-16", "cost_wall_hours_est"] == pytest.approx(7.89)

@@ -49,16 +49,22 @@ def store(tmp_path_factory):
     for cell in load_grid("latent_vs_size").cells:
         size, k = cell.split("-")[1], int(cell.split("-")[2])
         # smoke results (stand-in weights, 64 images) of the paper's preset: judged, not a smoke run
-        run_id = s.cell(exp, parent, "latent_vs_size", cell, metrics_with_intervals(size, k), preset="paper",
-                        weights_random=True)
+        run_id = s.cell(
+            exp, parent, "latent_vs_size", cell, metrics_with_intervals(size, k), preset="paper", weights_random=True
+        )
         if cell in GALLERY_CELLS:
             g = torch.Generator().manual_seed(k)
             pairs = torch.randint(0, 256, (2, 4, 3, 8, 8), generator=g, dtype=torch.uint8)
             folder = files / cell
             folder.mkdir()
             save_gallery(pairs, folder / "gallery.png", cell)
-            usage = {"num_tokens": k, "codebook_size": 256, "num_images": 64, "distinct_codes": [5] * k,
-                     "entropy_bits": [2.0] * k}
+            usage = {
+                "num_tokens": k,
+                "codebook_size": 256,
+                "num_images": 64,
+                "distinct_codes": [5] * k,
+                "entropy_bits": [2.0] * k,
+            }
             (folder / "token_usage.json").write_text(json.dumps(usage))
             for name in ("gallery.png", "token_usage.json"):
                 s.client.log_artifact(run_id, str(folder / name), "eval_recon")
@@ -139,8 +145,9 @@ def _smoke_run_store(path, preset: str, sweep_smoke: bool) -> str:
 @pytest.mark.parametrize("preset, sweep_smoke", [("tiny", False), ("my_cpu_check", True)])
 def test_a_smoke_run_reads_not_expected_instead_of_pass_or_fail(tmp_path, preset, sweep_smoke):
     """Decided by what the runs record (the tiny preset's tag, or the sweep's preset.smoke), not the grid name."""
-    report = build_report("latent_vs_size", _smoke_run_store(tmp_path / "mlflow.db", preset, sweep_smoke),
-                          tmp_path / "report")
+    report = build_report(
+        "latent_vs_size", _smoke_run_store(tmp_path / "mlflow.db", preset, sweep_smoke), tmp_path / "report"
+    )
     summary = pd.read_csv(report.out_dir / "tables" / "summary.csv", keep_default_na=False)
     targeted = summary[summary["target"] != ""]
     assert len(targeted) > 10 and set(targeted["result"]) == {NOT_EXPECTED}
@@ -149,7 +156,7 @@ def test_a_smoke_run_reads_not_expected_instead_of_pass_or_fail(tmp_path, preset
     assert b["value"] == "" and b["result"] == NOT_EXPECTED  # too few distinct values to tell: still not expected
     assert SMOKE_RUN_LINE in (report.out_dir / "tables" / "summary.md").read_text()
     page = report.html.read_text()
-    banner = page[page.index('id="smoke-banner"'):page.index('id="summary"')]
+    banner = page[page.index('id="smoke-banner"') : page.index('id="summary"')]
     assert "Smoke run: a pipeline check" in banner and 'smoke.md">docs/smoke.md</a>' in banner
     for name in [*PANELS, "combined"]:
         svg = (report.out_dir / "figures" / f"{name}.svg").read_text()

@@ -28,17 +28,27 @@ def report(tmp_path_factory):
     store.cell(exp, parent, "released", "TiTok-L-32", {**INSIDE, **FULL}, extra_tags=A100)
     store.cell(exp, parent, "released", "TiTok-B-64", {**OUTSIDE, **FULL}, extra_tags=A100)
     # exact reference values, but stand-in weights: never a pass
-    store.cell(exp, parent, "released", "TiTok-S-128", {"rfid": 1.71, "gfid": 1.97, "gfid_is": 281.8, **FULL},
-               weights_random=True)
+    store.cell(
+        exp,
+        parent,
+        "released",
+        "TiTok-S-128",
+        {"rfid": 1.71, "gfid": 1.97, "gfid_is": 281.8, **FULL},
+        weights_random=True,
+    )
     store.cell(exp, parent, "released", "TiTok-BL-64-VQ", {"rfid": 2.06, "rfid_num_images": 1_000})  # too few
-    store.cell(exp, parent, "released", "TiTok-BL-128-VQ", {"rfid": 1.49 + 0.1, "rfid_num_images": 50_000,
-                                                            "samples_per_s": 40.0})  # edge of rFID; CPU speed
+    store.cell(
+        exp,
+        parent,
+        "released",
+        "TiTok-BL-128-VQ",
+        {"rfid": 1.49 + 0.1, "rfid_num_images": 50_000, "samples_per_s": 40.0},
+    )  # edge of rFID; CPU speed
     return build_report("released", store.uri, tmp_path_factory.mktemp("report"))
 
 
 def _verdicts(report) -> pd.DataFrame:
-    return pd.read_csv(report.out_dir / "tables" / "reproduction.csv").set_index(
-        ["cell", "metric"])
+    return pd.read_csv(report.out_dir / "tables" / "reproduction.csv").set_index(["cell", "metric"])
 
 
 def test_each_metric_passes_inside_and_fails_outside_its_tolerance(report):
@@ -50,7 +60,11 @@ def test_each_metric_passes_inside_and_fails_outside_its_tolerance(report):
     assert float(v.at[("TiTok-B-64", "gFID"), "diff"]) == pytest.approx(0.16)
     assert v.at[("TiTok-BL-128-VQ", "rFID"), "verdict"] == "pass"  # exactly on the tolerance
     assert [v.at[("TiTok-L-32", t.label), "tolerance"] for t in TOLERANCES.values()] == [
-        "\u00b10.1", "\u00b10.15", "\u00b15%", "\u00b120% (on A100)"]
+        "\u00b10.1",
+        "\u00b10.15",
+        "\u00b15%",
+        "\u00b120% (on A100)",
+    ]
 
 
 def test_every_reference_carries_its_source(report):

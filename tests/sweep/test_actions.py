@@ -11,8 +11,13 @@ ONE_CELL = ["grid=latent_vs_size", "grid.sizes=[S]", "grid.num_tokens=[16]"]
 
 
 def sweep(action: str, outputs: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.sweep", *ONE_CELL, f"action={action}", f"outputs={outputs}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "bench.sweep", *ONE_CELL, f"action={action}", f"outputs={outputs}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_status_and_cancel_of_a_sweep_that_submitted_nothing(tmp_path):

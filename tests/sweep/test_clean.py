@@ -20,8 +20,10 @@ from tests.sweep.test_faults import REPO, TEACHER, plan_of
 
 
 def hold_lock(path: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom bench.core.lock import owner_lock\n"
-            "with owner_lock(sys.argv[1], print):\n    print('held', flush=True)\n    time.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom bench.core.lock import owner_lock\n"
+        "with owner_lock(sys.argv[1], print):\n    print('held', flush=True)\n    time.sleep(120)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
@@ -44,8 +46,14 @@ def make_litter(plan, job: subprocess.Popen) -> dict[str, Path]:
         os.utime(folder, (time.time() - 100 + i, time.time() - 100 + i))
         paths[name] = folder
     root.mkdir(parents=True, exist_ok=True)
-    record = {"launcher": "local", "job_id": str(job.pid), "tasks": ["x"], "time": time.time(),
-              "process": launch.process_identity(job.pid), "code": str(paths["v2-bbb"])}
+    record = {
+        "launcher": "local",
+        "job_id": str(job.pid),
+        "tasks": ["x"],
+        "time": time.time(),
+        "process": launch.process_identity(job.pid),
+        "code": str(paths["v2-bbb"]),
+    }
     (root / launch.JOBS_FILE).write_text(json.dumps(record) + "\n")
     teacher = Path(plan.task("_shared/teacher").out_dir)
     teacher.mkdir(parents=True)
@@ -76,8 +84,9 @@ def test_dry_run_lists_what_clean_removes_and_live_jobs_keep_theirs(tmp_path):
         listed = clean.candidates(plan, stages=True)
         removed = clean.remove(listed)
         assert [i.path for i in removed] == [i.path for i in listed]
-        assert sorted(str(i.path) for i in listed) == sorted(str(paths[k]) for k in
-                                                             ("v1-aaa", "dead tmp", "taken", "stage1-0badc0de"))
+        assert sorted(str(i.path) for i in listed) == sorted(
+            str(paths[k]) for k in ("v1-aaa", "dead tmp", "taken", "stage1-0badc0de")
+        )
         for key in ("v2-bbb", "v3-ccc", "live tmp", "partly", "stage1-0ldbeef0"):
             assert paths[key].exists(), key
         for key in ("v1-aaa", "dead tmp", "stage1-0badc0de"):
@@ -103,8 +112,17 @@ def test_the_cli_dry_run_matches_clean(tmp_path):
     job = subprocess.Popen(["true"])
     job.wait()
     make_litter(plan, job)
-    args = [sys.executable, "-m", "bench.sweep", "grid.sizes=[S]", "grid.num_tokens=[16]", "action=clean",
-            "clean_stages=true", *TEACHER, f"outputs={tmp_path}"]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.sweep",
+        "grid.sizes=[S]",
+        "grid.num_tokens=[16]",
+        "action=clean",
+        "clean_stages=true",
+        *TEACHER,
+        f"outputs={tmp_path}",
+    ]
     dry = subprocess.run([*args, "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert (plan.root / launch.CODE_DIR / "v1-aaa").exists()  # a dry run removes nothing

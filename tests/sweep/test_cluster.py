@@ -22,8 +22,10 @@ from tests.sweep.test_plan import config
 
 def test_a_gpu_cluster_with_other_tasks_than_gpus_per_node_is_refused(tmp_path):
     for tasks in (1, 16):
-        with pytest.raises(PlanError, match=f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node=8: .*set "
-                                            "cluster.tasks_per_node=8"):
+        with pytest.raises(
+            PlanError,
+            match=f"cluster.tasks_per_node={tasks} but cluster.gpus_per_node=8: .*set cluster.tasks_per_node=8",
+        ):
             make_plan(config("cluster=example", f"cluster.tasks_per_node={tasks}", tmp_path=tmp_path))
     make_plan(config("cluster=example", tmp_path=tmp_path))  # 8 and 8
     make_plan(config("cluster=local", "cluster.tasks_per_node=2", tmp_path=tmp_path))  # CPU ranks: any number
@@ -55,8 +57,14 @@ class _Executor:
 
 
 def test_single_process_stages_ask_for_one_task_and_one_gpu(tmp_path, monkeypatch):
-    cfg = config("cluster=example", "launcher=slurm", "grid.sizes=[S]", "grid.num_tokens=[16]",
-                 "preset.teacher.source=train", tmp_path=tmp_path)
+    cfg = config(
+        "cluster=example",
+        "launcher=slurm",
+        "grid.sizes=[S]",
+        "grid.num_tokens=[16]",
+        "preset.teacher.source=train",
+        tmp_path=tmp_path,
+    )
     plan = make_plan(cfg)
     plan.root.mkdir(parents=True)
     contexts = {c.name: launch.CellContext(c.tasks, None, {}, str(c.run_dir)) for c in plan.cells}

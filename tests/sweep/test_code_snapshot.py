@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def git(cwd, *args) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
 
 
 def checkout_of(files: dict[str, str], where: Path) -> Path:
@@ -41,8 +42,9 @@ def checkout_of(files: dict[str, str], where: Path) -> Path:
 
 
 def test_a_snapshot_is_the_working_tree_of_the_tracked_files_copied_once(tmp_path):
-    repo = checkout_of({"pkg/mod.py": "V = 1\n", "tests/data.bin": "x" * 1000, ".gitignore": "outputs/\n"},
-                       tmp_path / "repo")
+    repo = checkout_of(
+        {"pkg/mod.py": "V = 1\n", "tests/data.bin": "x" * 1000, ".gitignore": "outputs/\n"}, tmp_path / "repo"
+    )
     (repo / "pkg" / "mod.py").write_text("V = 2\n")  # a dirty tree: its edit is what the jobs must run
     (repo / "untracked.py").write_text("")
     (repo / "outputs").mkdir()
@@ -69,8 +71,14 @@ def test_a_job_imports_the_snapshot_not_the_working_tree_edited_after_submission
     bench/launch.py is broken: a job started afterwards (what a requeued job is) from inside that checkout, with it
     on PYTHONPATH as an editable install would have it, must import the snapshot's bench and models."""
     listed = git(REPO, "ls-files", "-z").split("\0")
-    files = {n: (REPO / n).read_text() for n in listed if n and not n.startswith(launch.SNAPSHOT_SKIP)
-             and (REPO / n).is_file() and n.endswith((".py", ".toml", ".yaml"))}
+    files = {
+        n: (REPO / n).read_text()
+        for n in listed
+        if n
+        and not n.startswith(launch.SNAPSHOT_SKIP)
+        and (REPO / n).is_file()
+        and n.endswith((".py", ".toml", ".yaml"))
+    }
     work = checkout_of(files, tmp_path / "checkout")
     code = launch.snapshot_code(tmp_path / "grid" / launch.CODE_DIR, root=work)
     with (work / "bench" / "launch.py").open("a") as f:

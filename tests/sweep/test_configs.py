@@ -81,8 +81,9 @@ def imagenet_wds(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset,grid,data", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
-def test_every_combination_makes_a_plan(preset, grid, data, weights_cache, imagenet, imagenet_wds, tmp_path,
-                                        monkeypatch):
+def test_every_combination_makes_a_plan(
+    preset, grid, data, weights_cache, imagenet, imagenet_wds, tmp_path, monkeypatch
+):
     monkeypatch.setenv(weights.ENV_CACHE, str(weights_cache))
     overrides = [f"preset={preset}", f"grid={grid}", f"data={data}", f"outputs={tmp_path}"]
     data_overrides = {"imagenet": [f"data.root={imagenet}"], "imagenet_wds": imagenet_wds}

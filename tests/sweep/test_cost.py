@@ -32,10 +32,19 @@ def paper_plan(tmp_path_factory):
     write_imagenet_tree(root / "imagenet")
     (root / "ref.npz").write_bytes(b"stand-in")
     with initialize_config_dir(str(SWEEPS), version_base=None):
-        cfg = compose("sweep", overrides=[
-            "grid=latent_vs_size", "preset=paper", "cluster=example", "data=imagenet",
-            f"data.root={root / 'imagenet'}", "data.num_classes=4", f"preset.eval.reference_batch={root / 'ref.npz'}",
-            f"outputs={root / 'outputs'}"])
+        cfg = compose(
+            "sweep",
+            overrides=[
+                "grid=latent_vs_size",
+                "preset=paper",
+                "cluster=example",
+                "data=imagenet",
+                f"data.root={root / 'imagenet'}",
+                "data.num_classes=4",
+                f"preset.eval.reference_batch={root / 'ref.npz'}",
+                f"outputs={root / 'outputs'}",
+            ],
+        )
     plan = make_plan(cfg)
     return plan, describe(plan, cost=True)
 
@@ -49,9 +58,20 @@ def test_the_paper_plan_prints_the_l32_tokenizer_cost(paper_plan):
     plan, text = paper_plan
     assert "device A100-80GB: peak 312 TFLOP/s (cluster config), utilisation 40% assumed" in text
     # the cell's tokenizer as the stage builds it: the paper preset's codebook 1024 x 16, the teacher's VQGAN
-    c = models.variants.with_overrides(models.resolve("TiTok-L-32").config, dict(
-        patch_size=16, decoder_patch_size=16, codebook_size=1024, token_size=16, encoder_size="L", decoder_size="L",
-        pixel_decoder=False, vqgan=models.resolve("MaskGIT-VQGAN").config, image_size=256))
+    c = models.variants.with_overrides(
+        models.resolve("TiTok-L-32").config,
+        dict(
+            patch_size=16,
+            decoder_patch_size=16,
+            codebook_size=1024,
+            token_size=16,
+            encoder_size="L",
+            decoder_size="L",
+            pixel_decoder=False,
+            vqgan=models.resolve("MaskGIT-VQGAN").config,
+            image_size=256,
+        ),
+    )
     per_step = FL.train_stage1(c) * 256
     (stage1,) = [s for s in C.plan_costs(plan)["TiTok-L-32"] if s.stage == "stage1"]
     assert (stage1.flops_per_step, stage1.steps) == (per_step, 500_000)
@@ -68,8 +88,10 @@ def test_the_paper_plan_prints_the_l32_tokenizer_cost(paper_plan):
 def test_the_paper_recipe_line_compares_with_the_papers_4736_a100_hours(paper_plan):
     _, text = paper_plan
     c, s2 = models.resolve("TiTok-L-32").config, paper_recipe("stage2")
-    flops = (FL.train_stage1(dataclasses.replace(c, pixel_decoder=False)) * 256 * 1_000_000
-             + FL.train_stage2(c, s2.perceptual, s2.gan) * 256 * 500_000)
+    flops = (
+        FL.train_stage1(dataclasses.replace(c, pixel_decoder=False)) * 256 * 1_000_000
+        + FL.train_stage2(c, s2.perceptual, s2.gan) * 256 * 500_000
+    )
     gpu_h = flops / A100 / 3600
     (line,) = [x for x in text.splitlines() if x.startswith("  paper recipe TiTok-L-32 ")]
     assert f": {gpu_h:,.0f} GPU-h," in line and "the paper: 4,736 A100-h (64 A100-40G x 74 h)" in line
@@ -89,10 +111,17 @@ def test_totals_are_the_sums_of_their_lines(paper_plan):
     (total,) = [x.split() for x in text.splitlines() if x.startswith("  total ")]
     assert total[2] == f"{exact:,.0f}"
     assert sum(e["cost_est_gpu_hours"] for e in C.cell_estimates(plan, device).values()) == pytest.approx(
-        sum(s.hours(device)[0] for cell, lines in costs.items() if cell != "_shared" for s in lines
+        sum(
+            s.hours(device)[0]
+            for cell, lines in costs.items()
+            if cell != "_shared"
+            for s in lines
             if s.stage in ("stage1", "stage2", "generator", "pretokenize", "teacher")
-            and any(t.stage == s.stage and t.resources == "train" for c in plan.cells if c.name == cell
-                    for t in c.tasks)))
+            and any(
+                t.stage == s.stage and t.resources == "train" for c in plan.cells if c.name == cell for t in c.tasks
+            )
+        )
+    )
 
 
 def test_the_tiny_plan_shows_no_paper_hours_beside_toy_models(tmp_path):
@@ -108,8 +137,9 @@ def test_a_cluster_without_a_usable_device_says_what_to_set():
         C.device_from_cluster({"gpus_per_node": 8, "device": {"peak_tflops": 312}})
     with pytest.raises(C.CostError, match="peak_tflops is not set"):
         C.device_from_cluster({"gpus_per_node": 8, "device": {"utilization": 0.4}})
-    cpu = C.device_from_cluster({"gpus_per_node": 0, "cpus_per_task": 4, "device": {"peak_tflops": 0.2,
-                                                                                   "utilization": 0.5}})
+    cpu = C.device_from_cluster(
+        {"gpus_per_node": 0, "cpus_per_task": 4, "device": {"peak_tflops": 0.2, "utilization": 0.5}}
+    )
     assert (cpu.cpu, cpu.devices, cpu.cores, cpu.job_flops) == (True, 1, 4, 0.1e12)
 
 
@@ -117,8 +147,13 @@ def test_the_paper_cost_file_agrees_with_the_paper_table():
     costs = C.paper_costs()
     with open(REPO / "reports" / "paper_numbers.csv") as f:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
-    table = {(r["model"] if r["resolution"] == "256" else f"{r['model']}@{r['resolution']}"):
-             int(r["tokenizer_train_a100_hours"]) for r in rows if r["tokenizer_train_a100_hours"]}
+    table = {
+        (r["model"] if r["resolution"] == "256" else f"{r['model']}@{r['resolution']}"): int(
+            r["tokenizer_train_a100_hours"]
+        )
+        for r in rows
+        if r["tokenizer_train_a100_hours"]
+    }
     assert table == {m: r["a100_hours"] for m, r in costs.items()}
     for model, r in costs.items():
         assert r["gpus"] * r["hours"] == r["a100_hours"], model

@@ -29,15 +29,22 @@ from bench.sweep import SWEEPS
 
 REPO = Path(__file__).resolve().parents[2]
 # the teacher trained in the run (the preset ships one): the stage these tests kill, resume and share
-TEACHER = ["preset.teacher.source=train",
-           "preset.teacher.loop.steps=16", "preset.teacher.loop.checkpoint_every=2", "preset.teacher.loop.log_every=2",
-           "preset.teacher.loop.batch_size=4", "data.train_images=32", "data.val_images=20"]
+TEACHER = [
+    "preset.teacher.source=train",
+    "preset.teacher.loop.steps=16",
+    "preset.teacher.loop.checkpoint_every=2",
+    "preset.teacher.loop.log_every=2",
+    "preset.teacher.loop.batch_size=4",
+    "data.train_images=32",
+    "data.val_images=20",
+]
 
 
 def plan_of(outputs, *overrides):
     with initialize_config_dir(str(SWEEPS), version_base=None):
-        cfg = compose("sweep", overrides=["grid.sizes=[S]", "grid.num_tokens=[16]", *TEACHER, *overrides,
-                                          f"outputs={outputs}"])
+        cfg = compose(
+            "sweep", overrides=["grid.sizes=[S]", "grid.num_tokens=[16]", *TEACHER, *overrides, f"outputs={outputs}"]
+        )
     return make_plan(cfg)
 
 
@@ -206,8 +213,9 @@ def test_a_kill_during_replay_loses_and_repeats_nothing(tmp_path, store):
     """SIGKILL a process replaying a long buffer: the buffer is never rewritten, and the next replay sends exactly
     what the store has not taken (at most the one entry in flight when the kill came twice)."""
     T.declare_run(store, tmp_path, "latent_vs_size", "cell", {})
-    lines = [json.dumps({"op": "metrics", "metrics": {"m": float(i)}, "step": i, "ts": 1000 + i}) + "\n"
-             for i in range(400)]
+    lines = [
+        json.dumps({"op": "metrics", "metrics": {"m": float(i)}, "step": i, "ts": 1000 + i}) + "\n" for i in range(400)
+    ]
     (tmp_path / T.BUFFER_FILE).write_text("".join(lines))
     proc = subprocess.Popen([sys.executable, "-c", REPLAY, store, str(tmp_path)], cwd=REPO)
     try:
@@ -259,15 +267,20 @@ run_task(plan.task("_shared/teacher"), Tracking(sys.argv[2], str(plan.root)))
 
 
 def start_stage(outputs, uri) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", RUN_STAGE, str(outputs), uri], cwd=REPO, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", RUN_STAGE, str(outputs), uri], cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
 
 
 def stepped_metrics(uri: str, run_id: str) -> list[tuple[str, int]]:
     """(metric, step) of every training-curve point in a run (final metrics are step 0)."""
     client = MlflowClient(uri)
-    return [(key, m.step) for key in client.get_run(run_id).data.metrics
-            for m in client.get_metric_history(run_id, key) if m.step > 0]
+    return [
+        (key, m.step)
+        for key in client.get_run(run_id).data.metrics
+        for m in client.get_metric_history(run_id, key)
+        if m.step > 0
+    ]
 
 
 def test_two_sqlite_clients_creating_a_fresh_store_at_once_both_succeed(tmp_path):
@@ -275,8 +288,10 @@ def test_two_sqlite_clients_creating_a_fresh_store_at_once_both_succeed(tmp_path
     alembic (`table experiments already exists`), one of them dying."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = "import sys\nfrom bench import tracking as T\nT.client(sys.argv[1]).search_experiments()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri], cwd=REPO, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, uri], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)
 
@@ -319,15 +334,29 @@ def test_a_stage_owner_killed_mid_training_leaves_the_stage_to_the_next(tmp_path
 
 
 def sweep_command(outputs, *extra) -> list[str]:
-    return [sys.executable, "-m", "bench.sweep", "grid.sizes=[S]", "grid.num_tokens=[16]", "grid.stages=[stage1]",
-            *TEACHER, "preset.teacher.loop.steps=4", "preset.stage1.loop.steps=4", "preset.stage1.loop.log_every=2",
-            "preset.stage1.loop.batch_size=4", f"outputs={outputs}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bench.sweep",
+        "grid.sizes=[S]",
+        "grid.num_tokens=[16]",
+        "grid.stages=[stage1]",
+        *TEACHER,
+        "preset.teacher.loop.steps=4",
+        "preset.stage1.loop.steps=4",
+        "preset.stage1.loop.log_every=2",
+        "preset.stage1.loop.batch_size=4",
+        f"outputs={outputs}",
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # two sweeps, each a driver and two jobs importing torch: ~90 s on 2 busy cores
 def test_two_sweeps_started_at_once_on_a_fresh_folder_duplicate_nothing(tmp_path):
-    procs = [subprocess.Popen(sweep_command(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(sweep_command(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n\n".join(outs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -357,8 +386,12 @@ def end(*pids: int) -> None:
 def test_a_killed_driver_leaves_no_job_running(tmp_path, store):
     """SIGKILL the local driver while its job trains: submitit's controller would live on, and so its job, training
     unobserved (and, before stage locks, beside the rerun's trainer); the job ends itself within seconds."""
-    driver = subprocess.Popen(sweep_command(tmp_path, "preset.teacher.loop.steps=100000", f"tracking_uri={store}"),
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        sweep_command(tmp_path, "preset.teacher.loop.steps=100000", f"tracking_uri={store}"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     started = tmp_path / "latent_vs_size" / "_shared"
     kill_driver_when(driver, lambda: list(started.glob("teacher-*/spec.json")), 120, "the job to start its stage")
 
@@ -407,8 +440,13 @@ def test_cancel_spares_a_process_that_took_a_recorded_pid(tmp_path):
     stand_in = subprocess.Popen(["sleep", "60"])
     try:
         # the record of an ended job whose PID the stand-in now holds: same PID, another start time
-        record = {"launcher": "local", "job_id": str(stand_in.pid), "tasks": ["x"], "time": time.time(),
-                  "process": launch.process_identity(stand_in.pid).rsplit("/", 1)[0] + "/1"}
+        record = {
+            "launcher": "local",
+            "job_id": str(stand_in.pid),
+            "tasks": ["x"],
+            "time": time.time(),
+            "process": launch.process_identity(stand_in.pid).rsplit("/", 1)[0] + "/1",
+        }
         (plan.root / launch.JOBS_FILE).write_text(json.dumps(record) + "\n")
         assert launch.cancel(plan) == []
         time.sleep(0.5)
@@ -460,8 +498,14 @@ def test_a_killed_job_is_reported_killed_and_its_run_failed(tmp_path, store, cap
 # ---- launcher=slurm without SLURM --------------------------------------------------------------------------------
 def test_slurm_without_sbatch_is_one_line_and_creates_no_run(tmp_path):
     env = dict(os.environ, PATH=str(Path(sys.executable).parent))
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "launcher=slurm",
-                        f"outputs={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", "launcher=slurm", f"outputs={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "sbatch" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "mlflow.db").exists()
@@ -509,12 +553,16 @@ def test_ranks_waiting_on_a_held_stage_lock_wait_outside_a_collective(tmp_path):
     out = Path(plan_of(tmp_path).task("_shared/teacher").out_dir)
     out.mkdir(parents=True)
     release = tmp_path / "release"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_FINISH, str(out), str(release)], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_FINISH, str(out), str(release)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
 
     def release_later():  # 8 s after both ranks reach the stage
-        wait_for(lambda: all((tmp_path / f"ready-{r}").exists() for r in (0, 1)) or holder.poll() is not None, 200,
-                 "the ranks")
+        wait_for(
+            lambda: all((tmp_path / f"ready-{r}").exists() for r in (0, 1)) or holder.poll() is not None,
+            200,
+            "the ranks",
+        )
         time.sleep(8)
         release.touch()
 

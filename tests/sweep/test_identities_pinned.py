@@ -30,7 +30,8 @@ def identities(imagenet: Path, outputs: Path) -> dict:
                 plan = make_plan(compose("sweep", overrides=overrides))
             out[f"{grid}/{preset}"] = {
                 "shared": {t.stage: t.identity for t in plan.shared},
-                "cells": {c.name: {"id": c.cell_id, **{t.stage: t.identity for t in c.tasks}} for c in plan.cells}}
+                "cells": {c.name: {"id": c.cell_id, **{t.stage: t.identity for t in c.tasks}} for c in plan.cells},
+            }
     return out
 
 
@@ -38,8 +39,12 @@ def test_every_grid_and_preset_keeps_its_stage_identities(rehearsal_files, tmp_p
     monkeypatch.setenv("TITOK_BENCH_WEIGHTS", str(rehearsal_files.weights))
     now, pinned = identities(rehearsal_files.imagenet, tmp_path), json.loads(PINNED.read_text())
     assert sorted(now) == sorted(pinned)
-    changed = {f"{key} {cell}": (pinned[key]["cells"].get(cell), ids)
-               for key in now for cell, ids in now[key]["cells"].items() if pinned[key]["cells"].get(cell) != ids}
+    changed = {
+        f"{key} {cell}": (pinned[key]["cells"].get(cell), ids)
+        for key in now
+        for cell, ids in now[key]["cells"].items()
+        if pinned[key]["cells"].get(cell) != ids
+    }
     assert not changed, changed
     assert {k: v["shared"] for k, v in now.items()} == {k: v["shared"] for k, v in pinned.items()}
 

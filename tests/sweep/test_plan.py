@@ -46,8 +46,15 @@ def test_latent_vs_size_plan(tmp_path):
     trained = make_plan(config("preset.teacher.source=train", tmp_path=tmp_path))
     assert [t.stage for t in trained.shared] == ["teacher", "real_stats", "reference_batch"]
     cell = plan.cells[0]
-    assert [t.stage for t in cell.tasks] == ["stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe",
-                                             "speed"]
+    assert [t.stage for t in cell.tasks] == [
+        "stage1",
+        "pretokenize",
+        "generator",
+        "eval_recon",
+        "eval_gen",
+        "probe",
+        "speed",
+    ]
     assert plan.task(f"{cell.name}/pretokenize").needs == (f"{cell.name}/stage1",)
     assert plan.task(f"{cell.name}/generator").needs == (f"{cell.name}/stage1", f"{cell.name}/pretokenize")
     assert plan.task(f"{cell.name}/generator").spec.tokens == plan.task(f"{cell.name}/pretokenize").product
@@ -114,8 +121,10 @@ def test_pipeline_plan_chains_stage2_into_the_evaluations(tmp_path):
         assert task.spec.tokenizer == stage2.product and task.spec.teacher is None
         assert f"{cell.name}/stage2" in task.needs
     # stage-2 settings are part of the identity only where a grid trains stage 2
-    assert make_plan(config("grid=pipeline", "preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id \
+    assert (
+        make_plan(config("grid=pipeline", "preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id
         != cell.cell_id
+    )
     base = make_plan(config(tmp_path=tmp_path)).cells[0].cell_id
     assert make_plan(config("preset.stage2.loop.steps=7", tmp_path=tmp_path)).cells[0].cell_id == base
 
@@ -133,15 +142,25 @@ def changed_by(*overrides, tmp_path) -> set[str]:
 
 
 def test_cell_identity(tmp_path):
-    same = [("launcher=slurm",), ("cluster=example",), ("launcher.max_parallel=1",), ("data.num_workers=3",),
-            ("preset.stage1.loop.log_every=3",), ("preset.generator.loop.checkpoint_every=7",)]
+    same = [
+        ("launcher=slurm",),
+        ("cluster=example",),
+        ("launcher.max_parallel=1",),
+        ("data.num_workers=3",),
+        ("preset.stage1.loop.log_every=3",),
+        ("preset.generator.loop.checkpoint_every=7",),
+    ]
     for overrides in same:
         assert not changed_by(*overrides, tmp_path=tmp_path), overrides
     # the outputs folder is not part of any identity
     assert identities(tmp_path=tmp_path / "elsewhere") == identities(tmp_path=tmp_path)
     cells = {k for k in identities(tmp_path=tmp_path) if k.startswith("cells/")}
-    for overrides in [("preset.stage1.loop.steps=151",), ("seed=1",), ("preset.tokenizer.codebook_size=512",),
-                      ("data.num_classes=20",)]:
+    for overrides in [
+        ("preset.stage1.loop.steps=151",),
+        ("seed=1",),
+        ("preset.tokenizer.codebook_size=512",),
+        ("data.num_classes=20",),
+    ]:
         assert cells <= changed_by(*overrides, tmp_path=tmp_path), overrides
 
 
@@ -150,89 +169,124 @@ def stages_of(keys: set[str]) -> set[str]:
     return {"cell" if k.startswith("cells/") else k.split("/")[1] for k in keys}
 
 
-@pytest.mark.parametrize("override,stages", [
-    # an evaluation setting changes that evaluation only, never a cell (its MLflow run) or a training stage
-    ("preset.eval.rfid_images=20", {"real_stats", "eval_recon"}),
-    ("preset.eval.gfid_reference_images=20", {"reference_batch", "eval_gen"}),
-    ("preset.eval.gfid_samples=20", {"eval_gen"}),
-    ("preset.eval.lpips=false", {"eval_recon"}),
-    ("preset.eval.fid_method=sqrtm", {"eval_recon", "eval_gen"}),
-    ("preset.eval.probe_epochs=5", {"probe"}),
-    ("preset.eval.speed.repeats=5", {"speed"}),
-    ("preset.eval.speed.warmup=2", {"speed"}),
-    ("preset.eval.speed.batch_size=4", {"speed"}),
-    ("preset.sampler.num_steps=4", {"eval_gen", "speed"}),
-    ("data.val_images=300", set()),  # an evaluation reads a count of its own
-    ("preset.eval.batch_size=7", set()),  # per-image features and per-sample seeds: float noise only
-    # a training setting changes that stage and what reads it, never the shared teacher or reference stages
-    ("preset.stage1.loop.steps=7", {"cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe",
-                                    "speed"}),
-    ("preset.generator.loop.steps=7", {"cell", "generator", "eval_gen", "speed"}),
-    # the tokens: their crops re-tokenize and retrain the generator; where and in which pieces they are written, not
-    ("preset.pretokenize.crops=ten", {"cell", "pretokenize", "generator", "eval_gen", "speed"}),
-    ("preset.pretokenize.shard_size=7", set()),
-    ("preset.pretokenize.batch_size=7", set()),
-    ("grid.stages=[stage1,generator,eval_recon,eval_gen,probe,speed]", {"cell", "generator", "eval_gen", "speed"}),
-    # the shipped teacher's recipe is not read (the file is), and a different file is a different teacher
-    ("preset.teacher.loop.steps=7", set()),
-    ("preset.teacher.source=train", {"teacher", "cell", "stage1", "pretokenize", "generator", "eval_recon",
-                                     "eval_gen", "probe", "speed"}),
-])
+@pytest.mark.parametrize(
+    "override,stages",
+    [
+        # an evaluation setting changes that evaluation only, never a cell (its MLflow run) or a training stage
+        ("preset.eval.rfid_images=20", {"real_stats", "eval_recon"}),
+        ("preset.eval.gfid_reference_images=20", {"reference_batch", "eval_gen"}),
+        ("preset.eval.gfid_samples=20", {"eval_gen"}),
+        ("preset.eval.lpips=false", {"eval_recon"}),
+        ("preset.eval.fid_method=sqrtm", {"eval_recon", "eval_gen"}),
+        ("preset.eval.probe_epochs=5", {"probe"}),
+        ("preset.eval.speed.repeats=5", {"speed"}),
+        ("preset.eval.speed.warmup=2", {"speed"}),
+        ("preset.eval.speed.batch_size=4", {"speed"}),
+        ("preset.sampler.num_steps=4", {"eval_gen", "speed"}),
+        ("data.val_images=300", set()),  # an evaluation reads a count of its own
+        ("preset.eval.batch_size=7", set()),  # per-image features and per-sample seeds: float noise only
+        # a training setting changes that stage and what reads it, never the shared teacher or reference stages
+        (
+            "preset.stage1.loop.steps=7",
+            {"cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"},
+        ),
+        ("preset.generator.loop.steps=7", {"cell", "generator", "eval_gen", "speed"}),
+        # the tokens: their crops re-tokenize and retrain the generator; where and in which pieces they are written, not
+        ("preset.pretokenize.crops=ten", {"cell", "pretokenize", "generator", "eval_gen", "speed"}),
+        ("preset.pretokenize.shard_size=7", set()),
+        ("preset.pretokenize.batch_size=7", set()),
+        ("grid.stages=[stage1,generator,eval_recon,eval_gen,probe,speed]", {"cell", "generator", "eval_gen", "speed"}),
+        # the shipped teacher's recipe is not read (the file is), and a different file is a different teacher
+        ("preset.teacher.loop.steps=7", set()),
+        (
+            "preset.teacher.source=train",
+            {"teacher", "cell", "stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"},
+        ),
+    ],
+)
 def test_stage_identity_follows_its_settings_and_inputs(override, stages, tmp_path):
     assert stages_of(changed_by(override, tmp_path=tmp_path)) == stages
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["preset.stage1.loop.steps=-5"], "preset.stage1.loop.steps=-5: must be a positive integer"),
-    (["grid.sizes=[S,XL]"], "grid.sizes has model size 'XL'"),
-    (["grid.stages=[stage1,pretokenize]"], "pretokenize without generator"),
-    (["+preset.pretokenize.crop=ten"], "preset.pretokenize.crop: the config has no such key; did you mean "
-                                       "preset.pretokenize.crops?"),
-    (["preset.sizes.S=huge"], "unknown model size 'huge'"),
-    (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
-    (["grid.num_tokens=[0]"], "must be a positive integer"),
-    (["preset.generator.train_images=0"], "preset.generator.train_images=0: must be a positive integer"),
-    (["preset.teacher.source=/no/such/teacher.safetensors"], "/no/such/teacher.safetensors: no such file"),
-    (["preset.teacher.source=./no/such/teacher_folder"], "./no/such/teacher_folder: no such file"),  # hub-style folder
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["preset.stage1.loop.steps=-5"], "preset.stage1.loop.steps=-5: must be a positive integer"),
+        (["grid.sizes=[S,XL]"], "grid.sizes has model size 'XL'"),
+        (["grid.stages=[stage1,pretokenize]"], "pretokenize without generator"),
+        (
+            ["+preset.pretokenize.crop=ten"],
+            "preset.pretokenize.crop: the config has no such key; did you mean preset.pretokenize.crops?",
+        ),
+        (["preset.sizes.S=huge"], "unknown model size 'huge'"),
+        (["data=imagenet", "data.root=/no/such/imagenet"], "/no/such/imagenet does not exist"),
+        (["grid.num_tokens=[0]"], "must be a positive integer"),
+        (["preset.generator.train_images=0"], "preset.generator.train_images=0: must be a positive integer"),
+        (["preset.teacher.source=/no/such/teacher.safetensors"], "/no/such/teacher.safetensors: no such file"),
+        (
+            ["preset.teacher.source=./no/such/teacher_folder"],
+            "./no/such/teacher_folder: no such file",
+        ),  # hub-style folder
+    ],
+)
 def test_bad_settings_fail_in_the_plan(overrides, message, tmp_path):
     with pytest.raises((PlanError, ValueError), match=message.replace("[", r"\[").replace("(", r"\(")):
         make_plan(config(*overrides, tmp_path=tmp_path))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["grid=nope"], "unknown grid 'nope': choose one of latent_vs_size, pipeline, released"),
-    (["preset.stage1.loop.steps=-5"], "must be a positive integer"),
-    (["grid.sizes=[S,XXL]"], "model size 'XXL'"),
-    (["data=imagenet", "data.root=/no/such/imagenet"], "does not exist"),
-    (["action=explode"], "action='explode'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["grid=nope"], "unknown grid 'nope': choose one of latent_vs_size, pipeline, released"),
+        (["preset.stage1.loop.steps=-5"], "must be a positive integer"),
+        (["grid.sizes=[S,XXL]"], "model size 'XXL'"),
+        (["data=imagenet", "data.root=/no/such/imagenet"], "does not exist"),
+        (["action=explode"], "action='explode'"),
+    ],
+)
 def test_bad_overrides_on_the_command_line(args, message, tmp_path):
     """One clear line, exit code 2, nothing submitted."""
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", *args, f"outputs={tmp_path}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", *args, f"outputs={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
     assert not list(tmp_path.rglob("jobs.jsonl")) and not list(tmp_path.rglob("mlflow.db"))
 
 
 def test_dry_run_prints_the_plan(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", "action=plan", f"outputs={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "21 cells, 149 stages, 149 to run" in r.stdout and "dry run: nothing submitted" in r.stdout
     assert not list(tmp_path.rglob("*.json*"))
 
 
-SINGLE_STAGE = ["TiTok-BL-64-VQ", "TiTok-BL-128-VQ", "TiTok-SL-256-VQ", "TiTok-LL-32-VAE", "TiTok-BL-64-VAE",
-                "TiTok-BL-128-VAE"]
+SINGLE_STAGE = [
+    "TiTok-BL-64-VQ",
+    "TiTok-BL-128-VQ",
+    "TiTok-SL-256-VQ",
+    "TiTok-LL-32-VAE",
+    "TiTok-BL-64-VAE",
+    "TiTok-BL-128-VAE",
+]
 
 
 def test_single_stage_plan_trains_each_named_tokenizer_with_the_presets_recipe(tmp_path):
     plan = make_plan(config("grid=single_stage", tmp_path=tmp_path))
     assert [c.name for c in plan.cells] == SINGLE_STAGE
-    paper = make_plan(config("grid=single_stage", "preset=paper", "preset.eval.reference_batch=null",
-                             tmp_path=tmp_path))
+    paper = make_plan(
+        config("grid=single_stage", "preset=paper", "preset.eval.reference_batch=null", tmp_path=tmp_path)
+    )
     for cell in plan.cells:
         assert [t.stage for t in cell.tasks] == ["single", "eval_recon", "speed"]
         single = plan.task(f"{cell.name}/single")
@@ -244,13 +298,21 @@ def test_single_stage_plan_trains_each_named_tokenizer_with_the_presets_recipe(t
         # the architecture is the name's, its sizes through preset.sizes: toy sizes in tiny, the release's in paper
         encoder, decoder = cell.name.split("-")[1]
         assert (single.spec.model_overrides["encoder_size"], single.spec.model_overrides["decoder_size"]) == (
-            f"toy-{encoder}", f"toy-{decoder}")
+            f"toy-{encoder}",
+            f"toy-{decoder}",
+        )
         spec = paper.task(f"{cell.name}/single").spec
         assert spec.model_overrides == {"encoder_size": encoder, "decoder_size": decoder}
         # the recipe is paper.yaml's single block
         assert (spec.loop.steps, spec.loop.batch_size, spec.loop.precision) == (650_000, 256, "fp16")
-        assert (spec.perceptual.lpips_weight, spec.perceptual.convnext_weight, spec.gan.weight,
-                spec.gan.start_step, spec.kl_weight, spec.optim.lr) == (1.0, 0.1, 0.1, 200_000, 1e-6, 1e-4)
+        assert (
+            spec.perceptual.lpips_weight,
+            spec.perceptual.convnext_weight,
+            spec.gan.weight,
+            spec.gan.start_step,
+            spec.kl_weight,
+            spec.optim.lr,
+        ) == (1.0, 0.1, 0.1, 200_000, 1e-6, 1e-4)
     # a training setting of the single stage retrains it and re-runs what reads it, in a new cell run
     base = identities("grid=single_stage", tmp_path=tmp_path)
     other = identities("grid=single_stage", "preset.single.loop.steps=7", tmp_path=tmp_path)
@@ -258,8 +320,14 @@ def test_single_stage_plan_trains_each_named_tokenizer_with_the_presets_recipe(t
 
 
 def test_single_stage_generators_are_trained_for_vq_cells_only(tmp_path):
-    plan = make_plan(config("grid=single_stage", "grid.models=[TiTok-BL-64-VQ,TiTok-BL-64-VAE]",
-                            "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]", tmp_path=tmp_path))
+    plan = make_plan(
+        config(
+            "grid=single_stage",
+            "grid.models=[TiTok-BL-64-VQ,TiTok-BL-64-VAE]",
+            "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]",
+            tmp_path=tmp_path,
+        )
+    )
     vq, vae = plan.cells
     assert [t.stage for t in vq.tasks] == ["single", "pretokenize", "generator", "eval_recon", "eval_gen", "speed"]
     assert [t.stage for t in vae.tasks] == ["single", "eval_recon", "speed"]  # continuous tokens: no MaskGIT
@@ -268,13 +336,16 @@ def test_single_stage_generators_are_trained_for_vq_cells_only(tmp_path):
     assert plan.task(f"{vq.name}/speed").spec.generator == plan.task(f"{vq.name}/generator").product
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["grid.models=[TiTok-L-32]"], "TiTok-L-32, a two-stage tokenizer"),
-    (["grid.sizes=[S]", "grid.num_tokens=[32]"], "set grid.sizes=[] grid.num_tokens=[]"),
-    (["grid.stages=[stage1,single]"], "single beside stage1/stage2"),
-    (["grid.models=[]"], "grid.models is empty"),
-    (["+preset.single.loop.stepz=3"], "did you mean preset.single.loop.steps?"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["grid.models=[TiTok-L-32]"], "TiTok-L-32, a two-stage tokenizer"),
+        (["grid.sizes=[S]", "grid.num_tokens=[32]"], "set grid.sizes=[] grid.num_tokens=[]"),
+        (["grid.stages=[stage1,single]"], "single beside stage1/stage2"),
+        (["grid.models=[]"], "grid.models is empty"),
+        (["+preset.single.loop.stepz=3"], "did you mean preset.single.loop.steps?"),
+    ],
+)
 def test_bad_single_stage_grids_fail_in_the_plan(overrides, message, tmp_path):
     with pytest.raises(PlanError, match=message.replace("[", r"\[")):
         make_plan(config("grid=single_stage", *overrides, tmp_path=tmp_path))
@@ -287,9 +358,25 @@ def test_the_single_stage_paper_plan_prints_its_cost(tmp_path):
         for c in range(2):
             (tmp_path / "imagenet" / split / f"n{c:08d}").mkdir(parents=True)
             Image.new("RGB", (8, 8), (c, 2, 3)).save(tmp_path / "imagenet" / split / f"n{c:08d}" / "0.png")
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=single_stage", "preset=paper", "data=imagenet",
-                        f"data.root={tmp_path / 'imagenet'}", "data.num_classes=2", "cluster=example", "action=plan",
-                        f"outputs={tmp_path / 'outputs'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep",
+            "grid=single_stage",
+            "preset=paper",
+            "data=imagenet",
+            f"data.root={tmp_path / 'imagenet'}",
+            "data.num_classes=2",
+            "cluster=example",
+            "action=plan",
+            f"outputs={tmp_path / 'outputs'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     print(r.stdout)  # the plan a cluster user sees (pytest -s shows it)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "grid single_stage  preset paper" in r.stdout and "6 cells, 19 stages, 19 to run" in r.stdout

@@ -21,16 +21,33 @@ GRIDS = sorted(p.stem for p in (REPO / "sweeps" / "grid").glob("*.yaml"))
 # the paper's stages run at 256 px through the released-size teacher: one cell of the grid keeps CI's budget
 ONE_CELL = ["grid.sizes=[S]", "grid.num_tokens=[32]"]
 # grid=single_stage: one VQ cell through every stage it can list (a VAE's continuous tokens have no generator)
-SINGLE_STAGE_CELL = ["grid.models=[TiTok-BL-64-VQ]",
-                     "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]"]
+SINGLE_STAGE_CELL = [
+    "grid.models=[TiTok-BL-64-VQ]",
+    "grid.stages=[single,pretokenize,generator,eval_recon,eval_gen,speed]",
+]
 SINGLE_STAGE_STAGES = {"single", "pretokenize", "generator", "eval_recon", "eval_gen", "speed"}
 
 
 def sweep(files, grid, outputs, *extra, timeout=1500):
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", f"grid={grid}", "data=imagenet",
-                        f"data.root={files.imagenet}", "data.num_classes=4", "data.num_workers=2", f"outputs={outputs}",
-                        *extra],
-                       cwd=REPO, capture_output=True, text=True, timeout=timeout, env=files.env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep",
+            f"grid={grid}",
+            "data=imagenet",
+            f"data.root={files.imagenet}",
+            "data.num_classes=4",
+            "data.num_workers=2",
+            f"outputs={outputs}",
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=files.env,
+    )
     return r
 
 
@@ -50,8 +67,9 @@ def cell_runs(outputs: Path, grid: str):
 
 
 def stage_results(outputs: Path, grid: str, cell: str) -> dict[str, dict]:
-    return {p.parent.name.split("-")[0]: json.loads(p.read_text())
-            for p in (outputs / grid / cell).glob("*/result.json")}
+    return {
+        p.parent.name.split("-")[0]: json.loads(p.read_text()) for p in (outputs / grid / cell).glob("*/result.json")
+    }
 
 
 @pytest.mark.slow

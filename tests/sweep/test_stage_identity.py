@@ -21,12 +21,26 @@ CELL = "TiTok-S-16"
 N = 10  # evaluation images, samples and probe validation images (the Inception Score needs 10 samples)
 STAGES = ["stage1", "generator", "eval_recon", "eval_gen", "speed"]  # a test adds probe
 WITH_PROBE = f"grid.stages=[{','.join(STAGES + ['probe'])}]"
-TOY = ["grid.sizes=[S]", "grid.num_tokens=[16]", f"grid.stages=[{','.join(STAGES)}]", "preset.teacher.source=train",
-       "preset.teacher.loop.steps=3",
-       "preset.stage1.loop.steps=3", "preset.generator.loop.steps=3", f"preset.eval.rfid_images={N}",
-       f"preset.eval.gfid_samples={N}", f"preset.eval.gfid_reference_images={N}", "preset.eval.probe_train_images=30",
-       f"preset.eval.probe_val_images={N}", "preset.eval.probe_epochs=5", "preset.eval.batch_size=5",
-       "preset.eval.speed.repeats=1", "preset.eval.speed.batch_size=2", "data.train_images=64", "data.val_images=40"]
+TOY = [
+    "grid.sizes=[S]",
+    "grid.num_tokens=[16]",
+    f"grid.stages=[{','.join(STAGES)}]",
+    "preset.teacher.source=train",
+    "preset.teacher.loop.steps=3",
+    "preset.stage1.loop.steps=3",
+    "preset.generator.loop.steps=3",
+    f"preset.eval.rfid_images={N}",
+    f"preset.eval.gfid_samples={N}",
+    f"preset.eval.gfid_reference_images={N}",
+    "preset.eval.probe_train_images=30",
+    f"preset.eval.probe_val_images={N}",
+    "preset.eval.probe_epochs=5",
+    "preset.eval.batch_size=5",
+    "preset.eval.speed.repeats=1",
+    "preset.eval.speed.batch_size=2",
+    "data.train_images=64",
+    "data.val_images=40",
+]
 
 
 def config(outputs, *overrides):
@@ -52,19 +66,26 @@ def swept(tmp_path_factory):
 def test_an_unchanged_config_has_nothing_to_run(swept):
     assert to_run(swept) == set()
     # nor one that changes only where or how things run, or an evaluation's batch size
-    assert to_run(swept, "launcher=slurm", "data.num_workers=1", "preset.stage1.loop.log_every=1",
-                  "preset.eval.batch_size=2") == set()
+    assert (
+        to_run(
+            swept, "launcher=slurm", "data.num_workers=1", "preset.stage1.loop.log_every=1", "preset.eval.batch_size=2"
+        )
+        == set()
+    )
 
 
-@pytest.mark.parametrize("override,stages,retrains", [
-    ("preset.eval.rfid_images=12", {"_shared/real_stats", f"{CELL}/eval_recon"}, False),
-    ("preset.eval.speed.repeats=2", {f"{CELL}/speed"}, False),
-    ("preset.eval.bootstrap=50", {f"{CELL}/eval_recon", f"{CELL}/eval_gen"}, False),
-    ("preset.eval.gallery_images=2", {f"{CELL}/eval_recon"}, False),
-    (WITH_PROBE, {f"{CELL}/probe"}, False),
-    ("preset.stage1.loop.steps=4", {f"{CELL}/{s}" for s in STAGES}, True),
-    ("preset.generator.loop.steps=4", {f"{CELL}/{s}" for s in ("generator", "eval_gen", "speed")}, True),
-])
+@pytest.mark.parametrize(
+    "override,stages,retrains",
+    [
+        ("preset.eval.rfid_images=12", {"_shared/real_stats", f"{CELL}/eval_recon"}, False),
+        ("preset.eval.speed.repeats=2", {f"{CELL}/speed"}, False),
+        ("preset.eval.bootstrap=50", {f"{CELL}/eval_recon", f"{CELL}/eval_gen"}, False),
+        ("preset.eval.gallery_images=2", {f"{CELL}/eval_recon"}, False),
+        (WITH_PROBE, {f"{CELL}/probe"}, False),
+        ("preset.stage1.loop.steps=4", {f"{CELL}/{s}" for s in STAGES}, True),
+        ("preset.generator.loop.steps=4", {f"{CELL}/{s}" for s in ("generator", "eval_gen", "speed")}, True),
+    ],
+)
 def test_a_changed_setting_reruns_what_it_determines(swept, override, stages, retrains):
     assert to_run(swept, override) == stages
     # the cell's MLflow run folder follows its training stages only
@@ -77,22 +98,60 @@ def test_the_eval_cli_gives_the_sweeps_metrics(swept, tmp_path):
     for task in plan.tasks():  # the probe is all that is left
         run_task(task)
     results = {t.stage: t.result() for t in plan.cells[0].tasks}
-    sweep_metrics = {**results["eval_recon"]["metrics"], **results["eval_gen"]["metrics"],
-                     **results["probe"]["metrics"]}
+    sweep_metrics = {
+        **results["eval_recon"]["metrics"],
+        **results["eval_gen"]["metrics"],
+        **results["probe"]["metrics"],
+    }
     p, seed = plan.config["preset"], plan.config["seed"]
     ev = p["eval"]
     sampler = [arg for key, value in p["sampler"].items() for arg in (f"--{key.replace('_', '-')}", str(value))]
     out = tmp_path / "cli.json"
-    argv = [plan.task(f"{CELL}/stage1").product, "--teacher", plan.task("_shared/teacher").product,
-            "--generator", plan.task(f"{CELL}/generator").product,
-            "--metrics", "rfid,gfid,probe" + (",lpips" if ev["lpips"] else ""),
-            "--data", "synthetic", "--num-classes", str(plan.config["data"]["num_classes"]), "--data-seed", str(seed),
-            "--num-images", str(N), "--batch-size", str(ev["batch_size"]), "--num-workers", "0",
-            "--fid-method", ev["fid_method"], "--reference-batch", str(tmp_path / "ref.npz"), "--make-reference-batch",
-            "--num-samples", str(ev["gfid_samples"]), "--seed", str(seed), "--sample-batch-size", str(ev["batch_size"]),
-            "--samples-dir", str(tmp_path / "samples"), *sampler, *([] if ev["clean_fid"] else ["--no-clean-fid"]),
-            "--probe-num-train", str(ev["probe_train_images"]), "--probe-epochs", str(ev["probe_epochs"]),
-            "--inception-dtype", ev["rfid_inception_dtype"], "--allow-random-weights", "--out", str(out)]
+    argv = [
+        plan.task(f"{CELL}/stage1").product,
+        "--teacher",
+        plan.task("_shared/teacher").product,
+        "--generator",
+        plan.task(f"{CELL}/generator").product,
+        "--metrics",
+        "rfid,gfid,probe" + (",lpips" if ev["lpips"] else ""),
+        "--data",
+        "synthetic",
+        "--num-classes",
+        str(plan.config["data"]["num_classes"]),
+        "--data-seed",
+        str(seed),
+        "--num-images",
+        str(N),
+        "--batch-size",
+        str(ev["batch_size"]),
+        "--num-workers",
+        "0",
+        "--fid-method",
+        ev["fid_method"],
+        "--reference-batch",
+        str(tmp_path / "ref.npz"),
+        "--make-reference-batch",
+        "--num-samples",
+        str(ev["gfid_samples"]),
+        "--seed",
+        str(seed),
+        "--sample-batch-size",
+        str(ev["batch_size"]),
+        "--samples-dir",
+        str(tmp_path / "samples"),
+        *sampler,
+        *([] if ev["clean_fid"] else ["--no-clean-fid"]),
+        "--probe-num-train",
+        str(ev["probe_train_images"]),
+        "--probe-epochs",
+        str(ev["probe_epochs"]),
+        "--inception-dtype",
+        ev["rfid_inception_dtype"],
+        "--allow-random-weights",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert report["metrics"] == sweep_metrics

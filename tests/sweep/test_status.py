@@ -21,13 +21,11 @@ from bench import tracking as T
 from bench.stages.task import LOCK, SPEC
 from tests.sweep.test_faults import REPO, kill_driver_when, plan_of, run_of, sweep_command
 
-STAGE1 = ["preset.stage1.loop.steps=30", "preset.stage1.loop.checkpoint_every=5",
-          "preset.stage1.loop.log_every=5"]
+STAGE1 = ["preset.stage1.loop.steps=30", "preset.stage1.loop.checkpoint_every=5", "preset.stage1.loop.log_every=5"]
 
 
 def sweep(outputs, *extra, check=True) -> subprocess.CompletedProcess:
-    r = subprocess.run(sweep_command(outputs, *STAGE1, *extra), cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+    r = subprocess.run(sweep_command(outputs, *STAGE1, *extra), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert not check or r.returncode == 0, r.stdout + r.stderr
     return r
 
@@ -55,8 +53,9 @@ def test_a_killed_driver_then_status_and_a_rerun(tmp_path):
     full = tmp_path / "full"
     sweep(full)
     cut = tmp_path / "cut"
-    driver = subprocess.Popen(sweep_command(cut, *STAGE1), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        sweep_command(cut, *STAGE1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     cell = cut / "latent_vs_size" / "TiTok-S-16"
     kill_driver_when(driver, lambda: list(cell.glob("stage1-*/checkpoint.pt")), 300, "stage 1's first checkpoint")
 
@@ -90,15 +89,24 @@ def test_a_killed_driver_then_status_and_a_rerun(tmp_path):
     a = weights(next(cell.glob("stage1-*/model.safetensors")))
     b = weights(next((full / "latent_vs_size" / "TiTok-S-16").glob("stage1-*/model.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert sweep(cut, "action=status").stdout.splitlines()[-1].endswith("stages: 2 done, 0 running, 0 queued, 0 ended, "
-                                                                         "0 todo")
+    assert (
+        sweep(cut, "action=status")
+        .stdout.splitlines()[-1]
+        .endswith("stages: 2 done, 0 running, 0 queued, 0 ended, 0 todo")
+    )
 
 
 # ---- the states of recorded jobs, without running any ------------------------------------------------------------
 def record(plan, task, job_id="4242", launcher="local", **extra):
     plan.root.mkdir(parents=True, exist_ok=True)
-    line = {"launcher": launcher, "job_id": job_id, "tasks": [task.uid], "time": time.time(), "process": "gone/1",
-            **extra}
+    line = {
+        "launcher": launcher,
+        "job_id": job_id,
+        "tasks": [task.uid],
+        "time": time.time(),
+        "process": "gone/1",
+        **extra,
+    }
     with open(plan.root / launch.JOBS_FILE, "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -140,10 +148,13 @@ def test_a_live_lock_holder_reads_running(tmp_path):
     plan = plan_of(tmp_path)
     teacher = plan.task("_shared/teacher")
     Path(teacher.out_dir).mkdir(parents=True)
-    code = ("import sys, time\nfrom bench.core.lock import owner_lock\n"
-            "with owner_lock(sys.argv[1], print):\n    print('held', flush=True)\n    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(Path(teacher.out_dir) / LOCK)], stdout=subprocess.PIPE,
-                              text=True)
+    code = (
+        "import sys, time\nfrom bench.core.lock import owner_lock\n"
+        "with owner_lock(sys.argv[1], print):\n    print('held', flush=True)\n    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(Path(teacher.out_dir) / LOCK)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         (s,) = [s for s in status.reconcile(plan, mark=False) if s.key == "_shared/teacher"]
@@ -188,8 +199,9 @@ def test_slurm_ends_are_named_and_their_runs_marked_once(tmp_path, monkeypatch):
         started(task)
         torch.save({"step": 7}, Path(task.out_dir) / "checkpoint.pt")
         record(plan, task, job_id=f"100_{i}", launcher="slurm", log=f"/logs/100_{i}.err")
-    monkeypatch.setattr(launch, "slurm_states", lambda ids, env=None: {f"100_{i}": state for i, state in
-                                                                          enumerate(ends.values())})
+    monkeypatch.setattr(
+        launch, "slurm_states", lambda ids, env=None: {f"100_{i}": state for i, state in enumerate(ends.values())}
+    )
     states = {s.key: s for s in status.reconcile(plan)}
     client = MlflowClient(uri)
     for i, cell in enumerate(plan.cells):

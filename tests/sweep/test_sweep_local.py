@@ -13,16 +13,31 @@ from mlflow import MlflowClient
 from bench import tracking as T
 
 REPO = Path(__file__).resolve().parents[2]
-SHRINK = ["grid.sizes=[S,B]", "grid.num_tokens=[16]",
-          "preset.stage1.loop.steps=6", "preset.generator.loop.steps=6", "preset.eval.rfid_images=20",
-          "preset.eval.gfid_samples=20", "preset.eval.gfid_reference_images=20", "preset.eval.probe_train_images=40",
-          "preset.eval.probe_val_images=20", "preset.eval.batch_size=20", "preset.eval.speed.repeats=1",
-          "data.train_images=200", "data.val_images=60"]
+SHRINK = [
+    "grid.sizes=[S,B]",
+    "grid.num_tokens=[16]",
+    "preset.stage1.loop.steps=6",
+    "preset.generator.loop.steps=6",
+    "preset.eval.rfid_images=20",
+    "preset.eval.gfid_samples=20",
+    "preset.eval.gfid_reference_images=20",
+    "preset.eval.probe_train_images=40",
+    "preset.eval.probe_val_images=20",
+    "preset.eval.batch_size=20",
+    "preset.eval.speed.repeats=1",
+    "data.train_images=200",
+    "data.val_images=60",
+]
 
 
 def sweep(outputs, *extra):
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", f"outputs={outputs}", *SHRINK,
-                        *extra], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.sweep", "grid=latent_vs_size", f"outputs={outputs}", *SHRINK, *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     return r
 
 
@@ -85,9 +100,22 @@ def test_pipeline_grid_runs_every_training_stage(tmp_path):
     """grid=pipeline: stage 1 -> stage 2 -> pretokenize -> generator -> rFID and gFID in one command, the
     generator training on the stage-1 tokens written once, the evaluations decoding with the stage-2 pixel
     decoder."""
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", "grid=pipeline", f"outputs={tmp_path}",
-                        *[o for o in SHRINK if not o.startswith("grid.")], "preset.stage2.loop.steps=4",
-                        "preset.stage2.gan.start_step=2"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep",
+            "grid=pipeline",
+            f"outputs={tmp_path}",
+            *[o for o in SHRINK if not o.startswith("grid.")],
+            "preset.stage2.loop.steps=4",
+            "preset.stage2.gan.start_step=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 cells: 1 finished" in r.stdout
     cell = tmp_path / "pipeline" / "TiTok-S-32"

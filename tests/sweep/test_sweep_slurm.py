@@ -25,9 +25,24 @@ FOUR_CELLS = ["grid.sizes=[S,B]", "grid.num_tokens=[16,64]"]
 
 
 def sweep(*args, outputs, uri, timeout=600, env=None, grid="latent_vs_size"):
-    r = subprocess.run([sys.executable, "-m", "bench.sweep", f"grid={grid}", "launcher=slurm", "cluster=local",
-                        f"outputs={outputs}", f"tracking_uri={uri}", *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=timeout, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.sweep",
+            f"grid={grid}",
+            "launcher=slurm",
+            "cluster=local",
+            f"outputs={outputs}",
+            f"tracking_uri={uri}",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -44,8 +59,9 @@ def jobs_of(outputs: Path) -> dict[str, str]:
 
 
 def states(jid: str) -> list[str]:
-    return subprocess.run(["sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", jid], capture_output=True,
-                          text=True).stdout.split()
+    return subprocess.run(
+        ["sacct", "-n", "-D", "-X", "-P", "-o", "State", "-j", jid], capture_output=True, text=True
+    ).stdout.split()
 
 
 def preempt(jid: str, wait_s: float = 60) -> bool:
@@ -83,8 +99,12 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
         running = {jid for jid, state, _ in squeue() if state == "RUNNING"}
         for key, jid in keys.items():
             stage_dir = grid_dir / key if key.split("/")[1].startswith("stage1-") else None
-            if (jid in running and stage_dir and (stage_dir / "checkpoint.pt").exists()
-                    and not (stage_dir / "result.json").exists()):
+            if (
+                jid in running
+                and stage_dir
+                and (stage_dir / "checkpoint.pt").exists()
+                and not (stage_dir / "result.json").exists()
+            ):
                 if preempt(jid):
                     preempted = (key, jid, stage_dir)
                     break
@@ -101,8 +121,9 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     assert not any(jid in ids for jid, _, _ in squeue()), "jobs still queued after the time limit"
 
     # every cell finished, every stage recorded (cell/stage -> result: each stage ran with one set of settings)
-    results = {f"{r['cell']}/{r['stage']}": r
-               for r in (json.loads(p.read_text()) for p in grid_dir.glob("*/*/result.json"))}
+    results = {
+        f"{r['cell']}/{r['stage']}": r for r in (json.loads(p.read_text()) for p in grid_dir.glob("*/*/result.json"))
+    }
     cells = [d for d in grid_dir.iterdir() if d.is_dir() and d.name.startswith("TiTok-")]
     assert len(cells) == 4
     for cell in cells:
@@ -152,15 +173,28 @@ def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_p
     from tests.sweep.test_rehearsal import ONE_CELL, stage_results
 
     outputs = tmp_path / "outputs"
-    out = sweep("preset=rehearsal", "data=imagenet", f"data.root={rehearsal_files.imagenet}", "data.num_classes=4",
-                *ONE_CELL, "wait=true", outputs=outputs, uri=mlflow_server.uri, timeout=1800, env=rehearsal_files.env)
+    out = sweep(
+        "preset=rehearsal",
+        "data=imagenet",
+        f"data.root={rehearsal_files.imagenet}",
+        "data.num_classes=4",
+        *ONE_CELL,
+        "wait=true",
+        outputs=outputs,
+        uri=mlflow_server.uri,
+        timeout=1800,
+        env=rehearsal_files.env,
+    )
     assert "all jobs ended; 0 stages unfinished" in out, out
     results = stage_results(outputs, "latent_vs_size", "TiTok-S-32")
     assert set(results) == {"stage1", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed"}
     client = MlflowClient(mlflow_server.uri)
     exp = client.get_experiment_by_name(T.experiment_name("latent_vs_size"))
-    [run] = [r for r in client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
-             if r.data.tags[T.TAG_PRESET] == "rehearsal"]
+    [run] = [
+        r
+        for r in client.search_runs([exp.experiment_id], f"tags.`{T.TAG_ROLE}` = 'cell'")
+        if r.data.tags[T.TAG_PRESET] == "rehearsal"
+    ]
     assert run.info.status == "FINISHED" and len(run.data.tags[T.weights_tag("MaskGIT-VQGAN", "sha256")]) == 64
     assert {"rfid", "gfid", "probe_top1", "samples_per_s"} <= set(run.data.metrics)
 
@@ -171,9 +205,19 @@ def test_single_stage_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal
     from tests.sweep.test_rehearsal import SINGLE_STAGE_CELL, SINGLE_STAGE_STAGES, stage_results
 
     outputs = tmp_path / "outputs"
-    out = sweep("preset=rehearsal", "data=imagenet", f"data.root={rehearsal_files.imagenet}", "data.num_classes=4",
-                *SINGLE_STAGE_CELL, "wait=true", outputs=outputs, uri=mlflow_server.uri, timeout=1800,
-                env=rehearsal_files.env, grid="single_stage")
+    out = sweep(
+        "preset=rehearsal",
+        "data=imagenet",
+        f"data.root={rehearsal_files.imagenet}",
+        "data.num_classes=4",
+        *SINGLE_STAGE_CELL,
+        "wait=true",
+        outputs=outputs,
+        uri=mlflow_server.uri,
+        timeout=1800,
+        env=rehearsal_files.env,
+        grid="single_stage",
+    )
     assert "all jobs ended; 0 stages unfinished" in out, out
     assert set(stage_results(outputs, "single_stage", "TiTok-BL-64-VQ")) == SINGLE_STAGE_STAGES
     client = MlflowClient(mlflow_server.uri)
@@ -185,8 +229,14 @@ def test_single_stage_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal
 
 # ~2 min of training on a 2-core CPU: long enough to be caught after a checkpoint and to outlive a one-minute time
 # limit (slurmctld enforces limits and sends their signals on a 30 s tick)
-ONE_STAGE = ["grid.sizes=[S]", "grid.num_tokens=[16]", "grid.stages=[stage1]", "preset.stage1.loop.steps=1400",
-             "preset.stage1.loop.checkpoint_every=40", "preset.stage1.loop.log_every=40"]
+ONE_STAGE = [
+    "grid.sizes=[S]",
+    "grid.num_tokens=[16]",
+    "grid.stages=[stage1]",
+    "preset.stage1.loop.steps=1400",
+    "preset.stage1.loop.checkpoint_every=40",
+    "preset.stage1.loop.log_every=40",
+]
 # a one-minute limit, signalled 10 s before it (once training has started), with no requeue left: submitit does
 # not requeue it
 NO_TIME_LEFT = ["cluster.time_min.train=1", "launcher.signal_delay_s=10", "launcher.max_timeouts=0"]
@@ -237,9 +287,18 @@ def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_
         assert run.info.status == "FINISHED" and not set(T.ERROR_TAGS) & set(run.data.tags), run.data.tags
         steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "stage1/ce")]
         assert len(steps) == len(set(steps)), f"{reason}: a curve point logged twice: {sorted(steps)}"
-    curves = [{m.step: m.value for m in MlflowClient(uri).get_metric_history(
-        json.loads(next((out / "latent_vs_size" / "TiTok-S-16").glob("run-*/" + T.RUN_ID_FILE)).read_text())["run_id"],
-        "stage1/ce")} for out in cases.values()]
+    curves = [
+        {
+            m.step: m.value
+            for m in MlflowClient(uri).get_metric_history(
+                json.loads(next((out / "latent_vs_size" / "TiTok-S-16").glob("run-*/" + T.RUN_ID_FILE)).read_text())[
+                    "run_id"
+                ],
+                "stage1/ce",
+            )
+        }
+        for out in cases.values()
+    ]
     assert curves[0] == curves[1]  # interrupted at different steps, resumed to the same numbers
     from safetensors.torch import load_file
 

@@ -137,8 +137,7 @@ L.train(_objective(), _batches(at_3), _cfg(9), {str(tmp_path)!r})
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -L.SAVE_SIGNAL, proc.stderr
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 4
 
@@ -151,8 +150,9 @@ def _ddp_signal_worker(rank, world, port, out):
     saved, handled = [], []
     real = L.save_resume_point
     L.save_resume_point = lambda state, *a: (saved.append(state["step"]), real(state, *a))
-    signal.signal(L.SAVE_SIGNAL, lambda signum, frame: handled.append(
-        torch.load(out / CHECKPOINT, weights_only=True)["step"]))  # as submitit's on a rank > 0: it returns
+    signal.signal(
+        L.SAVE_SIGNAL, lambda signum, frame: handled.append(torch.load(out / CHECKPOINT, weights_only=True)["step"])
+    )  # as submitit's on a rank > 0: it returns
 
     def signal_one_rank(step):
         if step == (2 if rank == 0 else 4):
@@ -231,8 +231,13 @@ def _inf_at(steps):
 
 def test_fp16_skips_non_finite_steps_and_backs_off(tmp_path, fp16):
     logged = []
-    result = train(_objective(_inf_at({2, 3, 6})), _batches(), _cfg(8, precision="fp16", log_every=1), tmp_path,
-                   log=lambda metrics, step: logged.append(metrics))
+    result = train(
+        _objective(_inf_at({2, 3, 6})),
+        _batches(),
+        _cfg(8, precision="fp16", log_every=1),
+        tmp_path,
+        log=lambda metrics, step: logged.append(metrics),
+    )
     assert [m["m/skipped_steps"] for m in logged] == [0, 0, 1, 2, 2, 2, 3, 3]
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert ckpt["scaler"]["scale"] == 2.0**16 * 0.5**3 and ckpt["skips"]["m"] == {"total": 3, "in_a_row": 0}
@@ -242,16 +247,24 @@ def test_fp16_skips_non_finite_steps_and_backs_off(tmp_path, fp16):
 def test_fp16_skipped_steps_leave_the_weights(tmp_path, fp16):
     """A skipped step changes no weight: the run with inf at step 2 has step 1's weights after step 2."""
     two = train(_objective(_inf_at(())), _batches(), _cfg(2, precision="fp16", ema_max_decay=0.0), tmp_path / "two")
-    skipped = train(_objective(_inf_at({2})), _batches(), _cfg(3, precision="fp16", ema_max_decay=0.0),
-                    tmp_path / "skipped")
+    skipped = train(
+        _objective(_inf_at({2})), _batches(), _cfg(3, precision="fp16", ema_max_decay=0.0), tmp_path / "skipped"
+    )
     assert _same_weights(two.model, skipped.model)
 
 
 def test_fp16_stops_after_max_consecutive_skips(tmp_path, fp16):
-    with pytest.raises(NonFiniteLossError, match=r"4 fp16 steps in a row \(the last at step 6\).*"
-                                                 r"max_consecutive_skips=4.*last good checkpoint"):
-        train(_objective(_inf_at(range(3, 100))), _batches(),
-              _cfg(20, precision="fp16", max_consecutive_skips=4, checkpoint_every=2), tmp_path)
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"4 fp16 steps in a row \(the last at step 6\).*"
+        r"max_consecutive_skips=4.*last good checkpoint",
+    ):
+        train(
+            _objective(_inf_at(range(3, 100))),
+            _batches(),
+            _cfg(20, precision="fp16", max_consecutive_skips=4, checkpoint_every=2),
+            tmp_path,
+        )
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 6
 
 
@@ -280,19 +293,28 @@ def test_log_values_are_read_on_log_steps_only(tmp_path, monkeypatch):
         return {"m/loss": out.detach(), "m/deferred": lambda: calls.append(1) or 1.0}
 
     logged = {}
-    train(_objective(logs=logs), _batches(), _cfg(7, grad_accum=2, log_every=3), tmp_path,
-          log=lambda metrics, step: logged.update({step: metrics}))
+    train(
+        _objective(logs=logs),
+        _batches(),
+        _cfg(7, grad_accum=2, log_every=3),
+        tmp_path,
+        log=lambda metrics, step: logged.update({step: metrics}),
+    )
     assert sorted(logged) == [3, 6, 7] and len(reads) == 3
     assert len(calls) == 3 * 2  # two micro-batches on each of the three log steps
     every = {}
-    train(_objective(logs=logs), _batches(), _cfg(7, grad_accum=2, log_every=1), tmp_path / "every",
-          log=lambda metrics, step: every.update({step: metrics}))
+    train(
+        _objective(logs=logs),
+        _batches(),
+        _cfg(7, grad_accum=2, log_every=1),
+        tmp_path / "every",
+        log=lambda metrics, step: every.update({step: metrics}),
+    )
     for step in (3, 6, 7):  # the values are those of logging every step
         assert {k: v for k, v in logged[step].items() if k != "steps_per_s"} == {
-            k: v for k, v in every[step].items() if k != "steps_per_s"}
+            k: v for k, v in every[step].items() if k != "steps_per_s"
+        }
     assert {"m/loss", "m/deferred", "m/grad_norm", "m/lr"} <= set(logged[7])
-
-
 
 
 def test_save_and_skip_settings_are_not_part_of_a_stage_identity():

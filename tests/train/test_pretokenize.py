@@ -18,12 +18,25 @@ from bench.train.pretokenize import pretokenize, training_images
 from bench.train.recipes import DataConfig, GeneratorTrainConfig, PretokenizeConfig
 from tests.distributed import join, spawn
 
-TOY_TOKENIZER = {"encoder_size": "toy-S", "decoder_size": "toy-S", "patch_size": 8, "decoder_patch_size": 8,
-                 "codebook_size": 64, "token_size": 8, "pixel_decoder": False}
+TOY_TOKENIZER = {
+    "encoder_size": "toy-S",
+    "decoder_size": "toy-S",
+    "patch_size": 8,
+    "decoder_patch_size": 8,
+    "codebook_size": 64,
+    "token_size": 8,
+    "pixel_decoder": False,
+}
 TOY_VQGAN = {"hidden_channels": 32, "channel_mult": (1, 1, 2, 2), "z_channels": 32, "codebook_size": 64}
 DATA = DataConfig(name="synthetic", image_size=32, num_images=12, num_workers=0)
-TOY_GENERATOR = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "dropout": 0.0,
-                 "attn_dropout": 0.0}
+TOY_GENERATOR = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "dropout": 0.0,
+    "attn_dropout": 0.0,
+}
 
 
 def _tokenizer(path, seed):
@@ -45,17 +58,32 @@ def toy(tmp_path_factory):
 
 
 def pretok_cfg(tokenizer, **kw):
-    return PretokenizeConfig(tokenizer=tokenizer, data=kw.pop("data", DATA), batch_size=4, shard_size=5,
-                             device="cpu", **kw)
+    return PretokenizeConfig(
+        tokenizer=tokenizer, data=kw.pop("data", DATA), batch_size=4, shard_size=5, device="cpu", **kw
+    )
 
 
 def gen_cfg(tokenizer, tokens, steps, **loop):
     return GeneratorTrainConfig(
-        tokenizer=tokenizer, tokens=str(tokens) if tokens else None, model="MaskGIT-ViT",
-        model_overrides=TOY_GENERATOR, label_smoothing=0.1, unmasked_weight=0.1, data=DATA,
+        tokenizer=tokenizer,
+        tokens=str(tokens) if tokens else None,
+        model="MaskGIT-ViT",
+        model_overrides=TOY_GENERATOR,
+        label_smoothing=0.1,
+        unmasked_weight=0.1,
+        data=DATA,
         optim=OptimConfig(lr=2e-3, warmup_steps=2, end_lr=2e-4),
-        loop=LoopConfig(steps=steps, batch_size=4, log_every=1, checkpoint_every=loop.pop("checkpoint_every", 1000),
-                        ema_max_decay=0.99, seed=3, **loop), device="cpu")
+        loop=LoopConfig(
+            steps=steps,
+            batch_size=4,
+            log_every=1,
+            checkpoint_every=loop.pop("checkpoint_every", 1000),
+            ema_max_decay=0.99,
+            seed=3,
+            **loop,
+        ),
+        device="cpu",
+    )
 
 
 def test_tokens_are_those_of_the_centre_crop_and_its_flip(toy):
@@ -104,8 +132,7 @@ def test_pretokenized_training_follows_the_on_the_fly_run(toy, tmp_path):
     fly, tok = Recorder(), Recorder()
     a = train_generator(gen_cfg(tokenizer, None, 6), tmp_path / "fly", fly)
     b = train_generator(gen_cfg(tokenizer, out, 6), tmp_path / "tokens", tok)
-    assert len(fly.values) == 6 and np.allclose(fly.values, tok.values, rtol=1e-5, atol=1e-6), (fly.values,
-                                                                                                tok.values)
+    assert len(fly.values) == 6 and np.allclose(fly.values, tok.values, rtol=1e-5, atol=1e-6), (fly.values, tok.values)
     wa, wb = models.load(a.checkpoint).state_dict(), models.load(b.checkpoint).state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
@@ -164,8 +191,9 @@ def test_a_killed_pretokenize_keeps_its_finished_shards(toy, tmp_path, monkeypat
 def test_tokens_of_another_tokenizer_or_data_are_refused(toy, tmp_path):
     tokenizer, out = toy
     other = _tokenizer(tmp_path / "other.safetensors", 1)
-    with pytest.raises(TokensError, match="holds the tokens of tokenizer .*tokenizer.safetensors.*not of the "
-                                          "tokenizer given"):
+    with pytest.raises(
+        TokensError, match="holds the tokens of tokenizer .*tokenizer.safetensors.*not of the tokenizer given"
+    ):
         train_generator(gen_cfg(other, out, 2), tmp_path / "gen")
     cfg = gen_cfg(tokenizer, out, 2)
     cfg = type(cfg)(**{**cfg.__dict__, "data": DataConfig(name="synthetic", image_size=32, num_images=20)})

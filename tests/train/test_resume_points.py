@@ -30,10 +30,16 @@ def run(out, steps=6, stop_at=None):
         if step == stop_at:
             raise Interrupt
 
-    objective = Objective(modules={"m": model}, optim={"m": OptimConfig(lr=1e-2, warmup_steps=1)}, loss=loss,
-                          ema_of="m")
-    return train(objective, batches, LoopConfig(steps=steps, batch_size=4, checkpoint_every=2, log_every=1,
-                                                ema_max_decay=0.9), out, log=log)
+    objective = Objective(
+        modules={"m": model}, optim={"m": OptimConfig(lr=1e-2, warmup_steps=1)}, loss=loss, ema_of="m"
+    )
+    return train(
+        objective,
+        batches,
+        LoopConfig(steps=steps, batch_size=4, checkpoint_every=2, log_every=1, ema_max_decay=0.9),
+        out,
+        log=log,
+    )
 
 
 def interrupted(out):

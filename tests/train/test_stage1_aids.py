@@ -49,7 +49,11 @@ def test_param_groups_by_part():
     assert [g["part"] for g in plain] == ["", ""] and [len(g["params"]) for g in plain] == [2, 2]
     parts = param_groups(net, 0.1, lambda name: name.split(".")[0])
     assert [(g["part"], g["weight_decay"], len(g["params"])) for g in parts] == [
-        ("decoder", 0.1, 1), ("decoder", 0.0, 1), ("encoder", 0.1, 1), ("encoder", 0.0, 1)]
+        ("decoder", 0.1, 1),
+        ("decoder", 0.0, 1),
+        ("encoder", 0.1, 1),
+        ("encoder", 0.0, 1),
+    ]
 
 
 @pytest.mark.parametrize("key", ["decoder_warmup_fraction", "continuous_fraction"])
@@ -62,8 +66,10 @@ def test_aids_are_shares_of_the_schedule(key, value):
 def _toy_stage1(cfg: Stage1Config, quantizer: str = "vq"):
     torch.manual_seed(0)
     teacher = models.build("MaskGIT-VQGAN", **vqgan_overrides(cfg.teacher.overrides)).eval()
-    tokenizer = models.build(cfg.model, **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config,
-                                               image_size=32, quantizer=quantizer))
+    tokenizer = models.build(
+        cfg.model,
+        **dict(cfg.model_overrides, pixel_decoder=False, vqgan=teacher.config, image_size=32, quantizer=quantizer),
+    )
     return tokenizer, teacher
 
 

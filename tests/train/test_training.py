@@ -2,7 +2,6 @@
 uninterrupted weights; a 2-process gloo DDP run matches the single-process run on the same global batch;
 a non-finite loss stops training and keeps the last good checkpoint."""
 
-
 import pytest
 import torch
 
@@ -23,10 +22,17 @@ from bench.train.recipes import (
 from bench.train.tokenizer import train_single_stage, train_stage1, train_stage2, train_teacher
 from tests.distributed import join, spawn
 
-TOY_TEACHER = TeacherConfig(overrides={"hidden_channels": 32, "channel_mult": (1, 1, 2, 2), "z_channels": 32,
-                                       "codebook_size": 64})
-TOY_TOKENIZER = {"encoder_size": "toy-S", "decoder_size": "toy-S", "patch_size": 8, "decoder_patch_size": 8,
-                 "codebook_size": 64, "token_size": 8}
+TOY_TEACHER = TeacherConfig(
+    overrides={"hidden_channels": 32, "channel_mult": (1, 1, 2, 2), "z_channels": 32, "codebook_size": 64}
+)
+TOY_TOKENIZER = {
+    "encoder_size": "toy-S",
+    "decoder_size": "toy-S",
+    "patch_size": 8,
+    "decoder_patch_size": 8,
+    "codebook_size": 64,
+    "token_size": 8,
+}
 FIXED_BATCH = DataConfig(name="synthetic", image_size=32, num_images=8, num_workers=0)
 FAST = OptimConfig(lr=2e-3, warmup_steps=2, end_lr=2e-3)
 
@@ -36,8 +42,14 @@ def toy_gan(weight):
 
 
 def loop(steps, **kw):
-    return LoopConfig(steps=steps, batch_size=8, log_every=1, checkpoint_every=kw.pop("checkpoint_every", 1000),
-                      ema_max_decay=kw.pop("ema_max_decay", 0.0), **kw)
+    return LoopConfig(
+        steps=steps,
+        batch_size=8,
+        log_every=1,
+        checkpoint_every=kw.pop("checkpoint_every", 1000),
+        ema_max_decay=kw.pop("ema_max_decay", 0.0),
+        **kw,
+    )
 
 
 class Recorder:
@@ -53,9 +65,18 @@ class Recorder:
 
 
 def stage1_cfg(steps, **kw):
-    return Stage1Config(model="TiTok-S-16", model_overrides=TOY_TOKENIZER, teacher=TOY_TEACHER, data=FIXED_BATCH,
-                        optim=FAST, loop=loop(steps, **kw), decoder_warmup_fraction=0.0, continuous_fraction=0.0,
-                        allow_random_weights=True, device="cpu")
+    return Stage1Config(
+        model="TiTok-S-16",
+        model_overrides=TOY_TOKENIZER,
+        teacher=TOY_TEACHER,
+        data=FIXED_BATCH,
+        optim=FAST,
+        loop=loop(steps, **kw),
+        decoder_warmup_fraction=0.0,
+        continuous_fraction=0.0,
+        allow_random_weights=True,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +99,17 @@ def test_stage1_overfits(stage1_checkpoint):
 @pytest.mark.slow
 def test_stage2_overfits(stage1_checkpoint, tmp_path):
     rec = Recorder("stage2/l2")
-    cfg = Stage2Config(init_from=stage1_checkpoint[0].checkpoint, teacher=TOY_TEACHER,
-                       perceptual=PerceptualConfig(convnext_weight=0.1, lpips_weight=0.0, resolution=32),
-                       gan=toy_gan(0.01),
-                       data=FIXED_BATCH, optim=FAST, loop=loop(25), allow_random_weights=True, device="cpu")
+    cfg = Stage2Config(
+        init_from=stage1_checkpoint[0].checkpoint,
+        teacher=TOY_TEACHER,
+        perceptual=PerceptualConfig(convnext_weight=0.1, lpips_weight=0.0, resolution=32),
+        gan=toy_gan(0.01),
+        data=FIXED_BATCH,
+        optim=FAST,
+        loop=loop(25),
+        allow_random_weights=True,
+        device="cpu",
+    )
     result = train_stage2(cfg, tmp_path, rec)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
     model = models.load(result.checkpoint)
@@ -97,10 +125,19 @@ def test_stage2_overfits(stage1_checkpoint, tmp_path):
 def test_single_stage_overfits(variant, tmp_path):
     rec = Recorder("single/l2")
     overrides = {k: v for k, v in TOY_TOKENIZER.items() if not (variant.endswith("VAE") and k == "codebook_size")}
-    cfg = SingleStageConfig(model=variant, model_overrides=overrides, quantizer_weight=1.0, kl_weight=1e-6,
-                            perceptual=PerceptualConfig(convnext_weight=0.0, lpips_weight=0.1, resolution=224),
-                            gan=toy_gan(0.1),
-                            data=FIXED_BATCH, optim=FAST, loop=loop(30), allow_random_weights=True, device="cpu")
+    cfg = SingleStageConfig(
+        model=variant,
+        model_overrides=overrides,
+        quantizer_weight=1.0,
+        kl_weight=1e-6,
+        perceptual=PerceptualConfig(convnext_weight=0.0, lpips_weight=0.1, resolution=224),
+        gan=toy_gan(0.1),
+        data=FIXED_BATCH,
+        optim=FAST,
+        loop=loop(30),
+        allow_random_weights=True,
+        device="cpu",
+    )
     result = train_single_stage(cfg, tmp_path, rec)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
     assert result.random_weights == {"lpips": True}
@@ -108,11 +145,24 @@ def test_single_stage_overfits(variant, tmp_path):
 
 def test_generator_overfits(stage1_checkpoint, tmp_path):
     rec = Recorder("generator/loss")
-    cfg = GeneratorTrainConfig(tokenizer=stage1_checkpoint[0].checkpoint, model="MaskGIT-ViT",
-                               model_overrides={"hidden_size": 64, "num_layers": 2, "num_heads": 2,
-                                                "intermediate_size": 128, "dropout": 0.0, "attn_dropout": 0.0},
-                               label_smoothing=0.1, unmasked_weight=0.1, data=FIXED_BATCH, optim=FAST, loop=loop(40),
-                               device="cpu")
+    cfg = GeneratorTrainConfig(
+        tokenizer=stage1_checkpoint[0].checkpoint,
+        model="MaskGIT-ViT",
+        model_overrides={
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 128,
+            "dropout": 0.0,
+            "attn_dropout": 0.0,
+        },
+        label_smoothing=0.1,
+        unmasked_weight=0.1,
+        data=FIXED_BATCH,
+        optim=FAST,
+        loop=loop(40),
+        device="cpu",
+    )
     result = train_generator(cfg, tmp_path, rec)
     assert rec.fell(0.6)[0], rec.fell(0.6)[1]
     gen = models.load(result.checkpoint)
@@ -121,8 +171,7 @@ def test_generator_overfits(stage1_checkpoint, tmp_path):
 
 def test_teacher_overfits(tmp_path):
     rec = Recorder("teacher/l2")
-    cfg = TeacherTrainConfig(overrides=TOY_TEACHER.overrides, data=FIXED_BATCH, optim=FAST, loop=loop(40),
-                             device="cpu")
+    cfg = TeacherTrainConfig(overrides=TOY_TEACHER.overrides, data=FIXED_BATCH, optim=FAST, loop=loop(40), device="cpu")
     result = train_teacher(cfg, tmp_path, rec)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
     assert isinstance(models.load(result.checkpoint), models.MaskGITVQGAN)
@@ -162,7 +211,6 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path):
         train(objective, batches, LoopConfig(steps=10, batch_size=4, checkpoint_every=2), tmp_path)
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["modules"]["m"].values())
-
 
 
 def _ddp_worker(rank, world, port, out):
