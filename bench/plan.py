@@ -1,7 +1,8 @@
-"""The plan of a sweep: the composed config -> shared stages and cells, each stage a `StageTask` whose spec is built
-from the config here and whose identity comes from its stage module (bench/stages: each says which of its settings
-count). A stage's identity hashes its result-determining settings and the identities of the stages it reads, so
-an evaluation setting re-runs that evaluation only and a training setting that stage and what reads it.
+"""The plan of a sweep: the composed config, validated -> shared stages and cells, each stage a `StageTask` whose
+spec and identity come from its stage module (bench/stages: `plan` builds the spec from the preset and the cell,
+bench/stages/planning.py; RULE says which of its settings count). A stage's identity hashes its result-determining
+settings and the identities of the stages it reads, so an evaluation setting re-runs that evaluation only and a
+training setting that stage and what reads it.
 
 Layout under `<outputs>/<grid>/`:
     _shared/<stage>-<identity>/   what the cells share: the smoke teacher, the real-image statistics (rFID), the
@@ -17,7 +18,6 @@ Layout under `<outputs>/<grid>/`:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,42 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 import models
 from bench.core.dist import check_device
 from bench.core.io import atomic_write_json
-from bench.stages import (
-    STAGES,
-    EvalGenSpec,
-    EvalReconSpec,
-    ProbeSpec,
-    RealStatsSpec,
-    ReferenceBatchSpec,
-    SpeedSpec,
-    StageTask,
-    new_task,
-)
+from bench.stages import STAGES, StageTask, new_task
 from bench.stages.base import short_hash
-from bench.train.recipes import (
-    DataConfig,
-    GANConfig,
-    GeneratorTrainConfig,
-    LoopConfig,
-    OptimConfig,
-    PerceptualConfig,
-    SingleStageConfig,
-    Stage1Config,
-    Stage2Config,
-    TeacherConfig,
-    TeacherTrainConfig,
-    gan_from,
-    loop_from,
-    optim_from,
-)
+from bench.stages.planning import SHARED, PlanContext, PlanError, unknown_key
+from bench.train.recipes import DataConfig
 
-SHARED = "_shared"
-# what a grid may list, in pipeline order
-KNOWN_STAGES = ("stage1", "stage2", "single", "pretokenize", "generator", "eval_recon", "eval_gen", "probe", "speed")
-
-
-class PlanError(ValueError):
-    """A configuration that cannot make a plan; the message says which value and what to do."""
+# what a grid may list (the stages that are not shared), in pipeline order
+KNOWN_STAGES = tuple(name for name, m in STAGES.items() if not getattr(m, "SHARED", False))
+# the preset's sections that become settings dataclasses or model configs (paths under preset; each stage module's
+# PRESET): a key they do not have (a typo, or one added with `+`) fails here with the closest known name, not as a
+# TypeError in a job
+PRESET_SECTIONS = {path: cls for m in STAGES.values() for path, cls in getattr(m, "PRESET", {}).items()}
 
 
 @dataclass
@@ -100,51 +75,14 @@ class Plan:
         return next(t for t in self.tasks() if t.key == key)
 
 
-def _container(node) -> dict:
-    return dict(OmegaConf.to_container(node, resolve=True))
-
-
 def _positive(cfg: DictConfig, path: str) -> None:
     value = OmegaConf.select(cfg, path)
     if value is not None and (not isinstance(value, int) or value < 1):
         raise PlanError(f"{path}={value!r}: must be a positive integer")
 
 
-# the preset's sections that become settings dataclasses or model configs (paths under preset): a key they do not
-# have (a typo, or one added with `+`) fails here with the closest known name, not as a TypeError in a job
-_SETTINGS = {
-    **{
-        f"{stage}.{part}": cls
-        for stage in ("teacher", "stage1", "stage2", "generator")
-        for part, cls in (("loop", LoopConfig), ("optim", OptimConfig))
-    },
-    "stage2.gan": GANConfig,
-    "stage2.gan.optim": OptimConfig,
-    "stage2.perceptual": PerceptualConfig,
-    "tokenizer": models.TiTokConfig,
-    "teacher.overrides": models.VQGANConfig,
-    "generator.overrides": models.GeneratorConfig,
-    "sampler": models.SamplerSettings,
-    "single.loop": LoopConfig,
-    "single.optim": OptimConfig,
-    "single.gan": GANConfig,
-    "single.gan.optim": OptimConfig,
-    "single.perceptual": PerceptualConfig,
-    "single.tokenizer": models.TiTokConfig,
-}
-
-
-def unknown_key(parent: str, key: str, known: list[str]) -> str:
-    """The message for a config key `parent.key` that is not one of `known`, with the closest known name."""
-    prefix = f"{parent}." if parent else ""
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {prefix}{close[0]}? " if close else ""
-    where = f"known under {parent or 'the top level'}: {', '.join(known)}" if known else "check the spelling"
-    return f"{prefix}{key}: the config has no such key; {hint}{where}"
-
-
 def _check_keys(p: DictConfig) -> None:
-    for path, cls in _SETTINGS.items():
+    for path, cls in PRESET_SECTIONS.items():
         node = OmegaConf.select(p, path)
         known = [f.name for f in dataclasses.fields(cls)]
         for key in node.keys() if isinstance(node, DictConfig) else ():
@@ -178,11 +116,9 @@ def validate(cfg: DictConfig) -> None:
         check_device(p.device)
     except ValueError as err:
         raise PlanError(f"preset.device: {err}") from None
-    for stage in ("teacher", "stage1", "stage2", "generator"):
-        if OmegaConf.select(p, f"{stage}.loop") is None:
-            continue
+    for loop in (path for path in PRESET_SECTIONS if path.endswith(".loop")):
         for key in ("steps", "batch_size"):
-            _positive(cfg, f"preset.{stage}.loop.{key}")
+            _positive(cfg, f"preset.{loop}.{key}")
     _positive(cfg, "preset.generator.train_images")
     for key in (
         "rfid_images",
@@ -229,12 +165,9 @@ def validate(cfg: DictConfig) -> None:
     unknown = set(cfg.grid.stages) - set(KNOWN_STAGES)
     if unknown:
         raise PlanError(f"grid.stages has unknown stages {sorted(unknown)}; known: {', '.join(KNOWN_STAGES)}")
-    if "stage2" in cfg.grid.stages and "stage1" not in cfg.grid.stages:
-        raise PlanError("grid.stages has stage2 without stage1: stage 2 fine-tunes the stage-1 tokenizer")
-    if "stage2" in cfg.grid.stages and "stage2" not in p:
-        raise PlanError(f"grid.stages has stage2, but preset {p.name} has no stage2 settings")
-    if "single" in cfg.grid.stages:
-        _check_single(cfg)
+    for name in KNOWN_STAGES:
+        if name in cfg.grid.stages and hasattr(STAGES[name], "check"):
+            STAGES[name].check(cfg)
     if cfg.data.name == "imagenet":
         from bench.data import build_dataset
 
@@ -265,38 +198,6 @@ def validate(cfg: DictConfig) -> None:
         raise PlanError("grid=released evaluates the released ImageNet models: use data=imagenet data.root=...")
 
 
-def _check_single(cfg: DictConfig) -> None:
-    """grid.stages with `single`: each name of grid.models is a single-stage tokenizer trained from scratch."""
-    p = cfg.preset
-    if "single" not in p:
-        raise PlanError(f"grid.stages has single, but preset {p.name} has no single settings (paper.yaml's block)")
-    if {"stage1", "stage2"} & set(cfg.grid.stages):
-        raise PlanError("grid.stages has single beside stage1/stage2: a cell is trained in one stage or in two")
-    if cfg.grid.sizes or cfg.grid.num_tokens:
-        raise PlanError(
-            "grid.stages has single: list single-stage names (TiTok-{XY}-{K}-{VQ,VAE}) in grid.models and "
-            "set grid.sizes=[] grid.num_tokens=[] (those make two-stage cells TiTok-{S,B,L}-{K})"
-        )
-    if not cfg.grid.models:
-        raise PlanError(
-            "grid.stages has single but grid.models is empty: name the single-stage tokenizers to train, "
-            "e.g. grid.models=[TiTok-BL-64-VQ]"
-        )
-    for name in cfg.grid.models:
-        c = models.resolve(name).config
-        if getattr(c, "two_stage", True):
-            raise PlanError(
-                f"grid.models has {name}, a two-stage tokenizer, but the single stage trains single-stage "
-                "ones (TiTok-{XY}-{K}-{VQ,VAE}); train two-stage cells with stage1 and stage2"
-            )
-        for part in ("encoder_size", "decoder_size"):
-            if getattr(c, part) not in p.sizes:
-                raise PlanError(
-                    f"{name}: its {part} {getattr(c, part)!r} is not in preset.sizes of preset {p.name} "
-                    f"(known: {', '.join(p.sizes)})"
-                )
-
-
 def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
     d = cfg.data
     return DataConfig(
@@ -310,19 +211,6 @@ def data_config(cfg: DictConfig, split_images: str) -> DataConfig:
         train_shards=d.get("train_shards"),
         val_shards=d.get("val_shards"),
     )
-
-
-@dataclass(frozen=True)
-class _Shared:
-    """What every cell reads from the shared stages."""
-
-    teacher: StageTask | None  # the trained smoke teacher, or None: teacher_source is a name or file
-    teacher_source: str
-    real_stats: StageTask | None
-    reference_batch: StageTask | None
-    train_data: DataConfig
-    generator_data: DataConfig  # what the generator and its pretokenized tokens read (_generator_data)
-    val_data: DataConfig
 
 
 def _generator_data(cfg: DictConfig, train_data: DataConfig) -> DataConfig:
@@ -345,301 +233,51 @@ def _generator_data(cfg: DictConfig, train_data: DataConfig) -> DataConfig:
 def make_plan(cfg: DictConfig) -> Plan:
     """Expand the composed sweep config into shared tasks and cells (validated first; nothing is written)."""
     validate(cfg)
-    p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
-    grid = cfg.grid.name
-    root = Path(cfg.outputs).resolve() / grid
-    device, allow_random = p.device, bool(p.allow_random_weights)
-    train_data, val_data = data_config(cfg, "train_images"), data_config(cfg, "val_images")
-    shared: list[StageTask] = []
-
-    def add_shared(stage: str, spec, **inputs) -> StageTask:
-        shared.append(new_task(grid, SHARED, stage, spec, root / SHARED, inputs))
-        return shared[-1]
-
-    teacher = None
-    if cfg.grid.sizes and cfg.grid.num_tokens and p.teacher.source == "train":  # every trained cell has a stage 1
-        teacher = add_shared(
-            "teacher",
-            TeacherTrainConfig(
-                overrides=_container(p.teacher.overrides),
-                data=train_data,
-                optim=optim_from(_container(p.teacher.optim)),
-                loop=loop_from(_container(p.teacher.loop), cfg.seed),
-                device=device,
-            ),
-        )
-    real_stats = reference_batch = None
-    if "eval_recon" in stages:
-        real_stats = add_shared(
-            "real_stats",
-            RealStatsSpec(
-                data=val_data,
-                num_images=ev.rfid_images,
-                allow_random_weights=allow_random,
-                batch_size=ev.batch_size,
-                inception_dtype=ev.rfid_inception_dtype,
-                device=device,
-            ),
-        )
-    if "eval_gen" in stages:
-        source = ev.reference_batch
-        if source and not Path(source).is_file():
-            from bench import weights
-
-            source = str(weights.require(source))  # MissingWeightsError says where to put it
-        reference_batch = add_shared(
-            "reference_batch",
-            ReferenceBatchSpec(
-                data=val_data,
-                num_images=ev.gfid_reference_images,
-                source=source,
-                allow_random_weights=allow_random,
-                batch_size=ev.batch_size,
-                device=device,
-            ),
-        )
-    ctx = _Shared(
-        teacher,
-        teacher.product if teacher else p.teacher.source,
-        real_stats,
-        reference_batch,
-        train_data,
-        _generator_data(cfg, train_data),
-        val_data,
-    )
+    p = cfg.preset
+    root = Path(cfg.outputs).resolve() / cfg.grid.name
+    train_data = data_config(cfg, "train_images")
+    ctx = PlanContext(cfg, train_data, _generator_data(cfg, train_data), data_config(cfg, "val_images"))
+    shared = _plan_stages(ctx, root / SHARED, shared=True)
     entries = [(f"TiTok-{s}-{k}", s, k) for s in cfg.grid.sizes for k in cfg.grid.num_tokens]
     entries += [(name, None, None) for name in cfg.grid.models]
-    cells = [_make_cell(cfg, root, name, size, k, ctx) for name, size, k in entries]
-    return Plan(grid, p.name, bool(p.smoke), root, shared, cells, OmegaConf.to_container(cfg, resolve=True))
+    cells = [_make_cell(dataclasses.replace(ctx, name=n, size=s, num_tokens=k, tasks={}), root) for n, s, k in entries]
+    return Plan(cfg.grid.name, p.name, bool(p.smoke), root, shared, cells, OmegaConf.to_container(cfg, resolve=True))
 
 
-def _single_stage_config(cfg: DictConfig, name: str, data: DataConfig) -> SingleStageConfig:
-    """The single stage of the single-stage tokenizer `name`: its architecture (encoder and decoder sizes through
-    preset.sizes, preset.single.tokenizer's overrides) and preset.single's recipe."""
-    p, s = cfg.preset, cfg.preset.single
-    c = models.resolve(name).config
-    overrides = dict(
-        _container(s.tokenizer), encoder_size=p.sizes[c.encoder_size], decoder_size=p.sizes[c.decoder_size]
-    )
-    return SingleStageConfig(
-        model=name,
-        model_overrides=overrides,
-        quantizer_weight=s.quantizer_weight,
-        kl_weight=s.kl_weight,
-        perceptual=PerceptualConfig(**_container(s.perceptual)),
-        gan=gan_from(_container(s.gan)),
-        data=data,
-        optim=optim_from(_container(s.optim)),
-        loop=loop_from(_container(s.loop), cfg.seed),
-        allow_random_weights=bool(p.allow_random_weights),
-        device=p.device,
-    )
+def _plan_stages(c: PlanContext, folder: Path, shared: bool) -> list[StageTask]:
+    """The shared stages, or a cell's: each stage module builds its spec (`plan`), in pipeline order so that a
+    stage sees the tasks it reads."""
+    planned = c.shared if shared else c.tasks
+    for name, module in STAGES.items():
+        if getattr(module, "SHARED", False) != shared or (made := module.plan(c)) is None:
+            continue
+        spec, reads = made
+        planned[name] = new_task(c.cfg.grid.name, c.name, name, spec, folder, reads)
+    return list(planned.values())
 
 
-def _make_cell(cfg: DictConfig, root: Path, name: str, size: str | None, k: int | None, ctx: _Shared) -> Cell:
+def _make_cell(c: PlanContext, root: Path) -> Cell:
     """One cell: a trained grid cell (size and K given), a single-stage tokenizer trained from scratch (a name of
-    grid.models with the `single` stage) or a released model evaluated as it is."""
-    p, ev, stages = cfg.preset, cfg.preset.eval, cfg.grid.stages
-    device, allow_random = p.device, bool(p.allow_random_weights)
-    cell_dir = root / name
-    tasks: list[StageTask] = []
-
-    def add(stage: str, spec, **inputs) -> StageTask:
-        tasks.append(new_task(cfg.grid.name, name, stage, spec, cell_dir, inputs))
-        return tasks[-1]
-
-    # the tokenizer the evaluations read (and its teacher), the generator: tasks of this cell, or released names;
-    # encoder_task: the trained stage whose encoder gives the cell's tokens (stage 1, or the single stage)
-    tok_task = gen_task = teacher_task = encoder_task = None
-    if size is not None:
-        teacher_config = TeacherConfig(source=ctx.teacher_source, overrides=_container(p.teacher.overrides))
-        overrides = dict(_container(p.tokenizer), encoder_size=p.sizes[size], decoder_size=p.sizes[size])
-        tok_task = stage1 = add(
-            "stage1",
-            Stage1Config(
-                model=name,
-                model_overrides=overrides,
-                teacher=teacher_config,
-                data=ctx.train_data,
-                optim=optim_from(_container(p.stage1.optim)),
-                loop=loop_from(_container(p.stage1.loop), cfg.seed),
-                decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
-                continuous_fraction=p.stage1.continuous_fraction,
-                allow_random_weights=allow_random,
-                device=device,
-            ),
-            teacher=ctx.teacher,
-        )
-        teacher_task, teacher = ctx.teacher, ctx.teacher_source
-        if "stage2" in stages:
-            # stage 2 adds the pixel decoder: the cell's tokenizer becomes the stage-2 model, decoding to pixels
-            s2 = p.stage2
-            tok_task = add(
-                "stage2",
-                Stage2Config(
-                    init_from=stage1.product,
-                    teacher=teacher_config,
-                    perceptual=PerceptualConfig(**_container(s2.perceptual)),
-                    gan=gan_from(_container(s2.gan)),
-                    data=ctx.train_data,
-                    optim=optim_from(_container(s2.optim)),
-                    loop=loop_from(_container(s2.loop), cfg.seed),
-                    allow_random_weights=allow_random,
-                    device=device,
-                ),
-                stage1=stage1,
-                teacher=ctx.teacher,
-            )
-            teacher_task, teacher = None, None
-        encoder_task = stage1
-    elif "single" in stages:
-        tok_task = encoder_task = add("single", _single_stage_config(cfg, name, ctx.train_data))
-        teacher_task, teacher = None, None
-    # a VAE's tokens are continuous: no MaskGIT generator (nor its tokens) for it
-    makes_ids = encoder_task is not None and (size is not None or models.resolve(name).config.quantizer == "vq")
-    if encoder_task is not None:
-        if "pretokenize" in stages and "generator" not in stages:
-            raise PlanError("grid.stages has pretokenize without generator: its tokens are the generator's input")
-        tokens_task = None
-        if "pretokenize" in stages and makes_ids:
-            from bench.train.recipes import PretokenizeConfig
-
-            # preset.pretokenize: crops, precision, batch_size, shard_size (PretokenizeConfig's defaults if absent)
-            settings = _container(p.pretokenize) if OmegaConf.select(p, "pretokenize") is not None else {}
-            known = [
-                f.name for f in dataclasses.fields(PretokenizeConfig) if f.name not in ("tokenizer", "data", "device")
-            ]
-            for key in settings:
-                if key not in known:
-                    raise PlanError(unknown_key("preset.pretokenize", key, known))
-            tokens_task = add(
-                "pretokenize",
-                PretokenizeConfig(tokenizer=encoder_task.product, data=ctx.generator_data, device=device, **settings),
-                tokenizer=encoder_task,
-            )
-        if "generator" in stages and makes_ids:
-            g = p.generator
-            # the encoder is frozen in stage 2: the stage-1 model's tokens are the cell's tokens
-            gen_task = add(
-                "generator",
-                GeneratorTrainConfig(
-                    tokenizer=encoder_task.product,
-                    tokens=tokens_task.product if tokens_task else None,
-                    model=g.model,
-                    model_overrides=_container(g.overrides),
-                    label_smoothing=g.label_smoothing,
-                    unmasked_weight=g.unmasked_weight,
-                    data=ctx.generator_data,
-                    optim=optim_from(_container(g.optim)),
-                    loop=loop_from(_container(g.loop), cfg.seed),
-                    allow_random_weights=allow_random,
-                    device=device,
-                ),
-                tokenizer=encoder_task,
-                tokens=tokens_task,
-            )
-        tokenizer, generator = tok_task.product, gen_task.product if gen_task else None
-    else:
-        tokenizer, teacher, generator = name, None, models.VARIANTS[name].generator
-    sampler = _container(p.sampler)
-    reads_tokens = dict(tokenizer=tok_task, teacher=teacher_task)
-    if "eval_recon" in stages:
-        add(
-            "eval_recon",
-            EvalReconSpec(
-                tokenizer=tokenizer,
-                real_stats=ctx.real_stats.product,
-                data=ctx.val_data,
-                num_images=ev.rfid_images,
-                teacher=teacher,
-                lpips=ev.lpips,
-                fid_method=ev.fid_method,
-                inception_dtype=ev.rfid_inception_dtype,
-                allow_random_weights=allow_random,
-                bootstrap=ev.bootstrap,
-                gallery=ev.gallery_images,
-                batch_size=ev.batch_size,
-                device=device,
-            ),
-            **reads_tokens,
-            real_stats=ctx.real_stats,
-        )
-    if generator and "eval_gen" in stages:
-        add(
-            "eval_gen",
-            EvalGenSpec(
-                generator=generator,
-                tokenizer=tokenizer,
-                reference_batch=ctx.reference_batch.product,
-                num_samples=ev.gfid_samples,
-                num_classes=cfg.data.num_classes,
-                teacher=teacher,
-                sampler=sampler,
-                seed=cfg.seed,
-                fid_method=ev.fid_method,
-                clean_fid=ev.clean_fid,
-                allow_random_weights=allow_random,
-                bootstrap=ev.bootstrap,
-                batch_size=ev.batch_size,
-                model_name=name,
-                device=device,
-            ),
-            generator=gen_task,
-            **reads_tokens,
-            reference_batch=ctx.reference_batch,
-        )
-    if "probe" in stages:
-        add(
-            "probe",
-            ProbeSpec(
-                tokenizer=tokenizer,
-                data=ctx.val_data,
-                num_train=ev.probe_train_images,
-                num_val=ev.probe_val_images,
-                epochs=ev.probe_epochs,
-                features=ev.probe_features,
-                allow_random_weights=allow_random,
-                batch_size=ev.batch_size,
-                device=device,
-            ),
-            tokenizer=tok_task,
-        )
-    # a trained single-stage cell without a generator: the speed of its encode and decode
-    if (generator or "single" in stages) and "speed" in stages:
-        sp = ev.speed
-        add(
-            "speed",
-            SpeedSpec(
-                tokenizer=tokenizer,
-                generator=generator,
-                teacher=teacher,
-                batch_size=sp.batch_size,
-                repeats=sp.repeats,
-                warmup=sp.warmup,
-                sampler=sampler,
-                mode=sp.mode,
-                allow_random_weights=allow_random,
-                device=device,
-            ),
-            generator=gen_task,
-            **reads_tokens,
-        )
+    grid.models with the `single` stage) or a released model evaluated as it is. Its id hashes the settings of its
+    training stages."""
+    tasks = _plan_stages(c, root / c.name, shared=False)
     training = [t for t in tasks if t.resources == "train"]
     params = {
-        "model": name,
-        "allow_random_weights": allow_random,
+        "model": c.name,
+        "allow_random_weights": c.allow_random,
         **{t.stage: {"identity": t.identity, **STAGES[t.stage].RULE.settings(t.spec)} for t in training},
     }
     cell_id = short_hash(params)
+    cell_dir = root / c.name
     return Cell(
-        name,
+        c.name,
         cell_id,
         cell_dir,
         cell_dir / f"run-{cell_id}",
-        size,
-        k,
-        name,
-        generator,
+        c.size,
+        c.num_tokens,
+        c.name,
+        c.generator,
         tasks,
         dict(params, cell_id=cell_id),
     )

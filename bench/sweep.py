@@ -80,11 +80,11 @@ def check_composed(argv: list[str]) -> None:
 def _check_added(base: DictConfig, key: str) -> None:
     """A preset key added with `+` must name a setting, as one set without it must: its first component that
     `base` (the config without it) lacks is an error, unless the plan checks that section's keys itself."""
-    from bench.plan import _SETTINGS, unknown_key
+    from bench.plan import PRESET_SECTIONS, unknown_key
 
     # sections whose keys the plan checks against their settings' fields (so `+` may add one the preset file leaves
     # at its default), and a free-form map (a new model size letter)
-    addable = (*_SETTINGS, "pretokenize", "sizes")
+    addable = (*PRESET_SECTIONS, "pretokenize", "sizes")
     parts = key.split(".")
     for i in range(1, len(parts)):
         parent, name = ".".join(parts[:i]), parts[i]

@@ -3,7 +3,7 @@ bench.eval.generation): class-balanced, per-sample-seeded samples to an ADM .npz
 gfid_clean, gfid_is, sfid, precision, recall, gfid_num_samples; a grid of the first samples as samples.png.
 
 Protocol: float32 Inception, as ADM's evaluator (reference_batch.INCEPTION_DTYPE), against the reference_batch
-stage's file. Sampling runs the `auto` inference path under the exact guard (bench.speed.paths.EXACT_GUARD): only
+stage's file. Sampling runs the `auto` inference path under the exact guard (bench.speed.guard.EXACT_GUARD): only
 exact fp32 paths pass it, so the samples equal the reference sampler's on every device (gFID parity), and the path
 that ran is recorded in the samples' metadata (`inference`) and the tag titok.sample_path.
 
@@ -20,10 +20,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import models
 from bench import tracking as T
 from bench.core.io import atomic_file
 from bench.core.loading import SetupError
 from bench.stages import base, reference_batch
+from bench.stages.planning import PlanContext, container
 
 NAME = "eval_gen"
 RESOURCES = "eval"
@@ -58,11 +60,38 @@ class EvalGenSpec:
     device: str = "auto"
 
 
+PRESET = {"sampler": models.SamplerSettings}
+
+
+def plan(c: PlanContext):
+    """Every cell with a generator, against the shared reference batch."""
+    if not c.generator or "eval_gen" not in c.stages:
+        return None
+    ev, ref = c.p.eval, c.shared["reference_batch"]
+    return EvalGenSpec(
+        generator=c.generator,
+        tokenizer=c.tokenizer,
+        reference_batch=ref.product,
+        num_samples=ev.gfid_samples,
+        num_classes=c.cfg.data.num_classes,
+        teacher=c.teacher,
+        sampler=container(c.p.sampler),
+        seed=c.cfg.seed,
+        fid_method=ev.fid_method,
+        clean_fid=ev.clean_fid,
+        allow_random_weights=c.allow_random,
+        bootstrap=ev.bootstrap,
+        batch_size=ev.batch_size,
+        model_name=c.name,
+        device=c.device,
+    ), {"generator": c.generator_task, "tokenizer": c.tokenizer_task, "teacher": c.teacher_task, "reference_batch": ref}
+
+
 def run(spec: EvalGenSpec, ctx: base.Context) -> dict:
     from bench.core.loading import load_for_eval
     from bench.eval.generation import evaluate_generation
     from bench.eval.sample import sample_to_npz, sampler_settings
-    from bench.speed.paths import EXACT_GUARD
+    from bench.speed.guard import EXACT_GUARD
 
     loaded = load_for_eval(
         spec.tokenizer, teacher=spec.teacher, generator=spec.generator, allow_random=spec.allow_random_weights

@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.core.io import atomic_file, atomic_write_json
 from bench.core.loading import SetupError
 from bench.stages import base, real_stats
+from bench.stages.planning import PlanContext
 from bench.tracking import eval_tag
 from bench.train.recipes import DataConfig
 
@@ -49,6 +50,28 @@ class EvalReconSpec:
     gallery: int = 8  # validation images saved with their reconstructions in gallery.png (0: none)
     batch_size: int = 64
     device: str = "auto"
+
+
+def plan(c: PlanContext):
+    """Every cell's tokenizer (a stage-1 one through its teacher), against the shared real_stats."""
+    if "eval_recon" not in c.stages:
+        return None
+    ev, stats = c.p.eval, c.shared["real_stats"]
+    return EvalReconSpec(
+        tokenizer=c.tokenizer,
+        real_stats=stats.product,
+        data=c.val_data,
+        num_images=ev.rfid_images,
+        teacher=c.teacher,
+        lpips=ev.lpips,
+        fid_method=ev.fid_method,
+        inception_dtype=ev.rfid_inception_dtype,
+        allow_random_weights=c.allow_random,
+        bootstrap=ev.bootstrap,
+        gallery=ev.gallery_images,
+        batch_size=ev.batch_size,
+        device=c.device,
+    ), {"tokenizer": c.tokenizer_task, "teacher": c.teacher_task, "real_stats": stats}
 
 
 GALLERY = "gallery.png"
@@ -125,12 +148,12 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
 
 
 def interval_description(resamples: int, num_images: int) -> str:
-    from bench.eval.metrics import BOOTSTRAP_SEED, INTERVAL_LEVEL
+    from bench.eval.intervals import BOOTSTRAP_SEED, INTERVAL_LEVEL
 
     return (
         f"{INTERVAL_LEVEL:.0%} bootstrap interval, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the "
         f"{num_images} evaluation images: rfid with the real and reconstructed per-image features resampled "
-        "together (exact Frechet distance per resample, bench.eval.metrics.bootstrap_fid); rfid_is, psnr, ssim, "
+        "together (exact Frechet distance per resample, bench.eval.intervals.bootstrap_fid); rfid_is, psnr, ssim, "
         "lpips from the same resampling; the percentile interval moved by the resamples' bias and widened to "
         "hold the estimate"
     )

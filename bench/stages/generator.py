@@ -9,14 +9,38 @@ data root and workers, or how often it logs and checkpoints.
 
 from __future__ import annotations
 
+import models
 from bench.stages import base
+from bench.stages.planning import PlanContext, container
 from bench.train.recipes import GeneratorTrainConfig as Spec
+from bench.train.recipes import LoopConfig, OptimConfig, loop_from, optim_from
 from bench.train.tokenizer import MODEL_FILE
 
 NAME = "generator"
 RESOURCES = "train"
 PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED, {"tokenizer": "tokenizer", "tokens": "tokens"})
+PRESET = {"generator.loop": LoopConfig, "generator.optim": OptimConfig, "generator.overrides": models.GeneratorConfig}
+
+
+def plan(c: PlanContext):
+    """A trained cell with discrete tokens: on its encoder's tokens (the pretokenized ones where planned)."""
+    if "generator" not in c.stages or not c.makes_ids:
+        return None
+    g, tokens = c.p.generator, c.tasks.get("pretokenize")
+    return Spec(
+        tokenizer=c.encoder.product,
+        tokens=tokens.product if tokens else None,
+        model=g.model,
+        model_overrides=container(g.overrides),
+        label_smoothing=g.label_smoothing,
+        unmasked_weight=g.unmasked_weight,
+        data=c.generator_data,
+        optim=optim_from(container(g.optim)),
+        loop=loop_from(container(g.loop), c.cfg.seed),
+        allow_random_weights=c.allow_random,
+        device=c.device,
+    ), {"tokenizer": c.encoder, "tokens": tokens}
 
 
 def run(spec: Spec, ctx: base.Context) -> dict:

@@ -10,14 +10,37 @@ shard size (they change where the rows are written, not their tokens).
 
 from __future__ import annotations
 
+import dataclasses
+
+from omegaconf import OmegaConf
+
 from bench.data.tokens import MANIFEST
 from bench.stages import base
+from bench.stages.planning import PlanContext, PlanError, container, unknown_key
 from bench.train.recipes import PretokenizeConfig as Spec
 
 NAME = "pretokenize"
 RESOURCES = "train"
 PRODUCT = MANIFEST
 RULE = base.IdentityRule(NAME, base.WHERE_AND_HOW + ("batch_size", "shard_size"), {"tokenizer": "tokenizer"})
+
+
+def plan(c: PlanContext):
+    """The tokens of a trained cell's encoder, for its generator; preset.pretokenize: crops, precision, batch_size,
+    shard_size (the spec's defaults where absent)."""
+    if "pretokenize" not in c.stages or c.encoder is None:
+        return None
+    if "generator" not in c.stages:
+        raise PlanError("grid.stages has pretokenize without generator: its tokens are the generator's input")
+    if not c.makes_ids:
+        return None
+    settings = container(c.p.pretokenize) if OmegaConf.select(c.p, "pretokenize") is not None else {}
+    known = [f.name for f in dataclasses.fields(Spec) if f.name not in ("tokenizer", "data", "device")]
+    for key in settings:
+        if key not in known:
+            raise PlanError(unknown_key("preset.pretokenize", key, known))
+    spec = Spec(tokenizer=c.encoder.product, data=c.generator_data, device=c.device, **settings)
+    return spec, {"tokenizer": c.encoder}
 
 
 def run(spec: Spec, ctx: base.Context) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.stages import base
+from bench.stages.planning import PlanContext
 from bench.train.recipes import DataConfig
 
 NAME = "probe"
@@ -34,6 +35,23 @@ class ProbeSpec:
     allow_random_weights: bool = False
     batch_size: int = 64
     device: str = "auto"
+
+
+def plan(c: PlanContext):
+    if "probe" not in c.stages:
+        return None
+    ev = c.p.eval
+    return ProbeSpec(
+        tokenizer=c.tokenizer,
+        data=c.val_data,
+        num_train=ev.probe_train_images,
+        num_val=ev.probe_val_images,
+        epochs=ev.probe_epochs,
+        features=ev.probe_features,
+        allow_random_weights=c.allow_random,
+        batch_size=ev.batch_size,
+        device=c.device,
+    ), {"tokenizer": c.tokenizer_task}
 
 
 def run(spec: ProbeSpec, ctx: base.Context) -> dict:

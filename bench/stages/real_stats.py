@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.core.dist import barrier, main_rank_says
 from bench.core.loading import SetupError
 from bench.stages import base
+from bench.stages.planning import PlanContext
 from bench.train.recipes import DataConfig
 
 NAME = "real_stats"
@@ -38,6 +39,24 @@ class RealStatsSpec:
     batch_size: int = 64
     device: str = "auto"
     path: str | None = None  # where the statistics go (None: PRODUCT in the stage's folder); reused when they match
+
+
+SHARED = True
+
+
+def plan(c: PlanContext):
+    """Once per grid, for every cell's eval_recon."""
+    if "eval_recon" not in c.stages:
+        return None
+    ev = c.p.eval
+    return RealStatsSpec(
+        data=c.val_data,
+        num_images=ev.rfid_images,
+        allow_random_weights=c.allow_random,
+        batch_size=ev.batch_size,
+        inception_dtype=ev.rfid_inception_dtype,
+        device=c.device,
+    ), {}
 
 
 def run(spec: RealStatsSpec, ctx: base.Context) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.core.dist import barrier
 from bench.core.loading import SetupError
 from bench.stages import base
+from bench.stages.planning import PlanContext
 from bench.train.recipes import DataConfig
 
 NAME = "reference_batch"
@@ -39,6 +40,30 @@ class ReferenceBatchSpec:
     batch_size: int = 64
     device: str = "auto"
     path: str | None = None  # where the batch goes (None: PRODUCT in the stage's folder)
+
+
+SHARED = True
+
+
+def plan(c: PlanContext):
+    """Once per grid, for every cell's eval_gen; preset.eval.reference_batch: a file, a weights-registry name
+    (resolved here: MissingWeightsError says where to put it) or null (made from the evaluation images)."""
+    if "eval_gen" not in c.stages:
+        return None
+    ev = c.p.eval
+    source = ev.reference_batch
+    if source and not Path(source).is_file():
+        from bench import weights
+
+        source = str(weights.require(source))
+    return ReferenceBatchSpec(
+        data=c.val_data,
+        num_images=ev.gfid_reference_images,
+        source=source,
+        allow_random_weights=c.allow_random,
+        batch_size=ev.batch_size,
+        device=c.device,
+    ), {}
 
 
 def run(spec: ReferenceBatchSpec, ctx: base.Context) -> dict:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import models
 from bench import tracking as T
 from bench.stages import base
+from bench.stages.planning import PlanContext, container
 
 NAME = "speed"
 RESOURCES = "eval"
@@ -35,6 +37,28 @@ class SpeedSpec:
     mode: str = "auto"
     allow_random_weights: bool = False
     device: str = "auto"
+
+
+PRESET = {"sampler": models.SamplerSettings}
+
+
+def plan(c: PlanContext):
+    """Every cell with a generator, and a trained single-stage cell without one (its encode and decode)."""
+    if not (c.generator or "single" in c.stages) or "speed" not in c.stages:
+        return None
+    sp = c.p.eval.speed
+    return SpeedSpec(
+        tokenizer=c.tokenizer,
+        generator=c.generator,
+        teacher=c.teacher,
+        batch_size=sp.batch_size,
+        repeats=sp.repeats,
+        warmup=sp.warmup,
+        sampler=container(c.p.sampler),
+        mode=sp.mode,
+        allow_random_weights=c.allow_random,
+        device=c.device,
+    ), {"generator": c.generator_task, "tokenizer": c.tokenizer_task, "teacher": c.teacher_task}
 
 
 def run(spec: SpeedSpec, ctx: base.Context) -> dict:

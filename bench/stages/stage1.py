@@ -9,7 +9,10 @@ checkpoints.
 
 from __future__ import annotations
 
+import models
 from bench.stages import base
+from bench.stages.planning import PlanContext, container
+from bench.train.recipes import LoopConfig, OptimConfig, TeacherConfig, loop_from, optim_from
 from bench.train.recipes import Stage1Config as Spec
 from bench.train.tokenizer import MODEL_FILE
 
@@ -17,6 +20,27 @@ NAME = "stage1"
 RESOURCES = "train"
 PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED, {"teacher": "teacher.source"})
+PRESET = {"stage1.loop": LoopConfig, "stage1.optim": OptimConfig, "tokenizer": models.TiTokConfig}
+
+
+def plan(c: PlanContext):
+    """Every grid cell TiTok-{size}-{K}: preset.tokenizer with the size's encoder and decoder."""
+    if c.size is None:
+        return None
+    p = c.p
+    overrides = dict(container(p.tokenizer), encoder_size=p.sizes[c.size], decoder_size=p.sizes[c.size])
+    return Spec(
+        model=c.name,
+        model_overrides=overrides,
+        teacher=TeacherConfig(source=c.teacher_source, overrides=container(p.teacher.overrides)),
+        data=c.train_data,
+        optim=optim_from(container(p.stage1.optim)),
+        loop=loop_from(container(p.stage1.loop), c.cfg.seed),
+        decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
+        continuous_fraction=p.stage1.continuous_fraction,
+        allow_random_weights=c.allow_random,
+        device=c.device,
+    ), {"teacher": c.shared.get("teacher")}
 
 
 def run(spec: Spec, ctx: base.Context) -> dict:

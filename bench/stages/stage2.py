@@ -8,7 +8,11 @@ not the device, data root and workers, or how often it logs and checkpoints.
 
 from __future__ import annotations
 
+from omegaconf import DictConfig
+
 from bench.stages import base
+from bench.stages.planning import PlanContext, PlanError, container
+from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from, loop_from, optim_from
 from bench.train.recipes import Stage2Config as Spec
 from bench.train.tokenizer import MODEL_FILE
 
@@ -16,6 +20,39 @@ NAME = "stage2"
 RESOURCES = "train"
 PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED, {"stage1": "init_from", "teacher": "teacher.source"})
+PRESET = {
+    "stage2.loop": LoopConfig,
+    "stage2.optim": OptimConfig,
+    "stage2.gan": GANConfig,
+    "stage2.gan.optim": OptimConfig,
+    "stage2.perceptual": PerceptualConfig,
+}
+
+
+def check(cfg: DictConfig) -> None:
+    if "stage1" not in cfg.grid.stages:
+        raise PlanError("grid.stages has stage2 without stage1: stage 2 fine-tunes the stage-1 tokenizer")
+    if "stage2" not in cfg.preset:
+        raise PlanError(f"grid.stages has stage2, but preset {cfg.preset.name} has no stage2 settings")
+
+
+def plan(c: PlanContext):
+    """After the cell's stage 1, with its teacher; the cell's tokenizer becomes the stage-2 model."""
+    stage1 = c.tasks.get("stage1")
+    if "stage2" not in c.stages or stage1 is None:
+        return None
+    s2 = c.p.stage2
+    return Spec(
+        init_from=stage1.product,
+        teacher=stage1.spec.teacher,
+        perceptual=PerceptualConfig(**container(s2.perceptual)),
+        gan=gan_from(container(s2.gan)),
+        data=c.train_data,
+        optim=optim_from(container(s2.optim)),
+        loop=loop_from(container(s2.loop), c.cfg.seed),
+        allow_random_weights=c.allow_random,
+        device=c.device,
+    ), {"stage1": stage1, "teacher": c.shared.get("teacher")}
 
 
 def run(spec: Spec, ctx: base.Context) -> dict:

@@ -7,7 +7,10 @@ device, data root and workers, or how often it logs and checkpoints. It reads no
 
 from __future__ import annotations
 
+import models
 from bench.stages import base
+from bench.stages.planning import PlanContext, container
+from bench.train.recipes import LoopConfig, OptimConfig, loop_from, optim_from
 from bench.train.recipes import TeacherTrainConfig as Spec
 from bench.train.tokenizer import MODEL_FILE
 
@@ -16,6 +19,22 @@ RESOURCES = "train"
 SINGLE_PROCESS = True  # its dead-code reseeding draws per rank and is not re-synced: ranks would drift apart
 PRODUCT = MODEL_FILE
 RULE = base.IdentityRule(NAME, base.TRAINING_IGNORED)
+SHARED = True
+PRESET = {"teacher.loop": LoopConfig, "teacher.optim": OptimConfig, "teacher.overrides": models.VQGANConfig}
+
+
+def plan(c: PlanContext):
+    """Trained in the run when preset.teacher.source is `train` and the grid has trained two-stage cells."""
+    cfg, t = c.cfg, c.p.teacher
+    if not (cfg.grid.sizes and cfg.grid.num_tokens and t.source == "train"):
+        return None
+    return Spec(
+        overrides=container(t.overrides),
+        data=c.train_data,
+        optim=optim_from(container(t.optim)),
+        loop=loop_from(container(t.loop), cfg.seed),
+        device=c.device,
+    ), {}
 
 
 def run(spec: Spec, ctx: base.Context) -> dict:
