@@ -11,7 +11,6 @@
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -33,16 +32,11 @@ def isolated_checkout(session):
     folder with nothing beside it, where the tests run: they prove the repository needs no file outside itself
     (no shared folder beside it, no path of a development machine). Its packages shadow the editable install (cwd and
     PYTHONPATH come first), for the test process and every process it starts."""
+    from bench.launch.snapshot import tracked_files  # here, not at nox's start-up: it imports torch
+
     root = Path(__file__).resolve().parent
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
     dest = Path(tempfile.mkdtemp(prefix="titok-bench-isolated-")) / "titok-bench"
-    for name in filter(None, listed):
+    for name in tracked_files(root, untracked=True):
         source = root / name
         if source.is_file():  # a tracked file deleted in the working tree is not copied
             (dest / name).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@ checkout, and none names a path of a development machine. (The suite itself runs
 checkout, see noxfile.py, so a reference that slipped past these patterns fails there too.)"""
 
 import re
-import subprocess
 from pathlib import Path
+
+from bench.launch.snapshot import tracked_files
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
@@ -17,15 +18,9 @@ FORBIDDEN = {
 
 
 def project_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
     here = Path(__file__).resolve()  # the patterns and their examples live here
-    return [ROOT / name for name in listed if name and (ROOT / name).is_file() and ROOT / name != here]
+    listed = tracked_files(ROOT, untracked=True)
+    return [ROOT / name for name in listed if (ROOT / name).is_file() and ROOT / name != here]
 
 
 def text_of(path: Path) -> str | None:

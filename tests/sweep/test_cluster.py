@@ -14,6 +14,7 @@ import torch.distributed as dist
 from bench import launch
 from bench.core import dist as D
 from bench.cost import StageCost, device_from_cluster
+from bench.launch import slurm
 from bench.plan import PlanError, make_plan
 from bench.stages import single_process, task
 from tests.distributed import join, spawn
@@ -69,8 +70,8 @@ def test_single_process_stages_ask_for_one_task_and_one_gpu(tmp_path, monkeypatc
     plan.root.mkdir(parents=True)
     contexts = {c.name: launch.CellContext(c.tasks, None, {}, str(c.run_dir)) for c in plan.cells}
     contexts["_shared"] = launch.CellContext(plan.shared, None, {}, str(plan.root))
-    monkeypatch.setattr(launch.submitit, "AutoExecutor", _Executor)
-    monkeypatch.setattr(launch, "active_tasks", lambda plan: {})  # no squeue here: nothing queued
+    monkeypatch.setattr(slurm.submitit, "AutoExecutor", _Executor)
+    monkeypatch.setattr(slurm, "active_tasks", lambda plan: {})  # no squeue here: nothing queued
     _Executor.made = []
     cluster = dict(cfg.cluster)
     cluster["time_min"] = dict(cluster["time_min"])

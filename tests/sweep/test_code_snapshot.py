@@ -68,20 +68,16 @@ def test_a_snapshot_is_the_working_tree_of_the_tracked_files_copied_once(tmp_pat
 
 def test_a_job_imports_the_snapshot_not_the_working_tree_edited_after_submission(tmp_path, monkeypatch):
     """A checkout of this project (its tracked code as the working tree holds it) is snapshotted, then its
-    bench/launch.py is broken: a job started afterwards (what a requeued job is) from inside that checkout, with it
-    on PYTHONPATH as an editable install would have it, must import the snapshot's bench and models."""
-    listed = git(REPO, "ls-files", "-z").split("\0")
+    bench/launch/job.py is broken: a job started afterwards (what a requeued job is) from inside that checkout, with
+    it on PYTHONPATH as an editable install would have it, must import the snapshot's bench and models."""
     files = {
         n: (REPO / n).read_text()
-        for n in listed
-        if n
-        and not n.startswith(launch.SNAPSHOT_SKIP)
-        and (REPO / n).is_file()
-        and n.endswith((".py", ".toml", ".yaml"))
+        for n in launch.tracked_files(REPO)
+        if not n.startswith(launch.SNAPSHOT_SKIP) and (REPO / n).is_file() and n.endswith((".py", ".toml", ".yaml"))
     }
     work = checkout_of(files, tmp_path / "checkout")
     code = launch.snapshot_code(tmp_path / "grid" / launch.CODE_DIR, root=work)
-    with (work / "bench" / "launch.py").open("a") as f:
+    with (work / "bench" / "launch" / "job.py").open("a") as f:
         f.write("\nraise RuntimeError('imported the working tree')\n")
     monkeypatch.chdir(work)  # `python -m` puts the job's current folder first on sys.path
     monkeypatch.setenv("PYTHONPATH", str(work))
@@ -106,7 +102,7 @@ def test_the_sweep_and_cell_runs_record_the_snapshot(tmp_path):
         cfg = compose("sweep", overrides=["grid.sizes=[S]", "grid.num_tokens=[16]", f"outputs={tmp_path}"])
     plan = make_plan(cfg)
     code = launch.snapshot_code(plan.root / launch.CODE_DIR)
-    assert code.parent == (plan.root / launch.CODE_DIR).resolve() and (code / "bench" / "launch.py").is_file()
+    assert code.parent == (plan.root / launch.CODE_DIR).resolve() and (code / "bench" / "launch" / "job.py").is_file()
     assert not (code / "tests").exists() and not (code / ".git").exists()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     launch.prepare_tracking(plan, uri, code)
