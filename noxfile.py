@@ -141,4 +141,6 @@ def report(session):
 
 @nox.session
 def mlflow_ui(session):
-    session.run(PY, "-m", "mlflow", "ui", "--backend-store-uri", "sqlite:///outputs/mlflow.db", "--port", "5000")
+    from bench.tracking import DEFAULT_TRACKING_URI  # here, not at the top: nox starts without importing the project
+
+    session.run(PY, "-m", "mlflow", "ui", "--backend-store-uri", DEFAULT_TRACKING_URI, "--port", "5000")

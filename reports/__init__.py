@@ -1,7 +1,7 @@
 """Reports: a grid's MLflow runs -> a tidy table, the paper's Figure 4 panels, tables and one HTML page.
 
     python -m reports grid=latent_vs_size          # the command line (see reports/__main__.py)
-    build_report(load_grid("released"), "sqlite:///outputs/mlflow.db", "reports/out/released")
+    build_report(load_grid("released"), None, "reports/out/released")  # None: $MLFLOW_TRACKING_URI or the default
 
 Output layout in out_dir: figures/<panel>.png|svg and figures/combined.png|svg, figures/gallery_<size>.png and
 figures/token_usage.png (from the cells' eval_recon artifacts, where logged), tables/<name>.csv|md (summary for a
@@ -18,9 +18,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from .collect import Grid, IgnoredRun, ReportError, collect, fetch_artifacts, load_grid, paper_numbers
+from .collect import collect, fetch_artifacts
+from .collection import IgnoredRun
 from .figures import write_figures, write_gallery, write_token_usage
+from .grid import Grid, ReportError, load_grid
 from .html import write_html
+from .paper import paper_numbers
 from .summary import summary_table
 from .tables import build_tables, write_tables
 from .verdicts import verdict_frame, verdict_line

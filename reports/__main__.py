@@ -1,7 +1,7 @@
 """Write the report of one grid (figures, tables, index.html) from its MLflow runs:
 
     python -m reports grid=latent_vs_size
-    python -m reports grid=released tracking_uri=sqlite:///outputs/mlflow.db out_dir=reports/out/released
+    python -m reports grid=released tracking_uri=http://127.0.0.1:5000 out_dir=reports/out/released
 
 Config: sweeps/report.yaml. Problems the user can fix (unknown grid, no runs, unreachable store) are one
 line on stderr and exit status 1, not a traceback.

@@ -23,7 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .collect import Collection, cell_size_and_tokens
+from .collection import Collection
+from .grid import cell_size_and_tokens
 
 # metric -> (panel title, y-axis label); the order of the combined figure
 PANELS = {

@@ -12,8 +12,9 @@ from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 
-from .collect import REPO_ROOT, Collection
+from .collection import Collection
 from .figures import PANELS, SMOKE_DOC, SMOKE_RUN_LINE, SMOKE_TITLE
+from .grid import REPO_ROOT
 from .tables import Table, fmt
 
 _CSS = """

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.eval.metrics import spearman
 
-from .collect import Collection
+from .collection import Collection
 from .figures import SMOKE_RUN_LINE
 from .tables import Table
 

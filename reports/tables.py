@@ -17,12 +17,13 @@ import pandas as pd
 from bench import tracking as T
 
 from . import verdicts as V
-from .collect import Collection, cell_size_and_tokens
+from .collection import Collection
 from .figures import SMOKE_TITLE
+from .grid import cell_size_and_tokens
 
 RELEASED_METRICS = ["rfid", "gfid", "gfid_is", "samples_per_s"]
 COST_METRICS = ["cost_gpu_hours", "cost_wall_hours"]
-# the sweep's estimate beside each measured cost metric: run tags that bench/cost.py names (TAG_EST_*) and
+# the sweep's estimate beside each measured cost metric: run tags that bench/cost/stages.py names (TAG_EST_*) and
 # bench.launch sets from `action=plan`'s estimate on the cluster of the sweep's latest invocation
 COST_ESTIMATE_TAGS = {"cost_gpu_hours": "titok.cost_est_gpu_hours", "cost_wall_hours": "titok.cost_est_wall_hours"}
 COST_BASIS_TAG = "titok.cost_est_basis"
@@ -113,7 +114,7 @@ def cost_table(col: Collection, tidy: pd.DataFrame) -> Table:
     notes = _notes(col) + [
         "cost_gpu_hours: accelerator-hours of all training stages (CPU runs: core-hours); "
         "cost_wall_hours: their wall-clock hours. `_est`: the sweep's estimate before it ran "
-        "(analytic FLOPs / (device peak x assumed utilisation), bench/cost.py)."
+        "(analytic FLOPs / (device peak x assumed utilisation), bench/cost/)."
     ]
     bases = sorted({r.tags[COST_BASIS_TAG] for r in col.runs.values() if COST_BASIS_TAG in r.tags})
     if bases:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .collect import Collection
+from .collection import Collection
 
 RANDOM_WEIGHTS = "random stand-in weights"
 

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from bench import tracking as T
 from reports import ReportError, build_report, load_grid
-from reports.collect import TIDY_COLUMNS
+from reports.collection import TIDY_COLUMNS
 from reports.figures import PANELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def scaling_metrics(size: str, k: int, samples: int) -> dict[str, float]:
 
 
 class Store:
-    """Writes runs the way a sweep does (bench/tracking.py): a parent sweep run and child cell runs."""
+    """Writes runs the way a sweep does (bench/tracking/): a parent sweep run and child cell runs."""
 
     def __init__(self, path: Path):
         self.uri = f"sqlite:///{path}"
