@@ -1,4 +1,4 @@
-"""The plan's cost lines (bench/cost.py): FLOPs per step from bench.speed.flops times the batch, hours from the
+"""The plan's cost lines (bench/cost/): FLOPs per step from bench.speed.flops times the batch, hours from the
 cluster's peak and stated utilisation, the paper's A100-hours beside the paper's tokenizers, totals that are the sum
 of their lines; and the paper's cost file agrees with the paper table the report reads."""
 
