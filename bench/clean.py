@@ -102,15 +102,15 @@ def candidates(plan: Plan, stages: bool = False) -> list[Item]:
 
 
 def _stale_age() -> float:
-    from models.checkpoints import STALE_TEMP_AGE_S
+    from models.atomic_files import STALE_TEMP_AGE_S
 
     return STALE_TEMP_AGE_S
 
 
 def _writer_gone(tmp: Path) -> bool:
-    """The rule atomic writers apply to their own targets' temporaries (models.checkpoints): named
+    """The rule atomic writers apply to their own targets' temporaries (models.atomic_files): named
     .<target>.<host>.<pid>.<token>.tmp, gone when that PID is dead on this host or the file is an hour old."""
-    from models.checkpoints import _HOST, _temp_owner_gone
+    from models.atomic_files import _HOST, _temp_owner_gone
 
     at = tmp.name.rfind(f".{_HOST}.")
     return _temp_owner_gone(tmp, tmp.name[: at + 1] if at > 0 else ".")

@@ -157,7 +157,7 @@ def validate(cfg: DictConfig) -> None:
         models.resolve(name)  # raises a clear error for an unknown name
     source = str(p.teacher.source)
     # the rule bench.core.loading applies: a source that looks like a path must exist (else it is a name)
-    if models.checkpoints.looks_like_path(source) and not Path(source).expanduser().exists():
+    if models.pretrained.looks_like_path(source) and not Path(source).expanduser().exists():
         raise PlanError(
             f"preset.teacher.source={source}: no such file (the tiny preset's is rebuilt by "
             "`python -m bench.tiny_teacher`); or preset.teacher.source=train to train it in the run"

@@ -12,10 +12,12 @@
 `python -m models` prints the registry as a table.
 """
 
-from .checkpoints import CheckpointMismatchError, from_pretrained, load, save
+from .checkpoint_format import load, save
 from .generators import GeneratorConfig, MaskGITGenerator
 from .maskgit_vqgan import MaskGITVQGAN, VQGANConfig
+from .pretrained import from_pretrained
 from .sampling import SamplerSettings
+from .state_dicts import CheckpointMismatchError
 from .titok import TiTok, TiTokConfig
 from .variants import VARIANTS, Variant, build, build_from_config, resolve
 

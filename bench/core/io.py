@@ -1,5 +1,5 @@
 """The one way bench/ writes a file that others read (checkpoints, npz files, features, results, records):
-atomically, through models.checkpoints.atomic_path (the one implementation, which the model zoo's checkpoint
+atomically, through models.atomic_files.atomic_path (the one implementation, which the model zoo's checkpoint
 writer shares: models/ imports nothing from bench/). The content goes to a temporary file beside the target (named
 after the target, host and PID, so concurrent writers never share one), is flushed and fsynced, has ordinary file
 permissions (group- and world-readable under the umask, not mkstemp's 0600: results on a shared cluster folder stay
@@ -25,7 +25,7 @@ from typing import BinaryIO
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file object whose content replaces `path` when the block ends without an exception."""
-    from models.checkpoints import atomic_path  # here: the model zoo brings torch, which bench.tracking's readers
+    from models.atomic_files import atomic_path  # here: the model zoo brings torch, which bench.tracking's readers
     # (reports/) never need
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -48,7 +48,7 @@ def _checkpoint_label(path: Path) -> str:
 def _trained_with_standin(path: Path) -> bool:
     if not (path.is_file() and path.suffix == ".safetensors"):
         return False
-    meta = models.checkpoints.read_metadata(path)
+    meta = models.checkpoint_format.read_metadata(path)
     return any(k.startswith("random.") and v == "true" for k, v in meta.items())
 
 
@@ -64,7 +64,7 @@ def load_model(source: str, kind: str, allow_random: bool, standin_overrides: di
     (bench.weights: MissingWeightsError says where to put them); with allow_random, a missing file or a name
     without released weights gives a seeded stand-in built with `standin_overrides`."""
     path = Path(source).expanduser()
-    if not path.exists() and models.checkpoints.looks_like_path(source):
+    if not path.exists() and models.pretrained.looks_like_path(source):
         raise SetupError(f"no such file or folder: {path.absolute()}")
     if path.exists():
         model, random, label = models.from_pretrained(path), _trained_with_standin(path), _checkpoint_label(path)

@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         weights.MissingWeightsError,
         DatasetError,
         SetupError,
-        models.checkpoints.CheckpointError,
+        models.state_dicts.CheckpointError,
         FileNotFoundError,
     ) as err:
         if info.is_main:

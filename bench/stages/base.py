@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench.core.dist import DistInfo
 from bench.train.recipes import DataConfig
-from models.checkpoints import file_sha256
+from models.source_records import file_sha256
 
 # fields of every spec that never change a result
 WHERE_AND_HOW = ("device", "data.root", "data.train_shards", "data.val_shards", "data.num_workers")

@@ -200,7 +200,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 def _as_tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
     """Every leaf of a resume point as a tensor named by its path (a non-tensor as the bytes of its repr), so that
-    the model files' digest (models.checkpoints.tensor_digest) covers all of it: weights, step, RNG states."""
+    the model files' digest (models.checkpoint_format.tensor_digest) covers all of it: weights, step, RNG states."""
     if isinstance(tree, torch.Tensor):
         return {prefix: tree}
     if isinstance(tree, dict):
@@ -215,7 +215,7 @@ def _as_tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
 def save_resume_point(state: dict, path: Path, keep_previous: bool) -> None:
     """Write `state` with the sha256 of its content (DIGEST_KEY, as our model files carry); `keep_previous`: the
     resume point now at `path` is good, and becomes PREVIOUS_CHECKPOINT first."""
-    from models.checkpoints import DIGEST_KEY, tensor_digest
+    from models.checkpoint_format import DIGEST_KEY, tensor_digest
 
     if keep_previous and path.exists():
         os.replace(path, path.with_name(PREVIOUS_CHECKPOINT))
@@ -226,7 +226,7 @@ def load_resume_point(out: Path, say: bool = True) -> tuple[dict | None, Path | 
     """The newest good resume point in `out` (CHECKPOINT, else PREVIOUS_CHECKPOINT) and its file; (None, None):
     start from step 0. A damaged one (unreadable, or its content not matching its sha256) is named on stderr
     (`say`), with what happens instead. Files written before the sha256 existed load unchecked."""
-    from models.checkpoints import DIGEST_KEY, tensor_digest
+    from models.checkpoint_format import DIGEST_KEY, tensor_digest
 
     damaged = False
     for path in (out / CHECKPOINT, out / PREVIOUS_CHECKPOINT):

@@ -50,10 +50,10 @@ def tokenizer_identity(source: str) -> str:
     registered name as it is."""
     path = Path(source).expanduser()
     if path.is_file():
-        return "sha256:" + models.checkpoints.file_sha256(path)
+        return "sha256:" + models.source_records.file_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        listing = json.dumps([(str(p.relative_to(path)), models.checkpoints.file_sha256(p)) for p in files])
+        listing = json.dumps([(str(p.relative_to(path)), models.source_records.file_sha256(p)) for p in files])
         return "files:" + hashlib.sha256(listing.encode()).hexdigest()
     return str(source)
 

@@ -161,7 +161,7 @@ def _write_teacher(path: Path) -> None:
     import torch
 
     import models
-    from models.checkpoints import to_official
+    from models.official_layout import to_official
 
     torch.manual_seed(0)
     model = models.build("MaskGIT-VQGAN")
@@ -192,7 +192,7 @@ def _write_hub_folder(name: str, folder: Path) -> None:
     from safetensors.torch import save_file
 
     import models
-    from models.checkpoints import to_official
+    from models.official_layout import to_official
 
     torch.manual_seed(0)
     model = models.build(name)

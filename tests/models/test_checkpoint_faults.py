@@ -16,7 +16,10 @@ import torch
 
 import models
 from bench.train.loop import atomic_torch_save
-from models.checkpoints import DIGEST_KEY, STALE_TEMP_AGE_S, CheckpointError, from_pretrained
+from models.atomic_files import STALE_TEMP_AGE_S
+from models.checkpoint_format import DIGEST_KEY
+from models.pretrained import from_pretrained
+from models.state_dicts import CheckpointError
 from tests.reference import PARITY
 
 TOY = dict(
@@ -132,7 +135,7 @@ def test_own_checkpoint_must_hold_the_requested_variant(tmp_path):
 def test_bit_rot_in_tensor_data_is_refused_files_without_a_checksum_still_load(tmp_path):
     path = tmp_path / "tok.safetensors"
     models.save(toy_tokenizer(), path)
-    assert DIGEST_KEY in models.checkpoints.read_metadata(path)
+    assert DIGEST_KEY in models.checkpoint_format.read_metadata(path)
     data = bytearray(path.read_bytes())
     data[-100:-96] = b"\xff\xff\xff\xff"  # a float32 NaN in the last tensor
     rotten = tmp_path / "rotten.safetensors"
@@ -142,7 +145,7 @@ def test_bit_rot_in_tensor_data_is_refused_files_without_a_checksum_still_load(t
     # a checkpoint written before the checksum existed
     from safetensors.torch import load_file, save_file
 
-    meta = {k: v for k, v in models.checkpoints.read_metadata(path).items() if k != DIGEST_KEY}
+    meta = {k: v for k, v in models.checkpoint_format.read_metadata(path).items() if k != DIGEST_KEY}
     save_file(load_file(str(path)), str(tmp_path / "old.safetensors"), metadata=meta)
     assert from_pretrained(tmp_path / "old.safetensors").config == toy_tokenizer().config
 
@@ -169,7 +172,7 @@ def test_a_missing_path_is_no_such_file_not_a_hub_lookup(tmp_path, monkeypatch):
     def no_hub(repo, cache_dir):
         raise AssertionError(f"asked the hub for {repo!r}")
 
-    monkeypatch.setattr(models.checkpoints, "_hub_download", no_hub)
+    monkeypatch.setattr(models.pretrained, "_hub_download", no_hub)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
     for text in ("ckpts/model.safetensors", "outputs/tok", "./tok", "~/nowhere/tok", "a/b/c"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import VARIANTS, build
-from models.checkpoints import from_official, to_official
+from models.official_layout import from_official, to_official
 from tests.reference import official_checkpoints
 
 OFFICIAL = official_checkpoints()
@@ -37,7 +37,7 @@ def test_official_layout(name):
 @pytest.mark.parametrize("name", [n for n in RELEASED if VARIANTS[n].kind == "tokenizer"])
 def test_official_config_matches_registry(name):
     """The registry's architecture equals what the released config.json + shapes describe."""
-    from models.checkpoints import infer_config
+    from models.official_layout import infer_config
 
     entry = OFFICIAL[VARIANTS[name].official_key]
     shapes = {k: tuple(v) for k, v in entry["state_dict"].items()}

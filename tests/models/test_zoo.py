@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 import models
 from models import VARIANTS, CheckpointMismatchError, build, from_pretrained
-from models.checkpoints import to_official
 from models.maskgit_vqgan import VQGANConfig
+from models.official_layout import to_official
 from tests.reference import PARITY
 
 TOY = dict(encoder_size="toy-S", decoder_size="toy-S")

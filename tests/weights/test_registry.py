@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench import weights
+from bench.weights.cli import main
 from models.variants import VARIANTS
 
 
@@ -131,9 +132,9 @@ def test_fetch_fails_fast_and_clearly(cache, pinned, monkeypatch):
 
 
 def test_cli(cache, capsys):
-    assert weights.main(["list", weights.VGG16, "TiTok-L-32"]) == 0
+    assert main(["list", weights.VGG16, "TiTok-L-32"]) == 0
     out = capsys.readouterr().out
     assert "vgg16" in out and "missing" in out and str(cache) in out
-    assert weights.main(["verify", weights.VGG16]) == 0 and "missing" in capsys.readouterr().out
-    assert weights.main(["list", "nope"]) == 2
-    assert weights.main(["fetch"]) == 2
+    assert main(["verify", weights.VGG16]) == 0 and "missing" in capsys.readouterr().out
+    assert main(["list", "nope"]) == 2
+    assert main(["fetch"]) == 2

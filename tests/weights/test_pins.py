@@ -18,7 +18,9 @@ import torch
 import models
 from bench import weights
 from bench.stages import SpeedSpec, StageTask, run_task
-from models.checkpoints import CheckpointError, from_pretrained
+from bench.weights import download, entries
+from models.pretrained import from_pretrained
+from models.state_dicts import CheckpointError
 from tests.reference import PARITY
 
 NAME, REPO = "TiTok-Tiny-Test", "someone/tiny_titok"
@@ -56,7 +58,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(models.variants, "PINS_FILE", pins)
     config = from_pretrained(TINY).config
     monkeypatch.setitem(models.VARIANTS, NAME, models.Variant(NAME, "tokenizer", config, hub_repo=REPO))
-    monkeypatch.setattr(weights, "_REGISTRY", None)  # rebuilt with the tiny variant and these pins
+    monkeypatch.setattr(entries, "_REGISTRY", None)  # rebuilt with the tiny variant and these pins
     return tmp_path / "w"
 
 
@@ -70,7 +72,7 @@ def hub(monkeypatch):
 
 def pin(pins_file: Path, commit: str) -> None:
     pins_file.write_text(json.dumps({REPO: commit}))
-    weights._REGISTRY = None  # the entries carry the revision (the fixture's monkeypatch restores it)
+    entries._REGISTRY = None  # the entries carry the revision (the fixture's monkeypatch restores it)
 
 
 def sha256(path: Path) -> str:
@@ -90,8 +92,8 @@ def test_from_pretrained_reads_the_weights_cache_of_bench_weights(cache, monkeyp
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
     folder = place_by_hand(cache)
-    assert weights.path_of(NAME) == folder == models.checkpoints.hub_folder(REPO)
-    assert weights.path_of("TiTok-L-32") == models.checkpoints.hub_folder("yucornetto/tokenizer_titok_l32_imagenet")
+    assert weights.path_of(NAME) == folder == models.hub.hub_folder(REPO)
+    assert weights.path_of("TiTok-L-32") == models.hub.hub_folder("yucornetto/tokenizer_titok_l32_imagenet")
     for name in (NAME, REPO):  # a variant name and a hub repo id
         model = from_pretrained(name)
         assert model.config == models.VARIANTS[NAME].config
@@ -116,7 +118,7 @@ def test_an_unpinned_fetch_records_the_commit_it_got_and_pin_writes_it(cache, hu
     assert weights.entry(NAME).revision is None
     weights.fetch(NAME)
     assert hub.infos == [(REPO, None)] and {d[2] for d in hub.downloads} == {MAIN}  # main, resolved once
-    record = models.checkpoints.read_source_record(weights.path_of(NAME))
+    record = models.source_records.read_source_record(weights.path_of(NAME))
     assert record["revision"] is None and record["commit"] == MAIN
     assert weights.pin([NAME, weights.VGG16]) == {REPO: MAIN}
     data = json.loads(models.variants.PINS_FILE.read_text())
@@ -155,11 +157,11 @@ def test_a_fixed_url_file_records_its_url_and_sha256(cache, monkeypatch):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(b"lpips layers")
 
-    monkeypatch.setattr(weights, "_download", fake_download)
-    monkeypatch.setattr(weights, "verify", lambda name: weights.locate(name) is not None)
+    monkeypatch.setattr(download, "_download", fake_download)
+    monkeypatch.setattr(download, "verify", lambda name: weights.locate(name) is not None)
     path = weights.fetch(weights.LPIPS_VGG)
     e = weights.entry(weights.LPIPS_VGG)
-    record = models.checkpoints.read_source_record(path)
+    record = models.source_records.read_source_record(path)
     assert record == {"url": e.url, "files": {path.name: hashlib.sha256(b"lpips layers").hexdigest()}}
     assert weights.provenance(weights.LPIPS_VGG, path) == {"revision": e.url, "sha256": record["files"][path.name]}
 
