@@ -55,11 +55,10 @@ from .reconstruction import LOGITS_DIM, POOL_DIM
 from .run import SINGLE_PROCESS, SetupError, empty_rows, eval_batches, on_main, progress, to_uint8
 
 PR_NEIGHBOURS = 3
+# the tag titok.gfid_interval: what the intervals were made from; the method is docs/evaluation.md#intervals
 BOOTSTRAP_DESCRIPTION = (
-    "95% bootstrap interval, {resamples} resamples (seed " + str(BOOTSTRAP_SEED) + ") of the {n} samples: gfid "
-    "and gfid_is against the fixed reference batch (exact Frechet distance per resample, "
-    "bench.eval.metrics.bootstrap_fid); precision and recall from resampled per-point memberships with the k-NN "
-    "radii held fixed; the percentile interval moved by the resamples' bias and widened to hold the estimate"
+    "95% bootstrap, {resamples} resamples (seed " + str(BOOTSTRAP_SEED) + ") of the {n} samples against the fixed "
+    "reference batch; method: docs/evaluation.md#intervals"
 )
 
 

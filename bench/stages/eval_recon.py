@@ -148,14 +148,12 @@ def run(spec: EvalReconSpec, ctx: base.Context) -> dict:
 
 
 def interval_description(resamples: int, num_images: int) -> str:
+    """The tag titok.rfid_interval: what the intervals were made from; the method is docs/evaluation.md#intervals."""
     from bench.eval.intervals import BOOTSTRAP_SEED, INTERVAL_LEVEL
 
     return (
-        f"{INTERVAL_LEVEL:.0%} bootstrap interval, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the "
-        f"{num_images} evaluation images: rfid with the real and reconstructed per-image features resampled "
-        "together (exact Frechet distance per resample, bench.eval.intervals.bootstrap_fid); rfid_is, psnr, ssim, "
-        "lpips from the same resampling; the percentile interval moved by the resamples' bias and widened to "
-        "hold the estimate"
+        f"{INTERVAL_LEVEL:.0%} bootstrap, {resamples} resamples (seed {BOOTSTRAP_SEED}) of the {num_images} "
+        "evaluation images; method: docs/evaluation.md#intervals"
     )
 
 
