@@ -117,7 +117,7 @@ def browser(session):
 
 @nox.session
 def gpu(session):
-    """The GPU check (bench/speed/gpu_check.py, <= 8 minutes on one GPU): every inference path against fp32 parity,
+    """The GPU check (bench/speed/gpu_check/, <= 8 minutes on one GPU): every inference path against fp32 parity,
     one training step of each stage in the paper preset's precision at its per-GPU batch (with peak memory), CUDA
     graphs and torch.compile of the sampling loop, a one-GPU NCCL group, a two-process DDP step under torchrun over
     NCCL where the machine has two or more GPUs, TiTok-L-32 generation at batch 256 against the measured bf16 peak and

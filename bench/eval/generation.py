@@ -36,14 +36,16 @@ from bench.core.io import atomic_file
 from bench.data import eval_shard
 from bench.eval import backends, npz
 from bench.eval.inception import SPATIAL_DIM, InceptionFeatures
-from bench.eval.metrics import (
-    ADM_IS_SPLIT_SIZE,
+from bench.eval.intervals import (
     BOOTSTRAP_SEED,
-    FeatureStats,
     bootstrap_fid,
     bootstrap_inception_score,
     bootstrap_interval,
     bootstrap_mean,
+)
+from bench.eval.metrics import (
+    ADM_IS_SPLIT_SIZE,
+    FeatureStats,
     frechet_distance,
     inception_score,
     precision_recall_indicators,

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 import models
 from bench.core.dist import DistInfo, gather_tensors
 
-from .metrics import wilson_interval
+from .intervals import wilson_interval
 from .run import SINGLE_PROCESS, check_image_size, eval_batches, on_main
 
 FEATURES = {

@@ -36,12 +36,9 @@ import models
 from bench.core.dist import DistInfo, all_reduce_sum, gather_tensors, main_rank_says
 from bench.core.io import atomic_file
 from bench.eval.inception import InceptionFeatures
+from bench.eval.intervals import bootstrap_fid, bootstrap_inception_score, bootstrap_interval, bootstrap_mean
 from bench.eval.metrics import (
     FeatureStats,
-    bootstrap_fid,
-    bootstrap_inception_score,
-    bootstrap_interval,
-    bootstrap_mean,
     code_histogram,
     fid_from_stats,
     inception_score,
@@ -178,7 +175,7 @@ def evaluate_reconstruction(
     Models are moved to info.device. Every rank returns the same dict.
 
     bootstrap > 0: `<metric>_lo` / `<metric>_hi` for rfid, rfid_is, psnr, ssim, lpips: the 95% interval over that
-    many resamples of the images (bench.eval.metrics.bootstrap_*; rFID resamples the real and reconstructed
+    many resamples of the images (bench.eval.intervals.bootstrap_*; rFID resamples the real and reconstructed
     features with the same indices, so it needs the real images' per-image pool features: read from
     `real_pool_cache` when rank 0 finds that file holding them, else computed in this pass and written there).
     gallery > 0: `gallery` holds the first that many images and their reconstructions, uint8 [2, n, 3, H, W].

@@ -1,14 +1,18 @@
 """Speed: throughput of generation, encode/decode and training steps, with analytic FLOPs (`python -m bench.speed`).
 
 timing.py     synchronised repeated runs (Timing, time_interleaved, time_runs), matmul_peak, device information
-paths.py      inference paths (naive, parity, fast, compiled, auto): InferencePipeline, the quality guard
-              (QualityGuard, choose_path, compare_with_parity)
+options.py    the switches of an inference path (InferenceOptions) and the named modes (naive, parity, fast, ...)
+guard.py      the quality guard a fast path must pass against parity (QualityGuard, GUARD, EXACT_GUARD)
+paths.py      InferencePipeline, compare_with_parity, choose_path (`auto`'s guarded choice)
 flops.py      analytic FLOP counts of the models and of the training steps
 factories.py  the benchmarked models from registry names (random weights), toy sizes
 measure.py    generation and encode/decode throughput (measure_generation, measure_tokenizer, Runner)
 training.py   one step of a stage's real objective in the training loop (measure_training)
 scaling.py    cost against K for S/B/L (scaling, scaling_flops)
-cli.py        the command line: argparse, the table, CSV/JSON (__main__.py runs it)
+run.py        running the sections the command line asks for
+table.py      the table, CSV and JSON of the rows
+cli.py        the command line: argparse and what it prints (__main__.py runs it)
+gpu_check/    the GPU check (`nox -s gpu`, `python -m bench.speed.gpu_check`)
 """
 
 

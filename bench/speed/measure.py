@@ -130,7 +130,7 @@ def measure_generation(
     """Samples/s of class-conditional generation with de-tokenisation (labels 0..B-1, the same seed every run).
 
     `sampler_settings`: a SamplerSettings, or a dict of overrides of the generator's own (its paper settings);
-    `mode`: a mode name of bench.speed.paths ("naive", "parity", "fast", "compiled", "auto") or an InferenceOptions;
+    `mode`: a mode name of bench.speed.options ("naive", "parity", "fast", "compiled", "auto") or an InferenceOptions;
     `teacher`: decodes the proxy codes of a stage-1-form two-stage tokenizer (decode_proxy_codes + teacher.decode).
     Returns samples_per_s, the seconds per batch (median_s, iqr_s, min_s, max_s), gflop_per_item (per sample),
     achieved_gflops, the settings and the path that ran (path, options, precision, and a note saying why); with

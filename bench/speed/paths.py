@@ -1,44 +1,15 @@
-"""Inference paths for TiTok tokenizers and MaskGIT generators: the exact fp32 `parity` path and switchable
-fast paths, plus the quality guard that compares a fast path with the parity path.
+"""Inference paths for TiTok tokenizers and MaskGIT generators: InferencePipeline encodes, decodes and generates on
+one path (the exact fp32 `parity` path or a fast one: bench/speed/options.py), compare_with_parity measures a path
+against parity, and choose_path picks `auto`'s path with the quality guard (bench/speed/guard.py).
 
-    from bench.speed.paths import InferencePipeline, resolve_options, compare_with_parity
+    from bench.speed.paths import InferencePipeline, compare_with_parity
+    from bench.speed.options import resolve_options
     pipe = InferencePipeline(tokenizer, generator, options=resolve_options("fast", "cpu"))
     ids, images = pipe.generate(labels, rng=torch.Generator().manual_seed(0))
     compare_with_parity(tokenizer, generator, options="fast")   # token agreement, image PSNR
 
-Switches (`InferenceOptions`), each independent:
-- batch_guidance: the conditional and unconditional passes of classifier-free guidance as one batched forward;
-- inference_mode: torch.inference_mode instead of torch.no_grad (no version counters or view tracking);
-- precision: bf16 / fp16 autocast for the transformers and convolutions (the VQ lookup stays fp32, and the
-  guidance mix and the sampler run on fp32 logits);
-- cast_weights: with a low precision, keep low-precision copies of the generator, the ViT encoder/decoder and
-  the pixel decoder instead of casting fp32 weights at every call (autocast caches casts only for weights that
-  require grad, and its per-op casts of activations between fp32 norms and bf16 matmuls cost memory traffic);
-- channels_last: NHWC convolutions in the MaskGIT-VQGAN pixel decoder (and the teacher's decoder);
-- compile: torch.compile (with freezing) of the generator forward, the ViT encoder/decoder and the pixel decoder;
-- cuda_graphs: the generator forward replayed from CUDA graphs (fixed shapes in the sampling loop; CUDA only).
-  With `compile` too, inductor's own CUDA graphs are used (its "reduce-overhead" setting) instead of ours;
-- tf32: TF32 matmuls and convolutions on CUDA (off in the fp32 paths, so they stay exact).
-
-Modes: `naive` is the reference procedure written plainly (separate conditional and unconditional forwards,
-torch.no_grad, fp32, NCHW, eager); `parity` is the exact fp32 path (batched guidance and inference_mode change
-no value: tokens equal the reference sampler's); `fast` is bf16 with bf16 weight copies + channels-last (+ CUDA
-graphs and TF32 on CUDA); `compiled` is `fast` + torch.compile. `fast` is never slower than `parity`: on a CPU whose
-bf16 matmuls run below half the fp32 rate (an AVX2-only CPU runs them at ~1-2% of fp32, which would make `fast`
-~100x slower), measured by the 0.2 s one-thread matmul probe of bench.core.dist, `fast` is parity's own fp32 path
-(`compiled` keeps its torch.compile on that fp32 path), and `fallback_note` says so (bench.speed prints it beside the
-row).
-
-`auto` (the default of the sweep's speed stage, of `python -m bench.speed` and of evaluation sampling) is the fastest
-path that passes a quality guard (`QualityGuard`, `choose_path`): `parity` where the device's bf16 is slow (no probe:
-`fast` is parity's path there), else `fast` if, on a short probe batch (4 samples, seed 0, the run's sampler
-settings) against parity, its sampled tokens agree >= 90%, its generated images are >= 30 dB PSNR from parity's,
-decoding the same tokens gives >= 30 dB, and encoding the same images gives >= 85% equal VQ ids (VAE: relative error
-<= 0.02): the bounds the toy models clear with margin (tests/test_speed.py), else `parity`. A guard with
-`exact=True` (EXACT_GUARD: evaluation sampling, whose samples must equal the reference sampler's for gFID parity)
-passes exact fp32 paths only. The pipeline's `choice` records which path ran and why; without models (`mode_options`)
-`auto` is the capability answer alone. The pipeline never modifies the models it is given: paths that change weights
-or their layout work on copies.
+The pipeline's `choice` records which path ran and why. The pipeline never modifies the models it is given: paths
+that change weights or their layout work on copies.
 """
 
 from __future__ import annotations
@@ -52,97 +23,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.core.dist import autocast_rate_ratio, fast_autocast
-from bench.eval.metrics import psnr
 from models.generators import MaskGITGenerator
 from models.maskgit_vqgan import MaskGITVQGAN
 from models.sampling import Generators, SamplerSettings
 from models.titok import TiTok
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    precision: str = "fp32"  # "fp32" (no autocast), "bf16" or "fp16" autocast
-    batch_guidance: bool = True
-    inference_mode: bool = True
-    cast_weights: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    cuda_graphs: bool = False
-    tf32: bool = False
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r}; expected one of {sorted(PRECISIONS)}")
-
-    @property
-    def exact(self) -> bool:
-        """Whether this path computes the reference's fp32 values (up to summation order)."""
-        return self.precision == "fp32" and not self.tf32
-
-    def describe(self) -> str:
-        on = [
-            name
-            for name in (
-                "batch_guidance",
-                "inference_mode",
-                "cast_weights",
-                "channels_last",
-                "compile",
-                "cuda_graphs",
-                "tf32",
-            )
-            if getattr(self, name)
-        ]
-        return "+".join([self.precision, *on])
-
-
-def fast_options(device: torch.device | str = "cpu") -> InferenceOptions:
-    """The `fast` switches as such (bf16, bf16 weight copies, channels-last; CUDA graphs and TF32 on CUDA), whether
-    or not this device runs bf16 quickly (mode_options("fast") checks that)."""
-    cuda = torch.device(device).type == "cuda"
-    return InferenceOptions(precision="bf16", cast_weights=True, channels_last=True, cuda_graphs=cuda, tf32=cuda)
-
-
-def fallback_note(mode: str, device: torch.device | str = "cpu") -> str | None:
-    """Why `mode` runs without its low precision on `device` (a CPU whose bf16 matmuls are slow), else None."""
-    device = torch.device(device)
-    if mode not in ("fast", "compiled", "auto") or fast_autocast("bf16", device):
-        return None
-    ratio = autocast_rate_ratio("bf16", device)
-    runs = {"fast": "parity's fp32 path", "compiled": "torch.compile of parity's fp32 path", "auto": "parity"}[mode]
-    return (
-        f"bf16 matmuls run at {ratio:.2g}x the fp32 rate on this CPU "
-        f"({torch.backends.cpu.get_cpu_capability()}): {mode} runs {runs} here"
-    )
-
-
-def mode_options(mode: str, device: torch.device | str = "cpu") -> InferenceOptions:
-    """The named modes (module docstring). `fast` and `compiled` drop bf16 where its matmuls are slow (they run
-    parity's fp32 arithmetic and layout there); `auto` without models is that capability answer alone (`fast` where
-    bf16 is fast, else `parity`): InferencePipeline and choose_path add the quality guard."""
-    device = torch.device(device)
-    fast = fast_options(device) if fast_autocast("bf16", device) else InferenceOptions()
-    modes = {
-        "naive": InferenceOptions(batch_guidance=False, inference_mode=False),
-        "parity": InferenceOptions(),
-        "fast": fast,
-        "compiled": dataclasses.replace(fast, compile=True),
-    }
-    if mode == "auto":
-        return fast
-    if mode not in modes:
-        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(MODES)}")
-    return modes[mode]
-
-
-MODES = ("naive", "parity", "fast", "compiled", "auto")
-
-
-def resolve_options(mode: str | InferenceOptions, device: torch.device | str = "cpu") -> InferenceOptions:
-    return mode if isinstance(mode, InferenceOptions) else mode_options(mode, device)
+from .guard import GUARD, QualityGuard, image_psnr
+from .options import PRECISIONS, InferenceOptions, fallback_note, mode_options, resolve_options
 
 
 # ---- CUDA graphs ---------------------------------------------------------------------------------------------------
@@ -350,12 +237,7 @@ class InferencePipeline:
         return ids, self.decode(ids)
 
 
-# ---- quality guard -------------------------------------------------------------------------------------------------
-def image_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two image batches in [0, 1] taken as one signal (inf when equal)."""
-    return float(psnr(a.reshape(1, -1).float(), b.reshape(1, -1).float())[0])
-
-
+# ---- against parity ------------------------------------------------------------------------------------------------
 def compare_with_parity(
     tokenizer: TiTok,
     generator: MaskGITGenerator | None = None,
@@ -399,41 +281,6 @@ def compare_with_parity(
     else:
         out["encode_rel_error"] = float((enc - enc_ref).norm() / enc_ref.norm())
     return out
-
-
-@dataclass(frozen=True)
-class QualityGuard:
-    """What a path must reach against parity on a probe batch (compare_with_parity) for `auto` to take it. The
-    defaults are the bounds the toy models with random weights clear with margin (tests/test_speed.py); `exact`
-    admits exact fp32 paths only (tokens equal the reference sampler's: evaluation sampling)."""
-
-    min_token_agreement: float = 0.9
-    min_image_psnr_db: float = 30.0
-    min_decode_psnr_db: float = 30.0
-    min_encode_agreement: float = 0.85
-    max_encode_rel_error: float = 0.02
-    exact: bool = False
-    batch_size: int = 4
-    seed: int = 0
-
-    def failures(self, quality: dict[str, float]) -> list[str]:
-        """The checks `quality` (compare_with_parity's dict) fails, in words; [] when it passes."""
-        checks = [
-            ("token_agreement", ">=", self.min_token_agreement),
-            ("image_psnr_db", ">=", self.min_image_psnr_db),
-            ("decode_psnr_db", ">=", self.min_decode_psnr_db),
-            ("encode_agreement", ">=", self.min_encode_agreement),
-            ("encode_rel_error", "<=", self.max_encode_rel_error),
-        ]
-        out = []
-        for key, op, bound in checks:
-            if key in quality and not (quality[key] >= bound if op == ">=" else quality[key] <= bound):
-                out.append(f"{key} {quality[key]:.4g} (needs {op} {bound:g})")
-        return out
-
-
-GUARD = QualityGuard()
-EXACT_GUARD = QualityGuard(exact=True)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.eval import intervals as IV
 from bench.eval import metrics as M
 from bench.eval.generation import evaluate_generation, make_reference_batch
 from bench.eval.npz import load_reference_batch, save_samples_npz
@@ -29,26 +30,26 @@ def features(n: int, d: int, seed: int, noise: float = 0.3) -> tuple[torch.Tenso
 
 @pytest.mark.parametrize("n, d", [(30, 64), (50, 8)])  # Gram regime (n <= D) and covariance regime
 def test_bootstrap_fid_is_the_frechet_distance_of_each_resample(n, d, monkeypatch):
-    monkeypatch.setattr(M, "GRAM_MAX_IMAGES", 4096 if n <= d else 10)
+    monkeypatch.setattr(IV, "GRAM_MAX_IMAGES", 4096 if n <= d else 10)
     real, fake = features(n, d, 0)
-    idx = M.bootstrap_indices(n, 4)
-    paired = M.bootstrap_fid(fake, real=real, resamples=4)
+    idx = IV.bootstrap_indices(n, 4)
+    paired = IV.bootstrap_fid(fake, real=real, resamples=4)
     mu, sigma = M.FeatureStats.of(real).mean_cov()
-    fixed = M.bootstrap_fid(fake, mu=mu, sigma=sigma, resamples=4)
+    fixed = IV.bootstrap_fid(fake, mu=mu, sigma=sigma, resamples=4)
     for b, i in enumerate(idx):
         fake_b = M.FeatureStats.of(fake[i]).mean_cov()
         expected = M.frechet_distance(*M.FeatureStats.of(real[i]).mean_cov(), *fake_b, method="eigh")
         assert paired[b] == pytest.approx(expected, rel=1e-5)
         assert fixed[b] == pytest.approx(M.frechet_distance(mu, sigma, *fake_b, method="eigh"), rel=1e-5)
-    assert np.array_equal(paired, M.bootstrap_fid(fake, real=real, resamples=4))  # seeded: the same resamples
+    assert np.array_equal(paired, IV.bootstrap_fid(fake, real=real, resamples=4))  # seeded: the same resamples
 
 
 def test_bootstrap_inception_score_is_the_score_of_each_resample():
     logits = 3 * torch.randn(37, 20, generator=torch.Generator().manual_seed(0))
-    idx = M.bootstrap_indices(37, 5)
+    idx = IV.bootstrap_indices(37, 5)
     for kw in ({"splits": 1}, {"splits": 3}, {"split_size": 10}):
         expected = [M.inception_score(logits[i], **kw)[0] for i in idx]
-        assert M.bootstrap_inception_score(logits, 5, max_elements=300, **kw) == pytest.approx(expected, rel=1e-12)
+        assert IV.bootstrap_inception_score(logits, 5, max_elements=300, **kw) == pytest.approx(expected, rel=1e-12)
 
 
 def test_intervals_hold_the_estimate_and_shrink_with_more_images():
@@ -58,9 +59,9 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_images():
         estimate = M.frechet_distance(
             *M.FeatureStats.of(real).mean_cov(), *M.FeatureStats.of(fake).mean_cov(), method="eigh"
         )
-        lo, hi = M.bootstrap_interval(estimate, M.bootstrap_fid(fake, real=real, resamples=200))
+        lo, hi = IV.bootstrap_interval(estimate, IV.bootstrap_fid(fake, real=real, resamples=200))
         values = (fake - real).pow(2).mean(1)  # a per-image value, as PSNR
-        mlo, mhi = M.bootstrap_mean(values, 200)
+        mlo, mhi = IV.bootstrap_mean(values, 200)
         assert lo <= estimate <= hi and mlo <= values.mean().item() <= mhi
         widths[n] = (hi - lo, mhi - mlo)
     assert widths[20][0] > widths[80][0] > widths[320][0]
@@ -68,10 +69,10 @@ def test_intervals_hold_the_estimate_and_shrink_with_more_images():
     # a mean's interval is the plain percentile one: a recall of 1/64 cannot reach below 0
     indicator = torch.zeros(64)
     indicator[5] = 1
-    assert M.bootstrap_mean(indicator, 1000) == (0.0, pytest.approx(3 / 64))
-    lo, hi = M.wilson_interval(30, 100)
-    assert lo < 0.3 < hi and M.wilson_interval(300, 1000)[1] - M.wilson_interval(300, 1000)[0] < hi - lo
-    assert M.wilson_interval(0, 10)[0] == 0.0 and M.wilson_interval(10, 10)[1] == 1.0
+    assert IV.bootstrap_mean(indicator, 1000) == (0.0, pytest.approx(3 / 64))
+    lo, hi = IV.wilson_interval(30, 100)
+    assert lo < 0.3 < hi and IV.wilson_interval(300, 1000)[1] - IV.wilson_interval(300, 1000)[0] < hi - lo
+    assert IV.wilson_interval(0, 10)[0] == 0.0 and IV.wilson_interval(10, 10)[1] == 1.0
 
 
 @pytest.mark.slow
