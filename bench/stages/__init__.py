@@ -1,5 +1,6 @@
-"""The stages of a sweep, one module each: its spec, `run(spec, ctx) -> result with "metrics"`, its identity.
-The sweep (bench/plan.py, bench/launch.py) and `python -m bench.eval` call the same functions.
+"""The stages of a sweep, one module each: its spec and `plan` (building it from the preset), `run(spec, ctx) ->
+result with "metrics"`, its identity. The sweep (bench/plan.py, bench/launch/) and `python -m bench.eval` call the
+same functions.
 
     from bench.stages import STAGES, Context, EvalReconSpec
     result = STAGES["eval_recon"].run(EvalReconSpec(...), Context(Path("out")))   # result["metrics"]["rfid"]

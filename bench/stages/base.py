@@ -9,6 +9,8 @@ A stage module (bench/stages/<stage>.py) holds
     NAME, RESOURCES            its name; "train" | "eval" (which of the cluster's time limits its jobs get)
     SINGLE_PROCESS             (optional) True: it runs as one process, and its jobs ask for one task and one GPU
     PRODUCT                    the file in its folder that the stages reading it open (None: nothing reads it)
+    plan(c) -> (spec, reads)   its spec for a cell or the grid's shared stages, from the preset
+                               (bench/stages/planning.py: PlanContext, SHARED, PRESET, check)
 
 The identity rule (each module's docstring says which of its settings count):
 - counted: every setting that changes the result beyond float noise, and each input, an input being a file or

@@ -49,7 +49,7 @@ class EvalGenSpec:
     sampler: dict = field(default_factory=dict)  # overrides of the generator's sampler settings
     seed: int = 42
     fid_method: str = "sqrtm"
-    clean_fid: bool = True  # clean-fid's FID as a second backend (its own scipy sqrtm: ~20 s on 2 CPU cores)
+    clean_fid: bool = True  # clean-fid's FID as a second backend (its own scipy sqrtm: slow on CPUs)
     inception_dtype: str = reference_batch.INCEPTION_DTYPE
     allow_random_weights: bool = False
     batch_size: int = 64  # Inception batches, and sampling batches unless sample_batch_size

@@ -1,17 +1,8 @@
 """Stage `eval_recon`: the paper's rFID protocol and the image-similarity metrics of a tokenizer
-(bench.eval.reconstruction): rfid, rfid_is, psnr, ssim, lpips, codebook usage and entropy, rfid_num_images;
-with `bootstrap` > 0 a 95% interval `<metric>_lo` / `<metric>_hi` for rfid, rfid_is, psnr, ssim, lpips (how: the
-tag titok.rfid_interval). Artifacts in the stage's folder: gallery.png (the first `gallery` images above their
-reconstructions; its PNG text "titok.gallery" describes the layout) and token_usage.json (VQ tokenizers: per token
-position, the distinct codes used and their entropy over the evaluation images).
-
-Protocol: the real images' statistics come from the real_stats stage (the same dtype, float64 Inception: the
-reference's rFID evaluator); a stage-1-form tokenizer decodes through the MaskGIT-VQGAN teacher.
-
-Identity: the images (dataset name, image size, classes, seed, split, num_images), LPIPS on or off, the Frechet
-distance's matrix square root (fid_method), the Inception dtype, the stand-in permission, the bootstrap resamples,
-the gallery's size, and the inputs: the tokenizer, the teacher (a stage's identity, or the released name / file
-hash) and the real-image statistics; not the batch size, device, data root and workers.
+(bench.eval.reconstruction; the metrics, intervals, gallery and token usage: docs/evaluation.md), against the
+real_stats stage's statistics (the same float64 Inception, as the reference's evaluator); a stage-1-form tokenizer
+decodes through its MaskGIT-VQGAN teacher. Identity: every setting but the batch size and where it runs
+(base.EVAL_IGNORED), and the tokenizer, teacher and real-image statistics it reads.
 """
 
 from __future__ import annotations

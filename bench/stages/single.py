@@ -1,6 +1,5 @@
 """Stage `single`: single-stage VQ or VAE tokenizer training (L2, LPIPS, ConvNeXt, GAN, quantiser loss or KL;
-bench.train.tokenizer.train_single_stage). No grid lists it yet; it is here so that every training function is a
-stage.
+bench.train.tokenizer.train_single_stage): each cell of grid=single_stage, one released architecture.
 
 Identity: the model and its overrides, loss weights, perceptual and GAN settings, data, optimiser, loop and the
 stand-in permission; not the device, data root and workers, or how often it logs and checkpoints. It reads no other

@@ -112,7 +112,7 @@ def _tokenizer_speed(spec: SpeedSpec, loaded, ctx: base.Context) -> dict:
 
 
 def speed_path(mode: str, result: dict) -> str:
-    """The speed stage's tag: the mode asked for, the path it ran with its options, and why, e.g.
-    "auto -> parity (fp32+batch_guidance+inference_mode): bf16 matmuls run at 0.015x the fp32 rate on ..."."""
+    """The speed stage's tag: the mode asked for, the path it ran with its options, and why (the path's note), e.g.
+    "auto -> parity (fp32+batch_guidance+inference_mode): <why>"."""
     text = f"{mode} -> {result['path']} ({result['options']})"
     return f"{text}: {result['note']}" if result.get("note") else text

@@ -2,6 +2,7 @@
 each stage's identity follows the settings that determine its result and its inputs' identities (not paths,
 launcher, cluster, logging, or an evaluation's batch size); a cell's run follows its training stages only."""
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from bench.launch import longest_first
-from bench.plan import PlanError, make_plan
+from bench.plan import PlanError, data_config, make_plan
+from bench.stages import STAGES
+from bench.stages.planning import PlanContext
 from bench.stages.task import RESULT
 from bench.sweep import SWEEPS
 
@@ -86,6 +89,25 @@ def test_rfid_inception_dtype_is_one_setting_for_the_stats_and_the_evaluation(tm
         assert plan.task("_shared/real_stats").spec.inception_dtype == dtype
         assert plan.task(f"{cell}/eval_recon").spec.inception_dtype == dtype
         assert plan.task(f"{cell}/eval_gen").spec.inception_dtype == "float32"  # gFID: ADM's evaluator
+
+
+def test_a_stage_module_builds_its_own_spec(tmp_path):
+    """A stage module's plan(c) makes the spec its task holds, from the preset and the stages the cell planned before
+    it, and names the tasks it reads; a stage the grid does not list plans nothing."""
+    cfg = config(tmp_path=tmp_path)
+    plan = make_plan(cfg)
+    cell = plan.cells[0]
+    shared = {t.stage: t for t in plan.shared}
+    c = PlanContext(cfg, data_config(cfg, "train_images"), None, data_config(cfg, "val_images"), shared)
+    c = dataclasses.replace(c, name=cell.name, size=cell.size, num_tokens=cell.num_tokens)
+    stage1 = plan.task(f"{cell.name}/stage1")
+    assert STAGES["stage1"].plan(c) == (stage1.spec, {"teacher": None})
+    assert STAGES["stage2"].plan(c) is None and STAGES["single"].plan(c) is None
+    c.tasks["stage1"] = stage1
+    assert STAGES["probe"].plan(c) == (plan.task(f"{cell.name}/probe").spec, {"tokenizer": stage1})
+    spec, reads = STAGES["eval_recon"].plan(c)
+    assert spec == plan.task(f"{cell.name}/eval_recon").spec
+    assert reads == {"tokenizer": stage1, "teacher": None, "real_stats": shared["real_stats"]}
 
 
 def test_local_jobs_start_with_the_largest_cells(tmp_path):
