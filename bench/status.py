@@ -155,7 +155,7 @@ def _rerun(task: StageTask, s: StageState, states: dict[str, StageState]) -> str
 def resume_step(task: StageTask) -> int | None:
     """The step of the stage's newest readable resume point (its pickle only: the tensors are mapped, not read;
     the rerun checks the content), None without one."""
-    from bench.train.loop import CHECKPOINT, PREVIOUS_CHECKPOINT
+    from bench.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
 
     for name in (CHECKPOINT, PREVIOUS_CHECKPOINT):
         path = Path(task.out_dir) / name

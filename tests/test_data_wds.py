@@ -23,7 +23,7 @@ from bench.data import DatasetError, ShardStream, build_dataset, make_stream_loa
 from bench.data.shards import check_shards, expand_braces
 from bench.sweep import SWEEPS
 from bench.train.recipes import DataConfig
-from bench.train.tokenizer import batches_for
+from bench.train.stage import batches_for
 
 NUM_SHARDS, PER_SHARD, SIZE = 4, 6, 32
 

@@ -1,6 +1,6 @@
 """Training-step throughput: one optimisation step of a stage's own `Objective` (the one its train_* function
 trains, from bench.train.tokenizer / bench.train.generator) taken by the training loop's own step
-(bench.train.loop.Trainer: forward, losses, backward, AdamW with the paper's weight-decay groups, clipping, the
+(bench.train.trainer.Trainer: forward, losses, backward, AdamW with the paper's weight-decay groups, clipping, the
 discriminator's update, the EMA), on a fixed random batch, with random weights. The recipe is the paper preset's
 (sweeps/preset/paper.yaml, the one home of the paper's numbers); single-stage training, which no preset trains,
 reads the preset's `single` block.
@@ -32,7 +32,6 @@ import models
 from bench.core.dist import DistInfo
 from bench.data.tokens import crop_choice
 from bench.train.generator import generator_objective
-from bench.train.loop import Objective, Trainer
 from bench.train.recipes import (
     GeneratorTrainConfig,
     PerceptualConfig,
@@ -44,6 +43,7 @@ from bench.train.recipes import (
     optim_from,
 )
 from bench.train.tokenizer import single_stage_objective, stage1_objective, stage2_model, stage2_objective
+from bench.train.trainer import Objective, Trainer
 
 from . import flops as FL
 from .measure import Runner

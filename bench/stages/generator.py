@@ -14,7 +14,7 @@ from bench.stages import base
 from bench.stages.planning import PlanContext, container
 from bench.train.recipes import GeneratorTrainConfig as Spec
 from bench.train.recipes import LoopConfig, OptimConfig, loop_from, optim_from
-from bench.train.tokenizer import MODEL_FILE
+from bench.train.stage import MODEL_FILE
 
 NAME = "generator"
 RESOURCES = "train"

@@ -14,7 +14,7 @@ from bench.stages import base
 from bench.stages.planning import PlanContext, PlanError, container
 from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from, loop_from, optim_from
 from bench.train.recipes import Stage2Config as Spec
-from bench.train.tokenizer import MODEL_FILE
+from bench.train.stage import MODEL_FILE
 
 NAME = "stage2"
 RESOURCES = "train"

@@ -23,18 +23,12 @@ from bench.data import build_dataset
 from bench.data.tokens import TokenDataset, crop_choice
 from models.sampling import random_masking
 
-from .loop import Objective, train
+from .frozen_tokenizer import load_tokenizer, tokenizer_identity
+from .loop import train
 from .losses import masked_token_loss
 from .recipes import GeneratorTrainConfig
-from .tokenizer import Log, StageResult, finish, loader_batches, local_batch, start_stage
-
-
-def load_tokenizer(source: str) -> models.TiTok:
-    """A frozen tokenizer from our checkpoint, a released name, a hub-style folder or an official file."""
-    tokenizer = models.from_pretrained(source)
-    if not isinstance(tokenizer, models.TiTok):
-        raise ValueError(f"{source} is a {tokenizer.kind}, not a TiTok tokenizer")
-    return tokenizer.eval().requires_grad_(False)
+from .stage import Log, StageResult, finish, loader_batches, local_batch, start_stage
+from .trainer import Objective
 
 
 def generator_objective(
@@ -98,8 +92,6 @@ def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: 
     overrides = dict(cfg.model_overrides, num_tokens=t.num_latent_tokens, codebook_size=t.codebook_size)
     generator = models.build(cfg.model, **overrides)
     if cfg.tokens:
-        from .pretokenize import tokenizer_identity
-
         dataset = TokenDataset(cfg.tokens)
         dataset.check(
             tokenizer=tokenizer_identity(cfg.tokenizer),

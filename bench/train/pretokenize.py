@@ -14,7 +14,6 @@ layer's skipped log (`skipped/`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -40,22 +39,10 @@ from bench.data.tokens import (
     token_dtype,
 )
 
+from .frozen_tokenizer import load_tokenizer, tokenizer_identity
 from .recipes import DataConfig, PretokenizeConfig
 
 SKIPPED = "skipped"
-
-
-def tokenizer_identity(source: str) -> str:
-    """What names a tokenizer's tokens: a file by the sha256 of its content, a folder by those of its files, a
-    registered name as it is."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return "sha256:" + models.source_records.file_sha256(path)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        listing = json.dumps([(str(p.relative_to(path)), models.source_records.file_sha256(p)) for p in files])
-        return "files:" + hashlib.sha256(listing.encode()).hexdigest()
-    return str(source)
 
 
 def training_images(data: DataConfig, crops: str, skipped_log: str | None = None):
@@ -166,8 +153,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def pretokenize(cfg: PretokenizeConfig, out_dir: str | os.PathLike, info: D.DistInfo | None = None) -> dict:
     """Write (or finish) the tokens of `cfg`'s training images into `out_dir`; all ranks call it. Returns the
     manifest."""
-    from .generator import load_tokenizer
-
     info = info or D.setup(cfg.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

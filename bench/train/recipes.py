@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .loop import LoopConfig, OptimConfig
+from .optim import OptimConfig
+from .trainer import LoopConfig
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,15 @@
 """Tokenizer training stages: stage 1 (proxy codes), stage 2 (decoder fine-tuning), single-stage (VQ/VAE),
 and the small MaskGIT-VQGAN teacher for offline smoke runs.
 
-Each `train_*` function trains (or resumes) one stage in `out_dir`, writes the final EMA weights to
-`out_dir/model.safetensors` (a self-describing checkpoint) and returns a `StageResult`. It builds the stage's
-models from its settings (released or stand-in weights, checkpoints), their `Objective` with `*_objective` (the
-losses: what the speed benchmark times too), and runs the loop.
+Each `train_*` function trains (or resumes) one stage in `out_dir` and returns a `StageResult` (bench/train/stage.py).
+It builds the stage's models from its settings (released or stand-in weights, checkpoints), their `Objective` with
+`*_objective` (the losses: what the speed benchmark times too), and runs the loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,148 +18,12 @@ from torch import nn
 import models
 from bench.core import dist as D
 from bench.core.loading import load_teacher, vqgan_overrides
-from bench.data import ShardStream, build_dataset, infinite_batches, make_loader, make_stream_loader, shard_list
 
-from .loop import Objective, TrainResult, train
-from .losses import LeCam, NLayerDiscriminator, frozen_call, hinge_d_loss, hinge_g_loss
-from .recipes import (
-    DataConfig,
-    GANConfig,
-    PerceptualConfig,
-    SingleStageConfig,
-    Stage1Config,
-    Stage2Config,
-    TeacherTrainConfig,
-)
-
-MODEL_FILE = "model.safetensors"
-
-Log = Callable[[dict, int], None] | None
-
-
-@dataclass
-class StageResult:
-    checkpoint: str
-    steps: int
-    wall_s: float
-    final_logs: dict[str, float]
-    random_weights: dict[str, bool] = field(default_factory=dict)  # pretrained network -> was a stand-in
-    resumed_from: int = 0
-    precision: str = "fp32"  # the precision that ran (TrainResult.precision)
-    lost_s: float = 0.0  # of wall_s: work done again after a preemption or kill (TrainResult.lost_s)
-
-    @property
-    def any_random(self) -> bool:
-        return any(self.random_weights.values())
-
-
-# ---- shared pieces ------------------------------------------------------------------------------------------------
-def start_stage(device: str, seed: int) -> D.DistInfo:
-    """Distributed set-up and a seeded RNG, so that model initialisation is reproducible (and equal on all
-    ranks); the loop reseeds per rank for the training randomness."""
-    info = D.setup(device)
-    torch.manual_seed(seed)
-    return info
-
-
-def local_batch(batch_size: int, info: D.DistInfo) -> int:
-    """This rank's share of a global batch."""
-    if batch_size % info.world_size:
-        raise ValueError(f"global batch {batch_size} does not divide across {info.world_size} ranks")
-    return batch_size // info.world_size
-
-
-def loader_batches(dataset, batch_size: int, seed: int, info: D.DistInfo, num_workers: int = 0):
-    """A map-style dataset's batch source: a function of the start step, yielding (step, this rank's share of the
-    global batch on the device), in the loader's resumable order (bench.data.loader)."""
-    local = local_batch(batch_size, info)
-
-    def batches(start_step: int):
-        loader = make_loader(
-            dataset,
-            batch_size=local,
-            seed=seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            num_workers=num_workers,
-            start_step=start_step,
-            pin_memory=info.device.type == "cuda",
-        )
-        for step, items in infinite_batches(loader):
-            yield step, tuple(x.to(info.device, non_blocking=True) for x in items)
-
-    return batches
-
-
-def batches_for(
-    data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True, train_augment: bool = True
-):
-    """The loop's batch source: a function of the start step, yielding this rank's (images, labels).
-    `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
-    if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shards.py)
-        shards = shard_list(
-            data.train_shards if train_split else data.val_shards,
-            "data.train_shards" if train_split else "data.val_shards",
-        )
-        local = local_batch(batch_size, info)
-
-        def shard_batches(start_step: int):
-            stream = ShardStream(
-                shards,
-                image_size=data.image_size,
-                train=train_split and train_augment,
-                batch_size=local,
-                seed=seed,
-                start_step=start_step,
-                rank=info.rank,
-                world_size=info.world_size,
-                num_workers=data.num_workers,
-                num_classes=data.num_classes,
-            )
-            for images, labels in make_stream_loader(stream, pin_memory=info.device.type == "cuda"):
-                yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
-
-        return shard_batches
-    dataset = build_dataset(
-        data.name,
-        split="train" if train_split else "val",
-        image_size=data.image_size,
-        train=train_split and train_augment,
-        root=data.root,
-        num_images=data.num_images,
-        num_classes=data.num_classes,
-        seed=data.seed,
-    )
-    stepped = loader_batches(dataset, batch_size, seed, info, data.num_workers)
-    return lambda start_step: (batch for _, batch in stepped(start_step))
-
-
-def finish(
-    result: TrainResult,
-    out_dir: str | os.PathLike,
-    info: D.DistInfo,
-    random_weights: dict[str, bool],
-    metadata: dict | None = None,
-) -> StageResult:
-    path = Path(out_dir) / MODEL_FILE
-    if info.is_main:
-        meta = {
-            "steps": str(result.steps),
-            **{f"random.{k}": str(v).lower() for k, v in random_weights.items()},
-            **(metadata or {}),
-        }
-        models.save(result.model, path, metadata=meta)
-    D.barrier()
-    return StageResult(
-        str(path),
-        result.steps,
-        result.wall_s,
-        result.final_logs,
-        random_weights,
-        result.resumed_from,
-        result.precision,
-        result.lost_s,
-    )
+from .loop import train
+from .recipes import SingleStageConfig, Stage1Config, Stage2Config, TeacherTrainConfig
+from .reconstruction import ReconstructionLoss, reconstruction_objective
+from .stage import Log, StageResult, batches_for, finish, start_stage
+from .trainer import Objective
 
 
 def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_size: int) -> None:
@@ -180,9 +40,8 @@ def _check_grid(tokenizer: models.TiTok, teacher: models.MaskGITVQGAN, image_siz
 def stage1_objective(cfg: Stage1Config, tokenizer: models.TiTok, teacher: models.MaskGITVQGAN) -> Objective:
     """CE against the (frozen) teacher's codes + the quantiser loss; the tokenizer predicts the teacher's codebook.
 
-    Two schedule aids for toy models, off in the reference recipe: a small TiTok first learns the codes' marginal by
-    pulling every image's latents to one point, a plateau it is slow to leave (docs/measurements.md).
-    decoder_warmup_steps W lets the decoder learn the marginal alone (the encoder, latent tokens and codebook at
+    Two schedule aids for toy models, off in the reference recipe (why: docs/measurements.md):
+    decoder_warmup_steps W lets the decoder learn the codes' marginal alone (the encoder, latent tokens and codebook at
     lr 0 for W steps, ramped linearly to full over the next W); continuous_steps M feeds the decoder the
     unquantised latents before step M (the VQ's straight-through copies of one code cannot tell images apart),
     then sets the codebook to a k-means of that step's latents (rank 0's batch, broadcast) and quantises from then
@@ -260,102 +119,6 @@ def train_stage1(cfg: Stage1Config, out_dir: str | os.PathLike, log: Log = None)
     return finish(result, out_dir, info, {"teacher": teacher_random}, {"stage": "stage1"})
 
 
-# ---- reconstruction losses shared by stage 2 and single-stage ----------------------------------------------------
-class ReconstructionLoss(nn.Module):
-    """L2 + perceptual (LPIPS and/or ConvNeXt logits) + hinge GAN with LeCam, the discriminator trained from
-    `gan.start_step`. `generator_loss` and `discriminator_loss` are the two optimizers' objectives."""
-
-    def __init__(self, perceptual: PerceptualConfig, gan: GANConfig, allow_random: bool):
-        super().__init__()
-        from bench.perceptual import LPIPS, ConvNeXtLogits
-
-        self.perceptual_cfg, self.gan_cfg = perceptual, gan
-        self.random: dict[str, bool] = {}
-        if perceptual.convnext_weight > 0:
-            self.convnext = ConvNeXtLogits(allow_random=allow_random, resolution=perceptual.resolution)
-            self.random["convnext"] = self.convnext.random
-        if perceptual.lpips_weight > 0:
-            self.lpips = LPIPS(allow_random=allow_random)
-            self.random["lpips"] = self.lpips.random
-        self.discriminator = NLayerDiscriminator(gan.disc_base_channels, groups=gan.disc_groups)
-        self.lecam = LeCam()
-
-    def gan_active(self, step: int) -> bool:
-        return self.gan_cfg.weight > 0 and step >= self.gan_cfg.start_step
-
-    def generator_loss(self, images, recon, step) -> tuple[torch.Tensor, dict]:
-        recon = recon.float()
-        l2 = F.mse_loss(recon, images)
-        total, logs = l2, {"l2": l2.detach()}
-        p = self.perceptual_cfg
-        if p.convnext_weight > 0:
-            c = F.mse_loss(self.convnext(recon), self.convnext(images))
-            total, logs["convnext"] = total + p.convnext_weight * c, c.detach()
-        if p.lpips_weight > 0:
-            lp = self.lpips(recon, images).mean()
-            total, logs["lpips"] = total + p.lpips_weight * lp, lp.detach()
-        if self.gan_active(step):
-            g = hinge_g_loss(frozen_call(self.discriminator, recon))
-            total, logs["gan_g"] = total + self.gan_cfg.weight * g, g.detach()
-        return total, logs
-
-    def discriminator_loss(self, disc: nn.Module, images, recon) -> tuple[torch.Tensor, dict]:
-        real, fake = disc(images.float()), disc(recon.detach().float())
-        d = hinge_d_loss(real, fake)
-        reg = self.lecam(real, fake)
-        total = d + self.gan_cfg.lecam_weight * reg
-        return total, {
-            "gan_d": d.detach(),
-            "lecam": reg.detach(),
-            "logits_real": real.mean().detach(),
-            "logits_fake": fake.mean().detach(),
-        }
-
-
-def _reconstruction_objective(
-    stage: str,
-    tokenizer: models.TiTok,
-    criterion: ReconstructionLoss,
-    optim,
-    gan_optim,
-    quantizer_term: Callable | None,
-) -> Objective:
-    def loss(name, wrapped, batch, step, cache):
-        images, _ = batch
-        if name == "tokenizer":
-            recon, q = wrapped["tokenizer"](images)
-            total, logs = criterion.generator_loss(images, recon, step)
-            if quantizer_term is not None:
-                extra, extra_logs = quantizer_term(q)
-                total = total + extra
-                logs.update(extra_logs)
-            cache["recon"] = recon.detach()
-            logs["loss"] = total.detach()
-        else:
-            total, logs = criterion.discriminator_loss(wrapped["discriminator"], images, cache["recon"])
-        return total, {f"{stage}/{k}": v for k, v in logs.items()}
-
-    return Objective(
-        modules={"tokenizer": tokenizer, "discriminator": criterion.discriminator},
-        optim={"tokenizer": optim, "discriminator": gan_optim},
-        loss=loss,
-        active=lambda name, step: name == "tokenizer" or criterion.gan_active(step),
-        ema_of="tokenizer",
-        extra_state=lambda: {"lecam": criterion.lecam.state_dict()},
-        load_extra_state=lambda s: criterion.lecam.load_state_dict(s["lecam"]),
-        frozen={
-            k: m
-            for k, m in (
-                ("convnext", getattr(criterion, "convnext", None)),
-                ("lpips", getattr(criterion, "lpips", None)),
-                ("lecam", criterion.lecam),
-            )
-            if m is not None
-        },
-        random_weights=criterion.random,
-    )
-
-
 # ---- stage 2 --------------------------------------------------------------------------------------------------------
 def load_stage1(checkpoint: str) -> models.TiTok:
     stage1 = models.load(checkpoint)
@@ -385,7 +148,7 @@ def stage2_objective(cfg: Stage2Config, tokenizer: models.TiTok) -> Objective:
     """L2 + perceptual + GAN on the decoder and pixel decoder, then the discriminator's update; the frozen encoder
     and quantiser carry no loss (their weights are fixed)."""
     criterion = ReconstructionLoss(cfg.perceptual, cfg.gan, cfg.allow_random_weights)
-    return _reconstruction_objective("stage2", tokenizer, criterion, cfg.optim, cfg.gan.optim, None)
+    return reconstruction_objective("stage2", tokenizer, criterion, cfg.optim, cfg.gan.optim, None)
 
 
 def train_stage2(cfg: Stage2Config, out_dir: str | os.PathLike, log: Log = None) -> StageResult:
@@ -413,7 +176,7 @@ def single_stage_objective(cfg: SingleStageConfig, tokenizer: models.TiTok) -> O
             return cfg.quantizer_weight * q.loss, {"quantizer": q.loss.detach()}
         return cfg.kl_weight * q.loss, {"kl": q.loss.detach()}
 
-    return _reconstruction_objective("single", tokenizer, criterion, cfg.optim, cfg.gan.optim, quantizer_term)
+    return reconstruction_objective("single", tokenizer, criterion, cfg.optim, cfg.gan.optim, quantizer_term)
 
 
 def train_single_stage(cfg: SingleStageConfig, out_dir: str | os.PathLike, log: Log = None) -> StageResult:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import models
-from bench.train.loop import atomic_torch_save
+from bench.train.checkpoint import atomic_torch_save
 from models.atomic_files import STALE_TEMP_AGE_S
 from models.checkpoint_format import DIGEST_KEY
 from models.pretrained import from_pretrained

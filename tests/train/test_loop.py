@@ -13,7 +13,13 @@ import torch
 
 from bench.core import dist as D
 from bench.train import loop as L
-from bench.train.loop import CHECKPOINT, PROGRESS, LoopConfig, NonFiniteLossError, Objective, OptimConfig, train
+from bench.train import preemption
+from bench.train import trainer as T
+from bench.train.checkpoint import CHECKPOINT
+from bench.train.loop import train
+from bench.train.optim import OptimConfig
+from bench.train.preemption import PROGRESS, SAVE_SIGNAL
+from bench.train.trainer import LoopConfig, NonFiniteLossError, Objective
 
 
 def _objective(loss_at=lambda step, out: out, logs=lambda out: {}):
@@ -57,9 +63,9 @@ def requeue_handler():
         seen.append(signum)
         raise SystemExit(-1)
 
-    previous = signal.signal(L.SAVE_SIGNAL, handler)
+    previous = signal.signal(SAVE_SIGNAL, handler)
     yield seen
-    signal.signal(L.SAVE_SIGNAL, previous)
+    signal.signal(SAVE_SIGNAL, previous)
 
 
 def test_the_preemption_signal_saves_then_requeues_and_the_resumed_run_is_exact(tmp_path, requeue_handler):
@@ -67,14 +73,14 @@ def test_the_preemption_signal_saves_then_requeues_and_the_resumed_run_is_exact(
 
     def signal_at_step_5(step):
         if step == 5:  # arrives while the loop fetches step 5's batch: step 5 runs, then the save at 6
-            os.kill(os.getpid(), L.SAVE_SIGNAL)
+            os.kill(os.getpid(), SAVE_SIGNAL)
 
     with pytest.raises(SystemExit):
         train(_objective(), _batches(signal_at_step_5), _cfg(9), tmp_path / "resumed")
-    assert requeue_handler == [L.SAVE_SIGNAL]
+    assert requeue_handler == [SAVE_SIGNAL]
     ckpt = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
     assert ckpt["step"] == 6
-    assert signal.getsignal(L.SAVE_SIGNAL) is not None and requeue_handler  # the job's handler is back in place
+    assert signal.getsignal(SAVE_SIGNAL) is not None and requeue_handler  # the job's handler is back in place
     resumed = train(_objective(), _batches(), _cfg(9), tmp_path / "resumed")
     assert resumed.resumed_from == 6 and _same_weights(full.model, resumed.model)
     assert resumed.lost_s == 0.0 and resumed.wall_s >= ckpt["wall_s"]
@@ -116,7 +122,7 @@ def test_a_preempted_local_job_saves_where_it_was_and_resumes_exactly(tmp_path):
         assert time.monotonic() < deadline and not job.done(), job.stderr()
         time.sleep(0.02)
     (task,) = child_processes(int(job.job_id))
-    os.kill(task, L.SAVE_SIGNAL)
+    os.kill(task, SAVE_SIGNAL)
     resumed_from, weights = job.result()
     assert 5 <= resumed_from < 60
     full = train(_objective(), _batches(), _cfg(60), tmp_path / "full")
@@ -128,17 +134,18 @@ def test_the_signal_with_no_handler_saves_then_ends_the_process(tmp_path):
     script = f"""
 import os, torch
 from tests.train.test_loop import _objective, _batches, _cfg
-from bench.train import loop as L
+from bench.train.loop import train
+from bench.train.preemption import SAVE_SIGNAL
 def at_3(step):
     if step == 3:
-        os.kill(os.getpid(), L.SAVE_SIGNAL)
-L.train(_objective(), _batches(at_3), _cfg(9), {str(tmp_path)!r})
+        os.kill(os.getpid(), SAVE_SIGNAL)
+train(_objective(), _batches(at_3), _cfg(9), {str(tmp_path)!r})
 """
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -L.SAVE_SIGNAL, proc.stderr
+    assert proc.returncode == -SAVE_SIGNAL, proc.stderr
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 4
 
 
@@ -151,12 +158,12 @@ def _ddp_signal_worker(rank, world, port, out):
     real = L.save_resume_point
     L.save_resume_point = lambda state, *a: (saved.append(state["step"]), real(state, *a))
     signal.signal(
-        L.SAVE_SIGNAL, lambda signum, frame: handled.append(torch.load(out / CHECKPOINT, weights_only=True)["step"])
+        SAVE_SIGNAL, lambda signum, frame: handled.append(torch.load(out / CHECKPOINT, weights_only=True)["step"])
     )  # as submitit's on a rank > 0: it returns
 
     def signal_one_rank(step):
         if step == (2 if rank == 0 else 4):
-            os.kill(os.getpid(), L.SAVE_SIGNAL)
+            os.kill(os.getpid(), SAVE_SIGNAL)
 
     train(_objective(), _batches(signal_one_rank), _cfg(9), out, info)
     (out / f"rank{rank}.json").write_text(json.dumps({"saved": saved, "handled": handled}))
@@ -176,7 +183,7 @@ def test_ranks_signalled_at_different_steps_save_together(tmp_path):
 
 def test_a_checkpoint_by_wall_time(tmp_path, monkeypatch):
     clock = iter(range(0, 10_000, 100))  # each reading of the clock 100 s after the last
-    monkeypatch.setattr(L.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
     saved = []
     real = L.save_resume_point
     monkeypatch.setattr(L, "save_resume_point", lambda state, *a: (saved.append(state["step"]), real(state, *a)))
@@ -185,7 +192,7 @@ def test_a_checkpoint_by_wall_time(tmp_path, monkeypatch):
 
 
 def test_time_after_the_last_checkpoint_counts_as_lost(tmp_path, monkeypatch):
-    monkeypatch.setattr(L, "HEARTBEAT_S", 0.0)  # a heartbeat every step
+    monkeypatch.setattr(preemption, "HEARTBEAT_S", 0.0)  # a heartbeat every step
 
     class Killed(Exception):
         pass
@@ -210,7 +217,7 @@ def test_the_lost_time_is_in_the_cells_gpu_hours():
 
     from bench.stages.base import training_result
     from bench.stages.task import cell_cost
-    from bench.train.tokenizer import StageResult
+    from bench.train.stage import StageResult
 
     result = training_result(StageResult("model.safetensors", 10, 7200.0, {}, lost_s=1800.0))
     assert (result["wall_s"], result["lost_s"]) == (7200.0, 1800.0)
@@ -286,8 +293,8 @@ def test_a_non_finite_gradient_with_a_finite_loss_stops_fp32(tmp_path):
 def test_log_values_are_read_on_log_steps_only(tmp_path, monkeypatch):
     calls = []
     reads = []
-    real_read = L._read
-    monkeypatch.setattr(L, "_read", lambda values: (reads.append(1), real_read(values))[1])
+    real_read = T._read
+    monkeypatch.setattr(T, "_read", lambda values: (reads.append(1), real_read(values))[1])
 
     def logs(out):
         return {"m/loss": out.detach(), "m/deferred": lambda: calls.append(1) or 1.0}
@@ -332,7 +339,7 @@ def test_save_and_skip_settings_are_not_part_of_a_stage_identity():
 
 def test_one_non_finite_check_per_update(tmp_path, monkeypatch):
     checks = []
-    real = L.Trainer._nonfinite
-    monkeypatch.setattr(L.Trainer, "_nonfinite", lambda self, bad: (checks.append(1), real(self, bad))[1])
+    real = T.Trainer._nonfinite
+    monkeypatch.setattr(T.Trainer, "_nonfinite", lambda self, bad: (checks.append(1), real(self, bad))[1])
     train(_objective(), _batches(), _cfg(5, grad_accum=4), tmp_path)
     assert len(checks) == 5

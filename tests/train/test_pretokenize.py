@@ -12,10 +12,12 @@ import torch
 import models
 from bench.data.tokens import MANIFEST, TokenDataset, TokensError, crop_choice, crop_views
 from bench.train import pretokenize as P
+from bench.train.checkpoint import CHECKPOINT
 from bench.train.generator import train_generator
-from bench.train.loop import CHECKPOINT, LoopConfig, OptimConfig
+from bench.train.optim import OptimConfig
 from bench.train.pretokenize import pretokenize, training_images
 from bench.train.recipes import DataConfig, GeneratorTrainConfig, PretokenizeConfig
+from bench.train.trainer import LoopConfig
 from tests.distributed import join, spawn
 
 TOY_TOKENIZER = {
@@ -218,10 +220,11 @@ def test_on_the_fly_tokens_under_autocast_are_the_pretokenized_ones(toy, monkeyp
     """The generator's loss runs under the loop's autocast; the tokens it encodes there are the fp32 ones that
     pretokenize stored."""
     from bench.train import generator as G
+    from bench.train.frozen_tokenizer import load_tokenizer
 
     tokenizer_path, out = toy
     tokens = TokenDataset(out)
-    tokenizer = G.load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     generator = models.build("MaskGIT-ViT", **TOY_GENERATOR, num_tokens=16, codebook_size=64)
     objective = G.generator_objective(gen_cfg(tokenizer_path, None, 1), tokenizer, generator)
     seen = []

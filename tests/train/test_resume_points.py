@@ -5,7 +5,10 @@ restarts when there is none), to the uninterrupted run's weights."""
 import pytest
 import torch
 
-from bench.train.loop import CHECKPOINT, PREVIOUS_CHECKPOINT, LoopConfig, Objective, OptimConfig, train
+from bench.train.checkpoint import CHECKPOINT, PREVIOUS_CHECKPOINT
+from bench.train.loop import train
+from bench.train.optim import OptimConfig
+from bench.train.trainer import LoopConfig, Objective
 
 
 class Interrupt(Exception):

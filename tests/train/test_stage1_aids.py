@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 import models
 from bench.core.loading import vqgan_overrides
-from bench.train.loop import Trainer, param_groups
+from bench.train.optim import param_groups
 from bench.train.recipes import Stage1Config
 from bench.train.tokenizer import stage1_objective
+from bench.train.trainer import Trainer
 from models.quantizers import VectorQuantizer
 from tests.train.test_training import stage1_cfg
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import models
+from bench.train.checkpoint import CHECKPOINT
 from bench.train.generator import train_generator
-from bench.train.loop import CHECKPOINT, LoopConfig, NonFiniteLossError, Objective, OptimConfig, train
+from bench.train.loop import train
+from bench.train.optim import OptimConfig
 from bench.train.recipes import (
     DataConfig,
     GANConfig,
@@ -20,6 +22,7 @@ from bench.train.recipes import (
     TeacherTrainConfig,
 )
 from bench.train.tokenizer import train_single_stage, train_stage1, train_stage2, train_teacher
+from bench.train.trainer import LoopConfig, NonFiniteLossError, Objective
 from tests.distributed import join, spawn
 
 TOY_TEACHER = TeacherConfig(
