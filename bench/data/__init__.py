@@ -9,7 +9,8 @@ Datasets return (float32 image [3, S, S] in [0, 1], int label) and carry `num_cl
 - "synthetic": procedurally generated class-conditional images, offline (bench/data/synthetic.py);
 - "imagenet": an ImageFolder-style root `<root>/{train,val}/<class>/<image>` (bench/data/folder.py);
 - "imagenet_wds": webdataset tar shards (bench/data/shards.py): `build_dataset` gives the indexed evaluation
-  dataset, and training streams them with `ShardStream` (bench.train.tokenizer.batches_for picks it).
+  dataset (bench/data/shard_dataset.py), and training streams them with `ShardStream` (bench/data/shard_stream.py;
+  bench.train.stage.batches_for picks it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 from bench.data.base import DatasetError
 from bench.data.folder import ImageFolderDataset
 from bench.data.loader import StepBatchSampler, eval_shard, infinite_batches, make_eval_loader, make_loader
-from bench.data.shards import ShardIndexDataset, ShardStream, make_stream_loader, shard_list
+from bench.data.shard_dataset import ShardIndexDataset
+from bench.data.shard_stream import ShardStream, make_stream_loader
+from bench.data.shards import shard_list
 from bench.data.synthetic import SyntheticShapes
 
 DATASETS = ("synthetic", "imagenet", "imagenet_wds")

@@ -81,7 +81,7 @@ def batches_for(
 ):
     """The loop's batch source: a function of the start step, yielding this rank's (images, labels).
     `train_augment` False gives centre crops (the generator's input) instead of random crops + flips."""
-    if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shards.py)
+    if data.name == "imagenet_wds":  # streamed shards: their own exact-resume order (bench/data/shard_stream.py)
         shards = shard_list(
             data.train_shards if train_split else data.val_shards,
             "data.train_shards" if train_split else "data.val_shards",

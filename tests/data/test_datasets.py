@@ -1,6 +1,6 @@
 """Tests of bench/data: synthetic images, the image-folder dataset, and the training/evaluation loaders.
 
-.venv/bin/pytest tests/test_data.py
+.venv/bin/pytest tests/data/test_datasets.py
 """
 
 from __future__ import annotations

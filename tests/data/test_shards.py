@@ -1,7 +1,8 @@
-"""Tests of bench/data/shards.py: webdataset tar shards (written here, with real JPEG/PNG bytes, a corrupt image and
-a sample without a class) as a training stream with exact resume, as an evaluation dataset, over http, and in a plan.
+"""Tests of bench/data's webdataset tar shards (shards, shard_index, shard_stream, shard_dataset): shards written
+here, with real JPEG/PNG bytes, a corrupt image and a sample without a class, as a training stream with exact
+resume, as an evaluation dataset, over http, and in a plan.
 
-    .venv/bin/python -m pytest tests/test_data_wds.py -x -q
+    .venv/bin/python -m pytest tests/data/test_shards.py -x -q
 """
 
 from __future__ import annotations
