@@ -1,17 +1,15 @@
 """Rebuild the proxy-code teacher that the tiny preset ships (sweeps/preset/tiny_teacher.safetensors).
 
-    python -m bench.tiny_teacher                      # train it (1074 s on one thread, loaded), write the shipped file
+    python -m bench.tiny_teacher                      # train it (minutes: docs/measurements.md), write the shipped file
     python -m bench.tiny_teacher --out /tmp/t.safetensors preset.teacher.loop.steps=50   # elsewhere, overridden
 
-The released MaskGIT-VQGAN cannot be downloaded offline and a teacher good enough to leave room for K (24 dB
-after 2,000 steps, against 19.6 dB after the 300 a default run could afford) costs more than the default run's
-whole budget, so the preset loads a file trained once by this command: the teacher stage of a one-cell tiny sweep
-with `teacher.source=train`, whose recipe is the preset's `teacher` block (architecture, optimiser, loop, seed).
-One thread, so the float sums run in one order: two rebuilds in one environment give the same tensors (tested at
-toy size; safetensors orders the metadata differently at every write, so the bytes differ). Another thread count
-or CPU changes the weights, not the quality: the shipped file (final train l2 0.00378) and a 2-thread build of the
-same recipe (0.00373) differ by up to 1.0 in a weight. It prints the largest weight difference from the file
-shipped before. Trailing arguments are sweep overrides (`data.train_images=...`).
+The released MaskGIT-VQGAN cannot be downloaded offline and a teacher good enough to leave room for K costs more
+than the default run's whole budget, so the preset loads a file trained once by this command: the teacher stage of
+a one-cell tiny sweep with `teacher.source=train`, whose recipe is the preset's `teacher` block (architecture,
+optimiser, loop, seed). One thread, so the float sums run in one order: two rebuilds in one environment give the
+same tensors (safetensors orders the metadata differently at every write, so the bytes differ); another thread
+count or CPU changes the weights, not the quality. It prints the largest weight difference from the file shipped
+before. Trailing arguments are sweep overrides (`data.train_images=...`).
 """
 
 from __future__ import annotations
