@@ -176,7 +176,7 @@ class ImageFolderDataset(Dataset):
                 f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of {self.split_dir}; {layout}"
             )
         if max_images is not None:
-            samples = _balanced_subset(samples, max_images, seed)
+            samples = balanced_subset(samples, max_images, seed)
         # Paths packed into one byte array: a list of a million str objects would be copied page by page
         # into every forked DataLoader worker as reference counts are touched (DDP x workers x 270 MB).
         start = len(self.split_dir) + 1  # scanned paths all begin with split_dir + separator
@@ -250,7 +250,7 @@ class ImageFolderDataset(Dataset):
         }
 
 
-def _balanced_subset(samples: list[tuple[str, int]], max_images: int, seed: int) -> list[tuple[str, int]]:
+def balanced_subset(samples: list[tuple[str, int]], max_images: int, seed: int) -> list[tuple[str, int]]:
     """At most `max_images` samples, classes as balanced as possible (counts differ by at most one where
     classes have enough images): round-robin over classes, each class in a seeded random order, and kept in
     that round-robin order, so that any prefix (an evaluation reading the first N) is class-balanced too."""

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.data.base import DatasetError, first_readable
-from bench.data.folder import _balanced_subset, preprocess, to_rgb
+from bench.data.folder import balanced_subset, preprocess, to_rgb
 from bench.data.shard_index import shard_index
 from bench.data.shards import SkipLog, is_url
 
@@ -60,7 +60,7 @@ class ShardIndexDataset(Dataset):
                 "image and a class label"
             )
         if max_images is not None:
-            entries = _balanced_subset(entries, max_images, seed)
+            entries = balanced_subset(entries, max_images, seed)
         self._entries = [e for e, _ in entries]
         self._labels = np.array([label for _, label in entries], dtype=np.int64)
         self.num_classes = num_classes if num_classes is not None else int(self._labels.max()) + 1

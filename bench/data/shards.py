@@ -200,6 +200,7 @@ def decode(members: dict[str, bytes], num_classes: int | None) -> tuple[Image.Im
         return to_rgb(im), label
 
 
+# ---- skipped samples -------------------------------------------------------------------------------------------
 class SkipLog:
     """Skipped samples of this process (and, with a folder, of every process), as the folder source keeps them."""
 
