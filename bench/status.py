@@ -6,8 +6,8 @@ the MLflow run of a job that ended without a result marked once with the reason.
     print(render(plan, states))       # one screen; `as_json(states)` for scripts
 
 A stage is `done` (its result is there), `running` (a live job or process owns it), `queued` (a SLURM job waits
-for it), `ended` (its latest job ended without a result; `reason` says how) or `todo` (no job has it). Each says
-what a rerun does with it (`rerun`).
+for it), `ended` (its latest job ended without a result, on this stage or before it; `reason` says how) or `todo`
+(no job has it, or its job ended on an earlier stage). Each says what a rerun does with it (`rerun`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench import launch
 from bench import tracking as T
 from bench.plan import KNOWN_STAGES, SHARED, Plan
 from bench.stages import StageTask, Tracking
-from bench.stages.task import LOCK, SPEC
+from bench.stages.task import LOCK, LOGGED, RESULT, SPEC
 
 RUNNING_STATES = ("RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "SUSPENDED")
 QUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED")
@@ -44,6 +44,10 @@ REASONS = {
     "failed": ("raised an error (recorded in the run by the job)", "FAILED"),
 }
 DRIVER_GONE = "the sweep driver (PID"  # the start of the line a local job prints as it ends with its driver
+# what slurmstepd writes into a job's log as it kills it for its memory (jobacct_gather's OverMemoryKill: sacct
+# then says FAILED; a cgroup's limit makes it say OUT_OF_MEMORY itself)
+MEMORY_KILLED = ("exceeded memory limit", "exceeded job memory limit")
+LOG_TAIL = 1 << 16  # the bytes of a job's log read for how it ended: what SLURM and the job write as it ends
 MARK = "reconciled"  # <run folder>/reconciled-<job id>: that job's end is marked in the run
 
 
@@ -58,6 +62,7 @@ class StageState:
     launcher: str | None = None
     log: str | None = None
     step: int | None = None  # the step of the stage's resume point
+    reached: int | None = None  # the latest step it reached (its progress or its last logged curve point)
     steps: int | None = None  # its schedule's length
     rerun: str = ""
 
@@ -84,10 +89,11 @@ def reconcile(plan: Plan, mark: bool = True) -> list[StageState]:
 
 def _state(task: StageTask, record: dict | None, slurm: dict[str, str]) -> StageState:
     s = StageState(task.key, task.uid, "todo")
-    s.step, s.steps = resume_step(task), getattr(getattr(task.spec, "loop", None), "steps", None)
     if task.done:
         s.state = "done"
         return s
+    s.step, s.steps = resume_step(task), getattr(getattr(task.spec, "loop", None), "steps", None)
+    s.reached = reached_step(task, s.step)
     if record:
         s.job, s.launcher, s.log = record["job_id"], record["launcher"], record.get("log")
     holder = lock_holder(Path(task.out_dir) / LOCK)
@@ -96,31 +102,53 @@ def _state(task: StageTask, record: dict | None, slurm: dict[str, str]) -> Stage
         return s
     if record is None:
         return s
+    # a stage its ended job never started is that job's end when every stage the job had before it is done (the
+    # job ended at its start: cancelled while queued, killed while importing); else an earlier one ended it
+    ours = (Path(task.out_dir) / SPEC).exists() or _first_unfinished(task, record)
     if record["launcher"] == "slurm":
         state = slurm.get(record["job_id"], "").split(" ")[0]
         if state in RUNNING_STATES:
             s.state, s.detail = "running", f"SLURM {state}"
         elif state in QUEUED_STATES:
             s.state, s.detail = "queued", f"SLURM {state}"
-        elif (Path(task.out_dir) / SPEC).exists() and (state or _raised_reason(record)):
-            s.state, s.reason = "ended", _raised_reason(record) or state
+        elif ours and (state or _raised_reason(record)):
+            s.state, s.reason = "ended", _raised_reason(record) or _slurm_reason(state, record)
         elif not state:
             s.detail = "SLURM knows the job no longer (no accounting record)"
         return s
     if record.get("process") and launch.process_identity(int(record["job_id"])) == record["process"]:
         s.state, s.detail = "running", f"local job {record['job_id']}"
         return s
-    if not (Path(task.out_dir) / SPEC).exists():
-        return s  # its job ended before it started this stage (an earlier one of the job did not finish)
+    if not ours:
+        return s
     s.state = "ended"
-    if _raised_reason(record):
-        s.reason = _raised_reason(record)
-    else:
-        log = Path(record["log"]) if record.get("log") else None
-        s.reason = (
-            "driver lost" if log and log.is_file() and DRIVER_GONE in log.read_text(errors="replace") else "killed"
-        )
+    s.reason = _raised_reason(record) or ("driver lost" if DRIVER_GONE in _log_tail(record) else "killed")
     return s
+
+
+def _first_unfinished(task: StageTask, record: dict) -> bool:
+    """Whether `task` is the first stage of its job's record that has no result (the one the job was on)."""
+    tasks = record["tasks"]
+    before = tasks[: tasks.index(task.uid)] if task.uid in tasks else []
+    grid = Path(task.out_dir).parents[1]  # a uid names its stage's folder under the grid's
+    return all((grid / uid / RESULT).is_file() for uid in before)
+
+
+def _slurm_reason(state: str, record: dict) -> str:
+    """sacct's state of an ended job, OUT_OF_MEMORY where SLURM's log line says it killed the job for its memory."""
+    if state == "FAILED" and any(line in _log_tail(record).lower() for line in MEMORY_KILLED):
+        return "OUT_OF_MEMORY"
+    return state
+
+
+def _log_tail(record: dict) -> str:
+    """The end of a job's log ("" without one)."""
+    try:
+        with open(record["log"], "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
+            return f.read().decode(errors="replace")
+    except (KeyError, TypeError, OSError):
+        return ""
 
 
 def _raised_reason(record: dict) -> str | None:
@@ -167,6 +195,24 @@ def resume_step(task: StageTask) -> int | None:
             except Exception:
                 continue
     return None
+
+
+def reached_step(task: StageTask, resume: int | None) -> int | None:
+    """The latest step the stage reached: the newest of its resume point, its progress (rewritten at each
+    checkpoint and heartbeat) and its last logged curve point; None when it has none."""
+    from bench.train.preemption import PROGRESS
+
+    steps = [resume] if resume else []
+    out = Path(task.out_dir)
+    try:
+        steps.append(int(json.loads((out / PROGRESS).read_text())["step"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        steps.append(int((out / LOGGED).read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(steps) if steps else None
 
 
 def lock_holder(path: Path) -> int | None:
@@ -218,7 +264,7 @@ SHORT = {"done": "done", "todo": "todo", "queued": "queued"}
 
 def _short(s: StageState) -> str:
     if s.state == "running":
-        return f"run {s.step or 0}/{s.steps}" if s.steps else "running"
+        return f"run {s.reached or 0}/{s.steps}" if s.steps else "running"
     if s.state == "ended":
         return {"OUT_OF_MEMORY": "OOM", "driver lost": "drv-lost"}.get(s.reason or "", s.reason or "ended")
     return SHORT[s.state]
@@ -242,7 +288,8 @@ def render(plan: Plan, states: list[StageState]) -> str:
     notable = [s for s in states if s.state in ("running", "queued", "ended")]
     for s in notable:
         head = reason_text(s) if s.state == "ended" else f"{s.state}: {s.detail}"
-        step = f"; resume point at step {s.step}/{s.steps}" if s.step else ""
+        step = f"; at step {s.reached}/{s.steps}" if s.state == "running" and s.reached else ""
+        step += f"; resume point at step {s.step}/{s.steps}" if s.step else ""
         lines.append(f"  {s.key}: {head}{step}")
         if s.log:
             lines.append(f"      log: {s.log}")

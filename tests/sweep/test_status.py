@@ -137,11 +137,11 @@ def test_a_killed_job_reads_killed_and_one_that_raised_failed(tmp_path, monkeypa
     record(plan, teacher, job_id="4245", launcher="slurm", result=str(tmp_path / "spent.pkl"))
     (s,) = [s for s in status.reconcile(plan, mark=False) if s.key == "_shared/teacher"]
     assert (s.state, s.reason) == ("ended", "TIMEOUT")
-    # a cell stage its ended job never started: todo, and the rerun runs it after what it reads
+    # a cell stage its ended job never started (the job's first): ended, and the rerun runs it after what it reads
     stage1 = plan.task("TiTok-S-16/stage1")
     record(plan, stage1, job_id="4244")
     (s,) = [s for s in status.reconcile(plan, mark=False) if s.key == stage1.key]
-    assert s.state == "todo" and s.rerun == "runs stage1 from the start after _shared/teacher"
+    assert (s.state, s.reason, s.rerun) == ("ended", "killed", "runs stage1 from the start after _shared/teacher")
 
 
 def test_a_live_lock_holder_reads_running(tmp_path):
@@ -216,3 +216,74 @@ def test_slurm_ends_are_named_and_their_runs_marked_once(tmp_path, monkeypatch):
     assert "OOM" in screen and "TIMEOUT: slurm job 100_1 ran past its time limit with no requeue left" in screen
     status.reconcile(plan)
     assert all(run_of(uri, c.run_dir).data.tags[T.TAG_ERROR] == "left as found" for c in plan.cells)
+
+
+def test_a_job_that_ended_before_its_stage_started_reads_ended_and_marks_its_run(tmp_path, monkeypatch):
+    """A SLURM job cancelled while queued, and a local job killed before its first stage began (no spec, no
+    resume point): each reads `ended` with the reason and marks its cell's run; a later stage of the same job
+    stays todo (the job ended on an earlier one)."""
+    from bench.stages.task import RESULT
+
+    plan = plan_of(tmp_path, "grid.num_tokens=[16,32]", "grid.stages=[stage1,eval_recon]")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    launch.prepare_tracking(plan, uri)
+    teacher = plan.task("_shared/teacher")
+    started(teacher)
+    (Path(teacher.out_dir) / RESULT).write_text("{}")
+    queued, local = plan.cells
+    record(plan, plan.task(f"{queued.name}/stage1"), job_id="300", launcher="slurm")
+    monkeypatch.setattr(launch, "slurm_states", lambda ids, env=None: {"300": "CANCELLED by 0"})
+    tasks = [plan.task(f"{local.name}/{stage}") for stage in ("stage1", "eval_recon")]
+    with open(plan.root / launch.JOBS_FILE, "a") as f:
+        f.write(json.dumps({"launcher": "local", "job_id": "4246", "tasks": [t.uid for t in tasks]}) + "\n")
+    states = {s.key: s for s in status.reconcile(plan)}
+    s = states[f"{queued.name}/stage1"]
+    assert (s.state, s.reason, s.step, s.rerun) == ("ended", "CANCELLED", None, "runs stage1 from the start")
+    s = states[f"{local.name}/stage1"]
+    assert (s.state, s.reason, s.rerun) == ("ended", "killed", "runs stage1 from the start")
+    s = states[f"{local.name}/eval_recon"]
+    assert s.state == "todo" and s.rerun.startswith(f"runs eval_recon from the start after {local.name}/stage1")
+    for cell, (mlflow_status, reason) in zip(plan.cells, (("KILLED", "CANCELLED"), ("FAILED", "killed"))):
+        run = run_of(uri, cell.run_dir)
+        assert run.info.status == mlflow_status and run.data.tags[T.TAG_ERROR].startswith(f"{reason}: "), run
+        assert run.data.tags[T.TAG_FAILED_STAGE] == "stage1"
+
+
+def test_a_job_slurm_killed_for_its_memory_reads_out_of_memory(tmp_path, monkeypatch):
+    """SLURM's OverMemoryKill (jobacct_gather, no cgroups) leaves sacct saying FAILED and its own line in the job's
+    log: that reads OUT_OF_MEMORY; a FAILED job without the line stays FAILED."""
+    plan = plan_of(tmp_path)
+    stage1 = plan.task("TiTok-S-16/stage1")
+    started(stage1)
+    monkeypatch.setattr(launch, "slurm_states", lambda ids, env=None: dict.fromkeys(ids, "FAILED"))
+    for job_id, line, reason in (
+        ("500", "slurmstepd-vm: error: Exceeded job memory limit", "OUT_OF_MEMORY"),
+        ("501", "Traceback ... Segmentation fault", "FAILED"),
+    ):
+        log = tmp_path / f"{job_id}_0_log.err"
+        log.write_text(f"submitit INFO: starting\n{line}\n")
+        record(plan, stage1, job_id=job_id, launcher="slurm", log=str(log))
+        states = status.reconcile(plan, mark=False)
+        (s,) = [s for s in states if s.key == stage1.key]
+        assert (s.state, s.reason) == ("ended", reason)
+    screen = status.render(plan, states)
+    assert "FAILED: slurm job 501 exited with an error" in screen
+
+
+def test_a_running_stage_shows_the_latest_step_it_reached(tmp_path, monkeypatch):
+    """A running stage shows the newest of its progress and its last logged curve point, not its resume point's
+    step, which stays what a rerun resumes from."""
+    plan = plan_of(tmp_path)
+    stage1 = plan.task("TiTok-S-16/stage1")
+    started(stage1)
+    out = Path(stage1.out_dir)
+    torch.save({"step": 4}, out / "checkpoint.pt")
+    (out / "progress.json").write_text(json.dumps({"step": 6, "wall_s": 1.0, "lost_s": 0.0}))
+    (out / ".logged_step").write_text("8\n")
+    record(plan, stage1, job_id="600", launcher="slurm")
+    monkeypatch.setattr(launch, "slurm_states", lambda ids, env=None: {"600": "RUNNING"})
+    states = status.reconcile(plan, mark=False)
+    (s,) = [s for s in states if s.key == stage1.key]
+    assert (s.state, s.step, s.reached) == ("running", 4, 8)
+    screen = status.render(plan, states)
+    assert f"run 8/{s.steps}" in screen and f"at step 8/{s.steps}; resume point at step 4/{s.steps}" in screen
