@@ -83,10 +83,11 @@ def skipped_tests(junit_xml: Path) -> list[str]:
 
 @nox.session
 def lint(session):
-    """ruff (lint and format), and the import-layer contracts of pyproject.toml (models <- bench <- reports, bench's
-    floors)."""
+    """ruff (lint and format), no import cycle (scripts/import_cycles.py), and the import-layer contracts of
+    pyproject.toml (models <- bench <- reports, bench's floors)."""
     session.run(PY, "-m", "ruff", "check", ".")
     session.run(PY, "-m", "ruff", "format", "--check", ".")
+    session.run(PY, "scripts/import_cycles.py")
     session.run(str(Path(PY).with_name("lint-imports")), "--no-cache")
 
 

@@ -17,47 +17,15 @@ The identity rule and what a stage module holds: bench/stages/base.py; tasks and
 
 from __future__ import annotations
 
-from . import (
-    eval_gen,
-    eval_recon,
-    generator,
-    pretokenize,
-    probe,
-    real_stats,
-    reference_batch,
-    single,
-    speed,
-    stage1,
-    stage2,
-    teacher,
-)
 from .base import Context, DataConfig  # DataConfig: for callers that may not import bench.train
 from .eval_gen import EvalGenSpec
 from .eval_recon import EvalReconSpec
 from .probe import ProbeSpec
 from .real_stats import RealStatsSpec
 from .reference_batch import ReferenceBatchSpec
+from .registry import STAGES
 from .speed import SpeedSpec
 from .task import StageTask, Tracking, any_random, cell_cost, final_metrics, new_task, run_task, single_process
-
-# in pipeline order: every stage after the stages it can read (the SLURM launcher submits in this order)
-STAGES = {
-    m.NAME: m
-    for m in (
-        teacher,
-        real_stats,
-        reference_batch,
-        stage1,
-        stage2,
-        single,
-        pretokenize,
-        generator,
-        eval_recon,
-        eval_gen,
-        probe,
-        speed,
-    )
-}
 
 __all__ = [
     "STAGES",

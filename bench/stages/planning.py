@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 import models
-from bench.stages.task import StageTask
 from bench.train.recipes import DataConfig
+
+if TYPE_CHECKING:  # the tasks are built by bench.plan; a stage module only reads them
+    from bench.stages.task import StageTask
 
 SHARED = "_shared"  # the cell name of the stages a grid's cells share
 

@@ -29,6 +29,7 @@ from bench.core import dist as D
 from bench.core.io import atomic_write_json, atomic_write_text
 from bench.core.lock import follow_polled_lock, owner_lock, polled_owner_lock
 from bench.stages.base import Context
+from bench.stages.registry import STAGES
 
 RESULT = "result.json"
 SPEC = "spec.json"
@@ -38,8 +39,6 @@ LOGGED = ".logged_step"  # the last training-curve step logged: a resumed stage 
 
 
 def stage_module(name: str):
-    from bench.stages import STAGES  # the registry imports this module: look it up when used
-
     return STAGES[name]
 
 
