@@ -25,7 +25,7 @@ from bench import tracking as T
 from bench.core.io import atomic_file
 from bench.core.loading import SetupError
 from bench.stages import base, reference_batch
-from bench.stages.planning import PlanContext, container
+from bench.stages.planning import PlanContext, container, eval_keywords
 
 NAME = "eval_gen"
 RESOURCES = "eval"
@@ -79,11 +79,9 @@ def plan(c: PlanContext):
         seed=c.cfg.seed,
         fid_method=ev.fid_method,
         clean_fid=ev.clean_fid,
-        allow_random_weights=c.allow_random,
         bootstrap=ev.bootstrap,
-        batch_size=ev.batch_size,
         model_name=c.name,
-        device=c.device,
+        **eval_keywords(c),
     ), {"generator": c.generator_task, "tokenizer": c.tokenizer_task, "teacher": c.teacher_task, "reference_batch": ref}
 
 

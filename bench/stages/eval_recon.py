@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.core.io import atomic_file, atomic_write_json
 from bench.core.loading import SetupError
 from bench.stages import base, real_stats
-from bench.stages.planning import PlanContext
+from bench.stages.planning import PlanContext, eval_keywords
 from bench.tracking import eval_tag
 from bench.train.recipes import DataConfig
 
@@ -57,11 +57,9 @@ def plan(c: PlanContext):
         lpips=ev.lpips,
         fid_method=ev.fid_method,
         inception_dtype=ev.rfid_inception_dtype,
-        allow_random_weights=c.allow_random,
         bootstrap=ev.bootstrap,
         gallery=ev.gallery_images,
-        batch_size=ev.batch_size,
-        device=c.device,
+        **eval_keywords(c),
     ), {"tokenizer": c.tokenizer_task, "teacher": c.teacher_task, "real_stats": stats}
 
 

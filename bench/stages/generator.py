@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import models
 from bench.stages import base
-from bench.stages.planning import PlanContext, container
+from bench.stages.planning import PlanContext, container, training_keywords
 from bench.train.recipes import GeneratorTrainConfig as Spec
-from bench.train.recipes import LoopConfig, OptimConfig, loop_from, optim_from
+from bench.train.recipes import LoopConfig, OptimConfig
 from bench.train.stage import MODEL_FILE
 
 NAME = "generator"
@@ -35,11 +35,8 @@ def plan(c: PlanContext):
         model_overrides=container(g.overrides),
         label_smoothing=g.label_smoothing,
         unmasked_weight=g.unmasked_weight,
-        data=c.generator_data,
-        optim=optim_from(container(g.optim)),
-        loop=loop_from(container(g.loop), c.cfg.seed),
+        **training_keywords(c, g, data=c.generator_data),
         allow_random_weights=c.allow_random,
-        device=c.device,
     ), {"tokenizer": c.encoder, "tokens": tokens}
 
 

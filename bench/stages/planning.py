@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 
 import models
-from bench.train.recipes import DataConfig
+from bench.train.recipes import DataConfig, loop_from, optim_from
 
 if TYPE_CHECKING:  # the tasks are built by bench.plan; a stage module only reads them
     from bench.stages.task import StageTask
@@ -123,3 +123,24 @@ class PlanContext:
         if self.encoder is None:
             return False
         return self.size is not None or models.resolve(self.name).config.quantizer == "vq"
+
+
+def training_keywords(c: PlanContext, section: DictConfig, data: DataConfig | None = None) -> dict:
+    """The keywords every training spec takes alike: its data (the train images unless `data`), the optimiser and
+    loop of its preset `section`, and the device."""
+    return {
+        "data": c.train_data if data is None else data,
+        "optim": optim_from(container(section.optim)),
+        "loop": loop_from(container(section.loop), c.cfg.seed),
+        "device": c.device,
+    }
+
+
+def eval_keywords(c: PlanContext, batch_size: int | None = None) -> dict:
+    """The keywords every evaluation spec takes alike: the stand-in permission, the batch size (preset.eval's
+    unless `batch_size`) and the device."""
+    return {
+        "allow_random_weights": c.allow_random,
+        "batch_size": c.p.eval.batch_size if batch_size is None else batch_size,
+        "device": c.device,
+    }

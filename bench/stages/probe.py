@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.stages import base
-from bench.stages.planning import PlanContext
+from bench.stages.planning import PlanContext, eval_keywords
 from bench.train.recipes import DataConfig
 
 NAME = "probe"
@@ -48,9 +48,7 @@ def plan(c: PlanContext):
         num_val=ev.probe_val_images,
         epochs=ev.probe_epochs,
         features=ev.probe_features,
-        allow_random_weights=c.allow_random,
-        batch_size=ev.batch_size,
-        device=c.device,
+        **eval_keywords(c),
     ), {"tokenizer": c.tokenizer_task}
 
 

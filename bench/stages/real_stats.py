@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.core.dist import barrier, main_rank_says
 from bench.core.loading import SetupError
 from bench.stages import base
-from bench.stages.planning import PlanContext
+from bench.stages.planning import PlanContext, eval_keywords
 from bench.train.recipes import DataConfig
 
 NAME = "real_stats"
@@ -52,10 +52,8 @@ def plan(c: PlanContext):
     return RealStatsSpec(
         data=c.val_data,
         num_images=ev.rfid_images,
-        allow_random_weights=c.allow_random,
-        batch_size=ev.batch_size,
         inception_dtype=ev.rfid_inception_dtype,
-        device=c.device,
+        **eval_keywords(c),
     ), {}
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.core.dist import barrier
 from bench.core.loading import SetupError
 from bench.stages import base
-from bench.stages.planning import PlanContext
+from bench.stages.planning import PlanContext, eval_keywords
 from bench.train.recipes import DataConfig
 
 NAME = "reference_batch"
@@ -60,9 +60,7 @@ def plan(c: PlanContext):
         data=c.val_data,
         num_images=ev.gfid_reference_images,
         source=source,
-        allow_random_weights=c.allow_random,
-        batch_size=ev.batch_size,
-        device=c.device,
+        **eval_keywords(c),
     ), {}
 
 

@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 import models
 from bench.stages import base
-from bench.stages.planning import PlanContext, PlanError, container
-from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from, loop_from, optim_from
+from bench.stages.planning import PlanContext, PlanError, container, training_keywords
+from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from
 from bench.train.recipes import SingleStageConfig as Spec
 from bench.train.stage import MODEL_FILE
 
@@ -78,11 +78,8 @@ def plan(c: PlanContext):
         kl_weight=s.kl_weight,
         perceptual=PerceptualConfig(**container(s.perceptual)),
         gan=gan_from(container(s.gan)),
-        data=c.train_data,
-        optim=optim_from(container(s.optim)),
-        loop=loop_from(container(s.loop), c.cfg.seed),
+        **training_keywords(c, s),
         allow_random_weights=c.allow_random,
-        device=c.device,
     ), {}
 
 

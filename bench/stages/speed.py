@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import models
 from bench import tracking as T
 from bench.stages import base
-from bench.stages.planning import PlanContext, container
+from bench.stages.planning import PlanContext, container, eval_keywords
 
 NAME = "speed"
 RESOURCES = "eval"
@@ -51,13 +51,11 @@ def plan(c: PlanContext):
         tokenizer=c.tokenizer,
         generator=c.generator,
         teacher=c.teacher,
-        batch_size=sp.batch_size,
         repeats=sp.repeats,
         warmup=sp.warmup,
         sampler=container(c.p.sampler),
         mode=sp.mode,
-        allow_random_weights=c.allow_random,
-        device=c.device,
+        **eval_keywords(c, batch_size=sp.batch_size),
     ), {"generator": c.generator_task, "tokenizer": c.tokenizer_task, "teacher": c.teacher_task}
 
 

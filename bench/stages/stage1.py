@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import models
 from bench.stages import base
-from bench.stages.planning import PlanContext, container
-from bench.train.recipes import LoopConfig, OptimConfig, TeacherConfig, loop_from, optim_from
+from bench.stages.planning import PlanContext, container, training_keywords
+from bench.train.recipes import LoopConfig, OptimConfig, TeacherConfig
 from bench.train.recipes import Stage1Config as Spec
 from bench.train.stage import MODEL_FILE
 
@@ -33,13 +33,10 @@ def plan(c: PlanContext):
         model=c.name,
         model_overrides=overrides,
         teacher=TeacherConfig(source=c.teacher_source, overrides=container(p.teacher.overrides)),
-        data=c.train_data,
-        optim=optim_from(container(p.stage1.optim)),
-        loop=loop_from(container(p.stage1.loop), c.cfg.seed),
+        **training_keywords(c, p.stage1),
         decoder_warmup_fraction=p.stage1.decoder_warmup_fraction,
         continuous_fraction=p.stage1.continuous_fraction,
         allow_random_weights=c.allow_random,
-        device=c.device,
     ), {"teacher": c.shared.get("teacher")}
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from bench.stages import base
-from bench.stages.planning import PlanContext, PlanError, container
-from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from, loop_from, optim_from
+from bench.stages.planning import PlanContext, PlanError, container, training_keywords
+from bench.train.recipes import GANConfig, LoopConfig, OptimConfig, PerceptualConfig, gan_from
 from bench.train.recipes import Stage2Config as Spec
 from bench.train.stage import MODEL_FILE
 
@@ -47,11 +47,8 @@ def plan(c: PlanContext):
         teacher=stage1.spec.teacher,
         perceptual=PerceptualConfig(**container(s2.perceptual)),
         gan=gan_from(container(s2.gan)),
-        data=c.train_data,
-        optim=optim_from(container(s2.optim)),
-        loop=loop_from(container(s2.loop), c.cfg.seed),
+        **training_keywords(c, s2),
         allow_random_weights=c.allow_random,
-        device=c.device,
     ), {"stage1": stage1, "teacher": c.shared.get("teacher")}
 
 

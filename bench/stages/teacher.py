@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import models
 from bench.stages import base
-from bench.stages.planning import PlanContext, container
-from bench.train.recipes import LoopConfig, OptimConfig, loop_from, optim_from
+from bench.stages.planning import PlanContext, container, training_keywords
+from bench.train.recipes import LoopConfig, OptimConfig
 from bench.train.recipes import TeacherTrainConfig as Spec
 from bench.train.stage import MODEL_FILE
 
@@ -30,10 +30,7 @@ def plan(c: PlanContext):
         return None
     return Spec(
         overrides=container(t.overrides),
-        data=c.train_data,
-        optim=optim_from(container(t.optim)),
-        loop=loop_from(container(t.loop), cfg.seed),
-        device=c.device,
+        **training_keywords(c, t),
     ), {}
 
 
