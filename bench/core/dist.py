@@ -147,8 +147,7 @@ SLOW_AUTOCAST_FACTOR = 0.5  # an autocast dtype whose matmuls run below half the
 def _matmul_rate(device_type: str, dtype: torch.dtype, n: int = 256) -> float:
     """Matmuls per second of one n x n product on one thread, from the fastest of the runs in a 0.05 s window (at
     least 3). One thread and the fastest run measure the hardware rather than the machine's load: on a busy machine a
-    multi-threaded fp32 matmul waits for its slowest thread at every barrier (measured: 2 threads on 2 shared cores
-    fell from ~70 to ~1.4 GFLOP/s, near the bf16 rate, while one thread kept ~44)."""
+    multi-threaded matmul waits for its slowest thread at every barrier (docs/measurements.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -181,9 +180,8 @@ def fast_autocast(precision: str, device: torch.device) -> bool:
 def runnable_precision(precision: str, device: torch.device) -> str:
     """The precision a training loop (and bench.speed's `auto` inference mode) runs at on `device`: `precision`
     itself, except on a CPU whose matmuls in that dtype run below half the fp32 rate (bf16/fp16 on a CPU without
-    bf16/fp16 units: ~1 GFLOP/s against ~50-100 in fp32, measured in a 0.2 s one-thread probe), where autocast would
-    make the work ~100x slower: fp32 then, with a warning; the caller records what ran. CUDA devices run what was
-    asked."""
+    bf16/fp16 units), where autocast would make the work far slower: fp32 then, with a warning; the caller records
+    what ran. CUDA devices run what was asked."""
     ratio = autocast_rate_ratio(precision, device)
     if ratio >= SLOW_AUTOCAST_FACTOR:
         return precision
