@@ -3,6 +3,7 @@ torch.compile against exact fp32 parity (within a quality guard), and the genera
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -80,6 +81,20 @@ def quality_row(
     )
 
 
+def _parity_comparison(cfg: Config, tok, gen, teacher, settings):
+    """compare_with_parity(options=...) of the pair at the path checks' batch and seed: a path's samples against
+    parity's."""
+    return functools.partial(
+        compare_with_parity,
+        tok,
+        gen,
+        batch_size=cfg.path_batch,
+        seed=cfg.seed,
+        sampler_settings=settings,
+        teacher=teacher,
+    )
+
+
 def check_peak(cfg: Config, state: dict) -> list[Row]:
     t0 = time.perf_counter()
     peak = matmul_peak(torch.bfloat16, cfg.device, budget_s=cfg.peak_budget_s)
@@ -102,6 +117,7 @@ def check_paths(cfg: Config, state: dict) -> list[Row]:
     """naive, parity, fast and auto against parity on TiTok-L-32 + its generator (compare_with_parity)."""
     tok, gen, teacher = model_pair(cfg, state)
     settings = sampler_settings(cfg, gen)
+    compare = _parity_comparison(cfg, tok, gen, teacher, settings)
     subject = f"{TOKENIZER} + {GENERATOR}{cfg.model}"
     rows = []
     guards = {
@@ -114,15 +130,7 @@ def check_paths(cfg: Config, state: dict) -> list[Row]:
         t0 = time.perf_counter()
         # the path as the pipeline resolves it on this device (auto: its guarded choice, fast: bf16 or its fallback)
         pipe = InferencePipeline(tok, gen, options=mode, teacher=teacher, probe_settings=settings)
-        q = compare_with_parity(
-            tok,
-            gen,
-            options=pipe.options,
-            batch_size=cfg.path_batch,
-            seed=cfg.seed,
-            sampler_settings=settings,
-            teacher=teacher,
-        )
+        q = compare(options=pipe.options)
         setting = f"{mode} -> {pipe.choice.describe()}" if mode == "auto" else f"{mode} ({pipe.options.describe()})"
         rows.append(
             quality_row(
@@ -145,19 +153,12 @@ def check_graphs(cfg: Config, state: dict) -> list[Row]:
     inductor's CUDA graphs on CUDA) within the quality guard."""
     tok, gen, teacher = model_pair(cfg, state)
     settings = sampler_settings(cfg, gen)
+    compare = _parity_comparison(cfg, tok, gen, teacher, settings)
     subject = f"{TOKENIZER} + {GENERATOR}{cfg.model}"
     rows = []
     if cfg.device.type == "cuda":
         t0 = time.perf_counter()
-        q = compare_with_parity(
-            tok,
-            gen,
-            options=InferenceOptions(cuda_graphs=True),
-            batch_size=cfg.path_batch,
-            seed=cfg.seed,
-            sampler_settings=settings,
-            teacher=teacher,
-        )
+        q = compare(options=InferenceOptions(cuda_graphs=True))
         rows.append(
             quality_row(
                 "sampling loop",
@@ -172,15 +173,7 @@ def check_graphs(cfg: Config, state: dict) -> list[Row]:
         rows.append(Row("sampling loop", subject, "CUDA graphs, fp32", "CUDA only", "", SKIP))
     t0 = time.perf_counter()
     pipe = InferencePipeline(tok, gen, options="compiled", teacher=teacher)
-    q = compare_with_parity(
-        tok,
-        gen,
-        options=pipe.options,
-        batch_size=cfg.path_batch,
-        seed=cfg.seed,
-        sampler_settings=settings,
-        teacher=teacher,
-    )
+    q = compare(options=pipe.options)
     rows.append(
         quality_row(
             "sampling loop",
