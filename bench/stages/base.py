@@ -181,19 +181,9 @@ def feature_tags(metric: str, spec, extractor, reference: str) -> dict[str, str]
 def eval_dataset(data: DataConfig, split: str, num_images: int):
     """The `num_images` evaluation images of `split` (centre crops; ImageNet: a class-balanced subset of that many,
     chosen with data.seed), the same for every stage and entry point that reads them."""
-    from bench.data import build_dataset
+    from bench.train.stage import dataset_of
 
-    return build_dataset(
-        data.name,
-        split=split,
-        image_size=data.image_size,
-        train=False,
-        root=data.root,
-        num_images=num_images,
-        num_classes=data.num_classes,
-        seed=data.seed,
-        shards=data.train_shards if split == "train" else data.val_shards,
-    )
+    return dataset_of(dataclasses.replace(data, num_images=num_images), split)
 
 
 def training_result(result) -> dict:

@@ -19,7 +19,6 @@ import torch
 
 import models
 from bench.core import dist as D
-from bench.data import build_dataset
 from bench.data.tokens import TokenDataset, crop_choice
 from models.sampling import random_masking
 
@@ -27,7 +26,7 @@ from .frozen_tokenizer import load_tokenizer, tokenizer_identity
 from .loop import train
 from .losses import masked_token_loss
 from .recipes import GeneratorTrainConfig
-from .stage import Log, StageResult, finish, loader_batches, local_batch, start_stage
+from .stage import Log, StageResult, dataset_of, finish, loader_batches, local_batch, start_stage
 from .trainer import Objective
 
 
@@ -103,20 +102,9 @@ def train_generator(cfg: GeneratorTrainConfig, out_dir: str | os.PathLike, log: 
         batches = generator_batches(dataset, dataset.num_crops, cfg, info)  # memory-mapped rows: no workers
         del tokenizer
     else:
-        data = cfg.data
-        dataset = build_dataset(
-            data.name,
-            split="train",
-            image_size=data.image_size,
-            train=False,
-            root=data.root,
-            num_images=data.num_images,
-            num_classes=data.num_classes,
-            seed=data.seed,
-            shards=data.train_shards,
-        )
+        dataset = dataset_of(cfg.data, "train")
         objective = generator_objective(cfg, tokenizer, generator)
-        batches = generator_batches(dataset, 2, cfg, info, data.num_workers)  # crop 1: the flip
+        batches = generator_batches(dataset, 2, cfg, info, cfg.data.num_workers)  # crop 1: the flip
     result = train(objective, batches, cfg.loop, out_dir, info, log)
     meta = {"stage": "generator", "tokenizer": cfg.tokenizer, **({"tokens": str(cfg.tokens)} if cfg.tokens else {})}
     return finish(result, out_dir, info, {}, meta)

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 import models
 from bench.core import dist as D
 from bench.core.io import atomic_file, atomic_write_json
-from bench.data import build_dataset
 from bench.data.tokens import (
     FORMAT,
     MANIFEST,
@@ -41,6 +40,7 @@ from bench.data.tokens import (
 
 from .frozen_tokenizer import load_tokenizer, tokenizer_identity
 from .recipes import DataConfig, PretokenizeConfig
+from .stage import dataset_of
 
 SKIPPED = "skipped"
 
@@ -49,18 +49,7 @@ def training_images(data: DataConfig, crops: str, skipped_log: str | None = None
     """The training split the generator reads on the fly (centre crops, no augmentation), at the size its crops
     are cut from."""
     size = data.image_size if crops == "flip" else ten_crop_size(data.image_size)
-    return build_dataset(
-        data.name,
-        split="train",
-        image_size=size,
-        train=False,
-        root=data.root,
-        num_images=data.num_images,
-        num_classes=data.num_classes,
-        seed=data.seed,
-        skipped_log=skipped_log,
-        shards=data.train_shards,
-    )
+    return dataset_of(dataclasses.replace(data, image_size=size), "train", skipped_log=skipped_log)
 
 
 class _Rows(Dataset):

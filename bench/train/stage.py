@@ -76,6 +76,22 @@ def loader_batches(dataset, batch_size: int, seed: int, info: D.DistInfo, num_wo
     return batches
 
 
+def dataset_of(data: DataConfig, split: str, train: bool = False, skipped_log: str | None = None):
+    """`split` of the images `data` describes (build_dataset; `train`: random crops and flips, else centre crops)."""
+    return build_dataset(
+        data.name,
+        split=split,
+        image_size=data.image_size,
+        train=train,
+        root=data.root,
+        num_images=data.num_images,
+        num_classes=data.num_classes,
+        seed=data.seed,
+        skipped_log=skipped_log,
+        shards=data.train_shards if split == "train" else data.val_shards,
+    )
+
+
 def batches_for(
     data: DataConfig, batch_size: int, seed: int, info: D.DistInfo, train_split: bool = True, train_augment: bool = True
 ):
@@ -105,16 +121,7 @@ def batches_for(
                 yield images.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
 
         return shard_batches
-    dataset = build_dataset(
-        data.name,
-        split="train" if train_split else "val",
-        image_size=data.image_size,
-        train=train_split and train_augment,
-        root=data.root,
-        num_images=data.num_images,
-        num_classes=data.num_classes,
-        seed=data.seed,
-    )
+    dataset = dataset_of(data, "train" if train_split else "val", train=train_split and train_augment)
     stepped = loader_batches(dataset, batch_size, seed, info, data.num_workers)
     return lambda start_step: (batch for _, batch in stepped(start_step))
 
