@@ -73,6 +73,12 @@ def preprocess(image: Image.Image, size: int, train: bool, sample_seed: int | No
     return TF.to_tensor(image)
 
 
+def preprocessing(size: int, train: bool) -> str:
+    """What `preprocess` does at `size`, in the words a dataset's describe() records."""
+    crop = f"random crop {size} + horizontal flip" if train else f"center crop {size}"
+    return f"resize shorter side to {size} (bicubic, antialias), {crop}, [0,1] float"
+
+
 def _scan_images(folder: str) -> list[str]:
     """Image files under `folder` (recursive, sorted, hidden files such as macOS '._x.JPEG' left out)."""
     found = []
@@ -234,19 +240,17 @@ class ImageFolderDataset(Dataset):
         return sorted(found.items())
 
     def describe(self) -> dict:
-        s = self.image_size
-        crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
         return {
             "name": "imagenet",
             "root": self.root,
             "split": self.split,
             "len": len(self),
             "num_classes": self.num_classes,
-            "image_size": s,
+            "image_size": self.image_size,
             "max_images": self.max_images,
             "seed": self.seed,
             "skipped_log": self.skipped_log,
-            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+            "preprocessing": preprocessing(self.image_size, self.train),
         }
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.data.base import DatasetError, first_readable
-from bench.data.folder import balanced_subset, preprocess, to_rgb
+from bench.data.folder import balanced_subset, preprocess, preprocessing, to_rgb
 from bench.data.shard_index import shard_index
 from bench.data.shards import SkipLog, is_url
 
@@ -106,8 +106,6 @@ class ShardIndexDataset(Dataset):
         return self._skips.merged(set(self.shards))
 
     def describe(self) -> dict:
-        s = self.image_size
-        crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
         return {
             "name": "imagenet_wds",
             "root": self.shards[0],
@@ -115,8 +113,8 @@ class ShardIndexDataset(Dataset):
             "len": len(self),
             "num_shards": len(self.shards),
             "num_classes": self.num_classes,
-            "image_size": s,
+            "image_size": self.image_size,
             "max_images": self.max_images,
             "seed": self.seed,
-            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+            "preprocessing": preprocessing(self.image_size, self.train),
         }

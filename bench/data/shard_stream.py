@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
 from bench.data.base import DatasetError
-from bench.data.folder import preprocess
+from bench.data.folder import preprocess, preprocessing
 from bench.data.shard_index import shard_index
 from bench.data.shards import SkipLog, decode, iter_raw
 
@@ -196,18 +196,16 @@ class ShardStream(IterableDataset):
         return self._skips.merged(set(self.shards))
 
     def describe(self) -> dict:
-        s = self.image_size
-        crop = f"random crop {s} + horizontal flip" if self.train else f"center crop {s}"
         return {
             "name": "imagenet_wds",
             "root": self.shards[0],
             "split": "train",
             "num_shards": len(self.shards),
             "num_classes": self.num_classes,
-            "image_size": s,
+            "image_size": self.image_size,
             "seed": self.seed,
             "shuffle_block": self.block,
-            "preprocessing": f"resize shorter side to {s} (bicubic, antialias), {crop}, [0,1] float",
+            "preprocessing": preprocessing(self.image_size, self.train),
         }
 
 
