@@ -115,37 +115,27 @@ def stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfig
     return dataclasses.replace(cost, single=single_process(task.stage))
 
 
-def _stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfig | None) -> StageCost:
-    s, stage, cell = task.spec, task.stage, task.cell
+def _train_image_flops(stage: str, s, tok: models.TiTokConfig | None, gen: models.GeneratorConfig | None):
+    """A training stage's FLOPs per image of its step; None: not a training stage."""
     if stage == "teacher":
         vq = _teacher_config(s.overrides)
         size = s.data.image_size
-        per = 3 * (FL.vqgan_encode(vq, size) + FL.vqgan_decoder(vq, size // 2 ** (len(vq.channel_mult) - 1)))
-        return StageCost(cell, stage, per * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}")
+        return 3 * (FL.vqgan_encode(vq, size) + FL.vqgan_decoder(vq, size // 2 ** (len(vq.channel_mult) - 1)))
     if stage == "stage1":
-        c = dataclasses.replace(tok, pixel_decoder=False)
-        return StageCost(
-            cell, stage, FL.train_stage1(c) * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}"
-        )
+        return FL.train_stage1(dataclasses.replace(tok, pixel_decoder=False))
     if stage == "stage2":
-        c = dataclasses.replace(tok, pixel_decoder=True)
-        return StageCost(
-            cell,
-            stage,
-            FL.train_stage2(c, s.perceptual, s.gan) * s.loop.batch_size,
-            s.loop.steps,
-            f"batch {s.loop.batch_size}",
-        )
+        return FL.train_stage2(dataclasses.replace(tok, pixel_decoder=True), s.perceptual, s.gan)
     if stage == "single":
-        return StageCost(
-            cell,
-            stage,
-            FL.train_single_stage(tok, s.perceptual, s.gan) * s.loop.batch_size,
-            s.loop.steps,
-            f"batch {s.loop.batch_size}",
-        )
+        return FL.train_single_stage(tok, s.perceptual, s.gan)
     if stage == "generator":
-        per = 3 * FL.generator_forward(gen) if getattr(s, "tokens", None) else FL.train_generator(tok, gen)
+        return 3 * FL.generator_forward(gen) if getattr(s, "tokens", None) else FL.train_generator(tok, gen)
+    return None
+
+
+def _stage_cost(task, tok: models.TiTokConfig | None, gen: models.GeneratorConfig | None) -> StageCost:
+    s, stage, cell = task.spec, task.stage, task.cell
+    per = _train_image_flops(stage, s, tok, gen)
+    if per is not None:  # a training stage: its loop's steps at its global batch
         return StageCost(cell, stage, per * s.loop.batch_size, s.loop.steps, f"batch {s.loop.batch_size}")
     if stage == "pretokenize":
         images = _train_images(s.data) * CROPS.get(s.crops, 1)
