@@ -8,7 +8,8 @@ Daemons: munged (as user munge), MariaDB (as user mysql, 127.0.0.1 only), slurmd
 each in the foreground in its own session, so the PID we record is the daemon itself. `stop()` cancels
 the jobs, stops the daemons and then kills whatever else belongs to this cluster (`instance_processes`:
 orphaned slurmstepds and job processes); the next `start()` does the same for clusters whose owner died
-without `stop()`. Settings that mattered on this project's machines: no cgroups (proctrack/linuxproc, task/none),
+without `stop()`. Settings that mattered on this project's machines: no cgroups (proctrack/linuxproc, task/none;
+jobs' memory limits enforced by SLURM's accounting poll, jobacct_gather/linux with OverMemoryKill),
 KillWait=5 (submitit ignores SIGTERM), batch_sched_delay=0 (batch jobs start in under a second), accounting through
 slurmdbd (without it submitit cannot see a cancelled job and waits forever).
 """
@@ -363,7 +364,12 @@ class SlurmCluster:
                     # no cgroups here: track processes by parentage, no task binding
                     "ProctrackType=proctrack/linuxproc",
                     "TaskPlugin=task/none",
-                    "JobAcctGatherType=jobacct_gather/none",
+                    # the memory limit without cgroups: each job step's memory is polled every minute and a step
+                    # over its job's --mem is killed (sacct: FAILED; the job's log: "Exceeded job memory limit");
+                    # PSS, not RSS: the pages DataLoader workers share with their parent count once
+                    "JobAcctGatherType=jobacct_gather/linux",
+                    "JobAcctGatherParams=OverMemoryKill,UsePss",
+                    "JobAcctGatherFrequency=task=60",
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core_Memory",
                     "DefMemPerCPU=1024",

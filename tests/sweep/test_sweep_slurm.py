@@ -3,9 +3,9 @@ cells (two sizes x two K: shared stages, several cells and job arrays; all 21 to
 nothing four do not): every cell finishes; a job preempted mid-training is requeued and resumes from its checkpoint
 into the same MLflow run, which ends FINISHED without an error tag; the tracking server is down when the sweep starts
 and comes back mid-sweep, and no metric is lost; a second sweep started beside the first submits nothing and
-duplicates no run or metric. Jobs SLURM ends without a result (scancel, a time limit with no requeue left) are named
-by `action=status`, marked in their runs, and resumed by a rerun. (`nox -s slurm` runs this with the cluster and
-server started by tests/infra.)"""
+duplicates no run or metric. Jobs SLURM ends without a result (scancel, a time limit with no requeue left, its
+memory limit) are named by `action=status`, marked in their runs, and resumed by a rerun. (`nox -s slurm` runs this
+with the cluster and server started by tests/infra.)"""
 
 import json
 import subprocess
@@ -167,6 +167,11 @@ def test_tiny_sweep_on_slurm(slurm_cluster, mlflow_server, tmp_path):
     assert "submitted 0 jobs" in sweep(*FOUR_CELLS, outputs=outputs, uri=uri)
 
 
+# the rehearsal's 256 px networks and eight DataLoader workers come near cluster=local's 2 GB, which the cluster
+# enforces (tests/infra/slurm.py)
+REHEARSAL_MEMORY = "cluster.mem_gb=4"
+
+
 def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_path):
     """The paper path's rehearsal (preset=rehearsal, an ImageNet-layout tree, the weights cache: test_rehearsal.py)
     through the cluster: one cell, every stage, each in its SLURM job, logged to the server."""
@@ -178,6 +183,7 @@ def test_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal_files, tmp_p
         "data=imagenet",
         f"data.root={rehearsal_files.imagenet}",
         "data.num_classes=4",
+        REHEARSAL_MEMORY,
         *ONE_CELL,
         "wait=true",
         outputs=outputs,
@@ -210,6 +216,7 @@ def test_single_stage_rehearsal_on_slurm(slurm_cluster, mlflow_server, rehearsal
         "data=imagenet",
         f"data.root={rehearsal_files.imagenet}",
         "data.num_classes=4",
+        REHEARSAL_MEMORY,
         *SINGLE_STAGE_CELL,
         "wait=true",
         outputs=outputs,
@@ -240,6 +247,9 @@ ONE_STAGE = [
 # a one-minute limit, signalled 10 s before it (once training has started), with no requeue left: submitit does
 # not requeue it
 NO_TIME_LEFT = ["cluster.time_min.train=1", "launcher.signal_delay_s=10", "launcher.max_timeouts=0"]
+# a quarter GB, below the memory stage 1 holds on its own at toy size: SLURM kills the job at its first memory poll,
+# a minute in (JobAcctGatherFrequency in tests/infra/slurm.py), after its first checkpoints
+TOO_LITTLE_MEMORY = ["cluster.mem_gb=0.25"]
 
 
 def stage1_job(outputs: Path) -> tuple[str, Path]:
@@ -253,14 +263,16 @@ def status_of(outputs: Path, uri: str) -> dict:
 
 
 def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_server, tmp_path):
-    """A stage-1 job scancel'ed mid-training, and one past its time limit with no requeue left: `action=status`
-    names each reason, the cell's run is marked with it, and a rerun (with the usual limit) resumes from the
-    checkpoint: both cells end FINISHED without an error tag, with the same weights and curve (each point once)."""
+    """A stage-1 job scancel'ed mid-training, one past its time limit with no requeue left, and one over its memory
+    limit: `action=status` names each reason, the cell's run is marked with it, and a rerun (with the usual limits)
+    resumes from the checkpoint: each cell ends FINISHED without an error tag, with the same weights and curve
+    (each point once)."""
     uri = mlflow_server.uri
-    cancelled, timed_out = tmp_path / "cancelled", tmp_path / "timeout"
+    cancelled, timed_out, out_of_memory = tmp_path / "cancelled", tmp_path / "timeout", tmp_path / "oom"
     sweep(*ONE_STAGE, outputs=cancelled, uri=uri)
     sweep(*ONE_STAGE, *NO_TIME_LEFT, outputs=timed_out, uri=uri)
-    cases = {"CANCELLED": cancelled, "TIMEOUT": timed_out}
+    sweep(*ONE_STAGE, *TOO_LITTLE_MEMORY, outputs=out_of_memory, uri=uri)
+    cases = {"CANCELLED": cancelled, "TIMEOUT": timed_out, "OUT_OF_MEMORY": out_of_memory}
     jobs = {reason: stage1_job(out) for reason, out in cases.items()}
     deadline = time.time() + 900
     jid, stage = jobs["CANCELLED"]
@@ -275,7 +287,9 @@ def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_
         if reason == "TIMEOUT" and (stage / "result.json").exists():
             pytest.skip("stage 1 finished within its one-minute limit on this machine: nothing timed out")
         s = status_of(out, uri)
-        assert (s["state"], s["reason"]) == ("ended", reason), s
+        assert (s["state"], s["reason"]) == ("ended", reason), (s, states(jid))
+        if reason == "OUT_OF_MEMORY":  # SLURM killed it: its own line in the job's log (sacct says FAILED)
+            assert "exceeded memory limit" in Path(s["log"]).read_text(), s["log"]
         assert s["step"] and s["rerun"] == f"resumes stage1 at step {s['step']}", s
         (run_dir,) = (out / "latent_vs_size" / "TiTok-S-16").glob("run-*")
         run = MlflowClient(uri).get_run(json.loads((run_dir / T.RUN_ID_FILE).read_text())["run_id"])
@@ -299,8 +313,8 @@ def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_
         }
         for out in cases.values()
     ]
-    assert curves[0] == curves[1]  # interrupted at different steps, resumed to the same numbers
+    assert curves[0] == curves[1] == curves[2]  # interrupted at different steps, resumed to the same numbers
     from safetensors.torch import load_file
 
-    a, b = (load_file(stage / "model.safetensors") for _, stage in jobs.values())
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, *others = (load_file(stage / "model.safetensors") for _, stage in jobs.values())
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for b in others)
