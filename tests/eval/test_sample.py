@@ -209,7 +209,7 @@ def test_eval_sampling_auto_path_under_the_exact_guard_equals_the_reference(toys
     it runs an exact fp32 path, its samples equal the reference procedure's, and the file says which path ran."""
     from bench.core import dist as D
     from bench.eval.sample import REFERENCE_PATH
-    from bench.speed.paths import EXACT_GUARD
+    from bench.speed.guard import EXACT_GUARD
     from bench.stages.eval_gen import sampling_pipeline
 
     rates = {torch.float32: 100.0, torch.bfloat16: bf16_percent}
