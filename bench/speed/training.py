@@ -281,21 +281,14 @@ def measure_training(
         seed=seed,
         recipe=recipe,
     )
-    runner = Runner(
-        step,
-        batch_size,
-        step.flops_per_image,
-        {
-            "task": step.task,
-            "mode": precision,
-            "options": precision,
-            "precision": precision,
-            "batch": batch_size,
-            "unit": "images/s",
-            "note": step.note,
-        },
-    )
+    runner = step_runner(step, batch_size, precision)
     return runner.result(time_runs(runner, warmup=warmup, repeats=repeats, device=device))
+
+
+def step_runner(step, batch_size: int, precision: str) -> Runner:
+    """A timed training step and its row: images/s at `batch_size` in `precision`."""
+    row = {"task": step.task, "mode": precision, "options": precision, "precision": precision, "batch": batch_size}
+    return Runner(step, batch_size, step.flops_per_image, {**row, "unit": "images/s", "note": step.note})
 
 
 def pretokenized_speedups(rows: list[dict]) -> list[str]:
@@ -340,19 +333,6 @@ def measure_generator_sources(
             device=device,
             seed=seed,
         )
-        runners[stage] = Runner(
-            step,
-            batch_size,
-            step.flops_per_image,
-            {
-                "task": step.task,
-                "mode": precision,
-                "options": precision,
-                "precision": precision,
-                "batch": batch_size,
-                "unit": "images/s",
-                "note": step.note,
-            },
-        )
+        runners[stage] = step_runner(step, batch_size, precision)
     timings = time_interleaved(runners, warmup=warmup, repeats=repeats, device=device)
     return [runners[stage].result(timings[stage]) for stage in runners]
