@@ -265,13 +265,15 @@ def status_of(outputs: Path, uri: str) -> dict:
 def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_server, tmp_path):
     """A stage-1 job scancel'ed mid-training, one past its time limit with no requeue left, and one over its memory
     limit: `action=status` names each reason, the cell's run is marked with it, and a rerun (with the usual limits)
-    resumes from the checkpoint: each cell ends FINISHED without an error tag, with the same weights and curve
-    (each point once)."""
+    resumes from the checkpoint: each cell ends FINISHED without an error tag, with the weights and curve of an
+    uninterrupted run of the same sweep (each point once)."""
     uri = mlflow_server.uri
     cancelled, timed_out, out_of_memory = tmp_path / "cancelled", tmp_path / "timeout", tmp_path / "oom"
+    uninterrupted = tmp_path / "uninterrupted"
     sweep(*ONE_STAGE, outputs=cancelled, uri=uri)
     sweep(*ONE_STAGE, *NO_TIME_LEFT, outputs=timed_out, uri=uri)
     sweep(*ONE_STAGE, *TOO_LITTLE_MEMORY, outputs=out_of_memory, uri=uri)
+    sweep(*ONE_STAGE, outputs=uninterrupted, uri=uri)  # queued last: it runs once a core is free
     cases = {"CANCELLED": cancelled, "TIMEOUT": timed_out, "OUT_OF_MEMORY": out_of_memory}
     jobs = {reason: stage1_job(out) for reason, out in cases.items()}
     deadline = time.time() + 900
@@ -301,6 +303,10 @@ def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_
         assert run.info.status == "FINISHED" and not set(T.ERROR_TAGS) & set(run.data.tags), run.data.tags
         steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "stage1/ce")]
         assert len(steps) == len(set(steps)), f"{reason}: a curve point logged twice: {sorted(steps)}"
+    # the uninterrupted run: waited for (it submits nothing new) and its run finished
+    assert "submitted 0 jobs" in sweep(*ONE_STAGE, "wait=true", outputs=uninterrupted, uri=uri, timeout=900)
+    jid, stage = stage1_job(uninterrupted)
+    assert json.loads((stage / "result.json").read_text())["resumed_from"] == 0, states(jid)
     curves = [
         {
             m.step: m.value
@@ -311,10 +317,12 @@ def test_jobs_ended_by_slurm_are_named_marked_and_resumed(slurm_cluster, mlflow_
                 "stage1/ce",
             )
         }
-        for out in cases.values()
+        for out in [uninterrupted, *cases.values()]
     ]
-    assert curves[0] == curves[1] == curves[2]  # interrupted at different steps, resumed to the same numbers
+    # interrupted at different steps, resumed to the uninterrupted run's numbers
+    assert sorted(curves[0]) == list(range(40, 1401, 40)), sorted(curves[0])  # ONE_STAGE's log_every and steps
+    assert all(c == curves[0] for c in curves[1:]), [sorted(c) for c in curves]
     from safetensors.torch import load_file
 
-    a, *others = (load_file(stage / "model.safetensors") for _, stage in jobs.values())
+    a, *others = (load_file(s / "model.safetensors") for s in [stage, *(s for _, s in jobs.values())])
     assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for b in others)
