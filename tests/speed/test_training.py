@@ -91,3 +91,16 @@ def test_timed_stage2_step_updates_the_decoder_and_the_discriminator():
     assert not any(k.startswith(("tokenizer.encoder.", "tokenizer.quantize.")) for k in changed)
     # offline, ConvNeXt-S is a seeded random stand-in, and the row says so
     assert ("stand-in convnext" in step.note) == step.trainer.objective.random_weights["convnext"]
+
+
+def test_a_timed_step_reads_no_logs_from_the_device():
+    """The timed step is the loop's step between log steps: it takes the step and returns no logs."""
+    cfg = factories.tokenizer_config("TiTok-S-32", toy=True)
+    step = training.training_step("stage1", cfg, batch_size=1, seed=0)
+    name = step.trainer.objective.ema_of
+    before = {k: v.clone() for k, v in step.trainer.objective.modules[name].state_dict().items()}
+    runner = training.step_runner(step, 1, "fp32")
+    runner()
+    assert runner.outputs == {}
+    after = step.trainer.objective.modules[name].state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in after if after[k].is_floating_point())
