@@ -97,6 +97,8 @@ def reconstruction_objective(
         optim={"tokenizer": optim, "discriminator": gan_optim},
         loss=loss,
         active=lambda name, step: name == "tokenizer" or criterion.gan_active(step),
+        # as the official training script, whose discriminator scheduler steps only once the discriminator trains
+        schedule_start={"discriminator": criterion.gan_cfg.start_step},
         ema_of="tokenizer",
         extra_state=lambda: {"lecam": criterion.lecam.state_dict()},
         load_extra_state=lambda s: criterion.lecam.load_state_dict(s["lecam"]),

@@ -79,6 +79,9 @@ class Objective:
     # per-part learning rates: (optimizer name, parameter name) -> part, and (part, step) -> factor on lr_at
     part_of: Callable[[str, str], str] | None = None
     lr_factor: Callable[[str, int], float] = lambda part, step: 1.0
+    # optimizer name -> the step its learning-rate schedule starts at (warm-up, then cosine over the steps left);
+    # the others' schedules start at step 0
+    schedule_start: dict[str, int] = field(default_factory=dict)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -177,9 +180,10 @@ class Trainer:
         for name, opt in self.optimizers.items():
             if not objective.active(name, step):
                 continue
+            start = objective.schedule_start.get(name, 0)
             for group in opt.param_groups:
                 factor = objective.lr_factor(group.get("part", ""), step)
-                group["lr"] = lr_at(step, cfg.steps, objective.optim[name]) * factor
+                group["lr"] = lr_at(step - start, cfg.steps - start, objective.optim[name]) * factor
             opt.zero_grad(set_to_none=True)
             bad = torch.zeros((), dtype=torch.bool, device=self.device)
             for i, mb in enumerate(micro):

@@ -113,8 +113,18 @@ def test_stage2_overfits(stage1_checkpoint, tmp_path):
         allow_random_weights=True,
         device="cpu",
     )
-    result = train_stage2(cfg, tmp_path, rec)
+    disc_lr = {}  # logged step -> the discriminator's learning rate in it
+
+    def log(metrics, step):
+        rec(metrics, step)
+        if "discriminator/lr" in metrics:
+            disc_lr[step] = metrics["discriminator/lr"]
+
+    result = train_stage2(cfg, tmp_path, log)
     assert rec.fell(0.7)[0], rec.fell(0.7)[1]
+    # the discriminator's schedule starts when it does (step 10, logged as 11): warm-up from there
+    assert min(disc_lr) == 11 and disc_lr[11] == pytest.approx(FAST.lr / FAST.warmup_steps), disc_lr
+    assert disc_lr[12] == pytest.approx(FAST.lr) and disc_lr[25] == pytest.approx(FAST.end_lr), disc_lr
     model = models.load(result.checkpoint)
     assert model.outputs_pixels and result.random_weights == {"teacher": True, "convnext": True}
     # the encoder and quantiser stayed frozen
