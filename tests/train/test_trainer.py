@@ -118,3 +118,30 @@ def test_one_non_finite_check_per_update(tmp_path, monkeypatch):
     monkeypatch.setattr(T.Trainer, "_nonfinite", lambda self, bad: (checks.append(1), real(self, bad))[1])
     train(_objective(), _batches(), _cfg(5, grad_accum=4), tmp_path)
     assert len(checks) == 5
+
+
+# ---- an optimizer whose schedule starts later ------------------------------------------------------------------------
+def test_a_schedule_that_starts_late_warms_up_then_decays_over_the_steps_left(tmp_path):
+    """`schedule_start`: the optimizer's warm-up begins at that step and its cosine spans the steps left; an
+    optimizer without one keeps the stage's schedule."""
+    from bench.train.optim import OptimConfig, lr_at
+
+    optim = OptimConfig(lr=1e-2, warmup_steps=2, end_lr=1e-4)
+    base = _objective()
+    late = torch.nn.Linear(4, 2)
+    objective = T.Objective(
+        modules={"m": base.modules["m"], "late": late},
+        optim={"m": optim, "late": optim},
+        loss=lambda name, wrapped, batch, step, cache: ((wrapped[name](batch) - 1).pow(2).mean(), {}),
+        active=lambda name, step: name == "m" or step >= 4,
+        schedule_start={"late": 4},
+        ema_of="m",
+    )
+    lrs = []
+    train(objective, _batches(), _cfg(10, log_every=1), tmp_path, log=lambda m, step: lrs.append(m))
+    late_lrs = [m.get("late/lr") for m in lrs]
+    assert late_lrs[:4] == [None] * 4  # not active yet
+    # warm-up over its first two steps, then the cosine over the six steps left (not the stage's ten)
+    assert late_lrs[4:] == pytest.approx([lr_at(s, 6, optim) for s in range(6)])
+    assert late_lrs[4] == pytest.approx(optim.lr / 2)  # on the stage's step it would be past warm-up
+    assert [m["m/lr"] for m in lrs] == pytest.approx([lr_at(s, 10, optim) for s in range(10)])
